@@ -1,0 +1,107 @@
+"""What a check is.
+
+A check is one small class.  It has a `name`, the SMTP `stage` at which its data first exists,
+the `symbols` it can emit with their default scores, and a `Settings` dataclass that declares
+(and so validates) its section of the configuration, ``[checks.<name>]``.  Its `run` method looks
+at the transaction and yields what it found:
+
+- `Finding` -- a named symbol with a short human reason.  The score normally comes from the
+  score table (the symbol's default, overridden by ``[scores]`` in the config); a check whose
+  score is computed (a classifier's spamicity, a reputation ratio) passes ``score=`` itself.
+- a decision from `filterd.replies` (`Reject`, `TempFail`, `Discard`, `Quarantine`) -- ends the
+  transaction early, so no later work is done.  At RCPT a decision applies to that recipient.
+- `AddHeader` -- a header the check wants on the delivered message (Received-SPF, say).
+
+A check never decides the final action: the pipeline adds the scores and the action table in the
+config picks one.  Everything a check needs from outside (a resolver, Redis, clamd) is handed in,
+so a unit test can pass a fake and an end-to-end test the real thing.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar, Literal
+
+from filterd.replies import Decision
+from filterd.settings import setting
+
+if TYPE_CHECKING:
+    from filterd.config import Config
+    from filterd.transaction import Transaction
+
+
+class Stage(enum.IntEnum):
+    """The SMTP stages, in protocol order; a check runs at the first stage where its data exists."""
+
+    CONNECT = 1
+    HELO = 2
+    MAIL_FROM = 3
+    RCPT = 4
+    HEADERS = 5  # the blank line after the header block: headers known, body not yet
+    EOM = 6  # end of message: the whole message is known
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+class Direction(enum.Enum):
+    """Inbound mail is scored; outbound (authenticated or internal clients) is not, but may be signed."""
+
+    INBOUND = "inbound"
+    OUTBOUND = "outbound"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One named result of a check: the symbol, a short reason, and optionally its own score."""
+
+    symbol: str
+    reason: str
+    score: float | None = None
+
+
+@dataclass(frozen=True)
+class AddHeader:
+    """A header a check wants added to the delivered message."""
+
+    name: str
+    value: str
+
+
+Output = Finding | AddHeader | Decision
+
+
+@dataclass(frozen=True)
+class CheckSettings:
+    """Settings every check has.  A check's own `Settings` subclasses this and adds fields."""
+
+    enabled: bool = setting(True, "run this check")
+    on_error: Literal["open", "closed"] = setting(
+        "open", 'when the check fails: "open" skips it and says so in the report, "closed" tempfails (4xx)'
+    )
+
+
+class Check:
+    """Base class of every check.  Subclasses set the class attributes and implement `run`."""
+
+    name: ClassVar[str]
+    stage: ClassVar[Stage]
+    symbols: ClassVar[Mapping[str, float]]
+    directions: ClassVar[frozenset[Direction]] = frozenset({Direction.INBOUND})
+    Settings: ClassVar[type[CheckSettings]] = CheckSettings
+    description: ClassVar[str] = ""
+    needs_body: ClassVar[bool] = False  # True: skipped when the message is over max_scan_bytes
+
+    def __init__(self, settings: CheckSettings, config: Config) -> None:
+        self.settings = settings
+        self.config = config
+
+    def run(self, tx: Transaction) -> Iterable[Output]:
+        """Look at the transaction and yield findings, headers or one decision."""
+        raise NotImplementedError
+
+    def close(self) -> None:  # noqa: B027 - optional hook, most checks hold nothing
+        """Release what the check holds (connections, files) when the pipeline is replaced."""

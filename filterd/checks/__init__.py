@@ -1,0 +1,20 @@
+"""The registry of checks.  A new check is one module here and one line in `ALL_CHECKS`.
+
+Order matters only within a stage: checks run in this order, and the first decision stops the rest,
+so cheap checks that may decide early come first.
+"""
+
+from __future__ import annotations
+
+from filterd.check import Check
+from filterd.checks.header_sanity import HeaderSanity
+from filterd.checks.lists import ClientLists, RecipientLists, SenderLists
+from filterd.checks.message_size import MessageSize
+
+ALL_CHECKS: tuple[type[Check], ...] = (
+    ClientLists,
+    SenderLists,
+    RecipientLists,
+    HeaderSanity,
+    MessageSize,
+)

@@ -1,0 +1,98 @@
+"""Allow and deny lists by client network, envelope sender and recipient.
+
+A deny-list hit rejects at the stage where the data first exists (client at CONNECT, sender at
+MAIL FROM, recipient at RCPT -- that recipient only), so no later work is done.  An allow-list hit
+is a large negative score rather than a bypass: the message is still scanned for viruses and the
+admin still sees every symbol, as with SpamAssassin's whitelist_from.
+The files are read when the pipeline is built, so a SIGHUP reload re-reads them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from filterd.addrlists import AddressList, NetworkList
+from filterd.check import Check, CheckSettings, Finding, Output, Stage
+from filterd.config import Config
+from filterd.replies import R550_CLIENT_DENIED, R550_RECIPIENT_DENIED, R550_SENDER_DENIED, Reject, Reply
+from filterd.settings import setting
+from filterd.transaction import Transaction
+
+
+@dataclass(frozen=True)
+class ListSettings(CheckSettings):
+    allow_file: str = setting("", "file of allowed entries, one per line (empty: none)")
+    deny_file: str = setting("", "file of denied entries, one per line (empty: none)")
+
+
+class ClientLists(Check):
+    name = "client_lists"
+    stage = Stage.CONNECT
+    description = "allow and deny lists of client IP networks"
+    symbols = {"CLIENT_ALLOWED": -20.0}
+    Settings = ListSettings
+
+    def __init__(self, settings: ListSettings, config: Config) -> None:
+        super().__init__(settings, config)
+        self.allow = NetworkList.load(settings.allow_file, f"checks.{self.name}.allow_file")
+        self.deny = NetworkList.load(settings.deny_file, f"checks.{self.name}.deny_file")
+
+    def run(self, tx: Transaction) -> Iterable[Output]:
+        ip = tx.session.client_ip
+        if (net := self.deny.match(ip)) is not None:
+            yield Reject(R550_CLIENT_DENIED.with_text(f"Client host [{ip}] is on this site's deny list"),
+                         f"client {ip} in deny list ({net})")
+        elif (net := self.allow.match(ip)) is not None:
+            yield Finding("CLIENT_ALLOWED", f"client {ip} in allow list ({net})")
+
+
+class _AddressLists(Check):
+    """Shared by the sender and recipient lists: only the address looked at and the words differ."""
+
+    Settings = ListSettings
+    allowed_symbol: str
+    deny_reply: Reply
+    noun: str  # "sender", "recipient"
+
+    def __init__(self, settings: ListSettings, config: Config) -> None:
+        super().__init__(settings, config)
+        self.allow = AddressList.load(settings.allow_file, f"checks.{self.name}.allow_file")
+        self.deny = AddressList.load(settings.deny_file, f"checks.{self.name}.deny_file")
+
+    def address(self, tx: Transaction) -> str | None:
+        raise NotImplementedError
+
+    def run(self, tx: Transaction) -> Iterable[Output]:
+        address = self.address(tx)
+        if (entry := self.deny.match(address)) is not None:
+            text = f"{self.noun.capitalize()} address <{address}> is on this site's deny list"
+            yield Reject(self.deny_reply.with_text(text), f"{self.noun} {address} in deny list ({entry})")
+        elif (entry := self.allow.match(address)) is not None:
+            yield Finding(self.allowed_symbol, f"{self.noun} {address} in allow list ({entry})")
+
+
+class SenderLists(_AddressLists):
+    name = "sender_lists"
+    stage = Stage.MAIL_FROM
+    description = "allow and deny lists of envelope sender addresses and domains"
+    symbols = {"SENDER_ALLOWED": -20.0}
+    allowed_symbol = "SENDER_ALLOWED"
+    deny_reply = R550_SENDER_DENIED
+    noun = "sender"
+
+    def address(self, tx: Transaction) -> str | None:
+        return tx.mail_from
+
+
+class RecipientLists(_AddressLists):
+    name = "recipient_lists"
+    stage = Stage.RCPT
+    description = "allow and deny lists of recipient addresses and domains"
+    symbols = {"RCPT_ALLOWED": -20.0}
+    allowed_symbol = "RCPT_ALLOWED"
+    deny_reply = R550_RECIPIENT_DENIED
+    noun = "recipient"
+
+    def address(self, tx: Transaction) -> str | None:
+        return tx.current_rcpt

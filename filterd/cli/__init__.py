@@ -1,0 +1,1 @@
+"""filterctl, the admin's command line."""

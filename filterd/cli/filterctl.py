@@ -1,0 +1,26 @@
+"""filterctl: the admin CLI.  Each command group lives in its own module and is registered here."""
+
+from __future__ import annotations
+
+import click
+
+from filterd.cli import config_cmd, scan_cmd
+from filterd.cli.common import config_path_default
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_path", default=None, metavar="PATH",
+              help="configuration file (default: $FILTERD_CONFIG or /etc/filterd/filterd.toml)")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None) -> None:
+    """Administer filterd: check the configuration, scan stored messages."""
+    ctx.obj = {"config_path": config_path or config_path_default(), "config_explicit": config_path is not None}
+
+
+cli.add_command(config_cmd.config)
+cli.add_command(config_cmd.symbols)
+cli.add_command(scan_cmd.scan)
+
+
+def main() -> None:
+    cli(prog_name="filterctl")

@@ -1,0 +1,228 @@
+"""The configuration: one TOML file, every setting declared here or in its check's `Settings`.
+
+`load_config()` reads the file and validates all of it at once; the daemon refuses to start on an
+error and `filterctl config check` runs the very same code.  `render_defaults()` writes the
+reference file (contrib/filterd.toml) from these declarations.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import math
+import re
+import tomllib
+import types
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal
+
+from filterd.check import Check
+from filterd.settings import ConfigError, build, render_section, section, setting
+
+DEFAULT_CONFIG_PATH = Path("/etc/filterd/filterd.toml")
+
+_INET = re.compile(r"^inet6?:(\d{1,5})(@.+)?$")
+
+
+def check_socket(value: str) -> str | None:
+    if value.startswith("unix:") or value.startswith("local:"):
+        return None if value.split(":", 1)[1].startswith("/") else "a unix socket needs an absolute path"
+    m = _INET.match(value)
+    if m and 0 < int(m.group(1)) < 65536:
+        return None
+    return 'expected "unix:/path/to/socket" or "inet:PORT@ADDRESS"'
+
+
+def check_networks(values: tuple[str, ...]) -> str | None:
+    for v in values:
+        try:
+            ipaddress.ip_network(v, strict=False)
+        except ValueError:
+            return f"{v!r} is not an IP network (e.g. 192.0.2.0/24 or 2001:db8::/32)"
+    return None
+
+
+def check_mode(value: str) -> str | None:
+    return None if re.fullmatch(r"0?[0-7]{3}", value) else "expected an octal file mode such as \"0660\""
+
+
+def check_positive(value: float) -> str | None:
+    return None if value > 0 else "expected a number greater than zero"
+
+
+def check_not_negative(value: float) -> str | None:
+    return None if value >= 0 else "expected zero or more"
+
+
+@dataclass(frozen=True)
+class MilterSettings:
+    socket: str = setting(
+        "unix:/run/filterd/filterd.sock",
+        'where Postfix connects: "unix:/path" (recommended) or "inet:PORT@127.0.0.1"',
+        check_socket,
+    )
+    socket_mode: str = setting("0660", "file mode of the unix socket; the postfix user must be able to write it",
+                               check_mode)
+    workers: int = setting(0, "worker processes sharing the socket; 0 means one per CPU core",
+                           check_not_negative)
+    timeout: int = setting(60, "seconds libmilter waits on Postfix before giving up on a connection",
+                           check_positive)
+    shutdown_grace: float = setting(30.0, "seconds a stopping worker waits for messages in flight",
+                                    check_not_negative)
+    max_scan_bytes: int = setting(
+        10 * 1024 * 1024,
+        "messages larger than this are delivered unscanned by content checks and marked so in the report",
+        check_positive,
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = setting("info", "log level (logs go to stderr)")
+
+
+@dataclass(frozen=True)
+class NetworkSettings:
+    internal_networks: tuple[str, ...] = setting(
+        (), "clients in these networks send outbound mail: not spam-scored (DKIM-signed later)", check_networks
+    )
+    hostname: str = setting("", "this host's name, used in headers; empty means the system's FQDN")
+
+
+@dataclass(frozen=True)
+class ActionSettings:
+    """Score thresholds.  The action taken is the one with the highest threshold the score reaches;
+    `inf` turns an action off."""
+
+    reject: float = setting(15.0, "reject with 5xx at or above this score")
+    quarantine: float = setting(math.inf, "quarantine at or above this score (inf: off)")
+    rewrite_subject: float = setting(math.inf, "tag the Subject at or above this score (inf: off)")
+    add_header: float = setting(5.0, "mark as spam (X-Spam-Flag: YES) at or above this score")
+    greylist: float = setting(math.inf, "tempfail with 4xx at or above this score (inf: off)")
+    subject_tag: str = setting("***SPAM***", "prefix put before the Subject by rewrite_subject")
+
+    def thresholds(self) -> dict[str, float]:
+        return {
+            "reject": self.reject,
+            "quarantine": self.quarantine,
+            "rewrite_subject": self.rewrite_subject,
+            "add_header": self.add_header,
+            "greylist": self.greylist,
+        }
+
+    @property
+    def required(self) -> float:
+        """The lowest score at which a message counts as spam (SpamAssassin's required_score)."""
+        return min(self.reject, self.quarantine, self.rewrite_subject, self.add_header)
+
+
+@cache
+def registered_checks() -> tuple[type[Check], ...]:
+    from filterd.checks import ALL_CHECKS  # late: check modules import this module's types
+
+    return ALL_CHECKS
+
+
+@cache
+def checks_settings_class() -> type:
+    """One dataclass with a field per registered check, holding that check's `Settings`."""
+    fields = [
+        (c.name, c.Settings, section(c.Settings, f"{c.name}: {c.description}")) for c in registered_checks()
+    ]
+    return dataclasses.make_dataclass("ChecksSettings", fields, frozen=True)
+
+
+def known_symbols() -> dict[str, float]:
+    """Every symbol any check can emit, with its default score."""
+    symbols: dict[str, float] = {"CHECK_ERROR": 0.0}
+    for c in registered_checks():
+        symbols.update(c.symbols)
+    return symbols
+
+
+@dataclass(frozen=True)
+class Config:
+    milter: MilterSettings = section(MilterSettings, "The milter socket and worker processes")
+    network: NetworkSettings = section(NetworkSettings, "Which clients are ours")
+    actions: ActionSettings = section(ActionSettings, "Score thresholds for each action")
+    scores: Mapping[str, float] = setting(
+        types.MappingProxyType({}), "score overrides, SYMBOL = score (see `filterctl symbols`)"
+    )
+    checks: Any = None  # ChecksSettings, built from the registered checks
+    path: str = ""  # where this configuration was read from ("" for the built-in defaults)
+
+    def score_of(self, symbol: str) -> float:
+        if symbol in self.scores:
+            return self.scores[symbol]
+        return known_symbols().get(symbol, 0.0)
+
+    def check_settings(self, name: str) -> Any:
+        return getattr(self.checks, name)
+
+
+def parse_config(data: Mapping[str, Any], path: str = "") -> Config:
+    """Validate a parsed TOML document into a `Config`, or raise `ConfigError`."""
+    data = dict(data)
+    checks_data = data.pop("checks", {})
+    if not isinstance(checks_data, dict):
+        raise ConfigError("checks", "expected a table of [checks.NAME] sections")
+    for key in ("checks", "path"):
+        data.pop(key, None)
+    top = build(_TopLevel, data)
+    checks = build(checks_settings_class(), checks_data, "checks")
+    symbols = known_symbols()
+    for name in top.scores:
+        if name not in symbols:
+            raise ConfigError(f"scores.{name}", "unknown symbol (see `filterctl symbols` for the list)")
+    return Config(milter=top.milter, network=top.network, actions=top.actions, scores=top.scores,
+                  checks=checks, path=path)
+
+
+@dataclass(frozen=True)
+class _TopLevel:
+    milter: MilterSettings = section(MilterSettings, "")
+    network: NetworkSettings = section(NetworkSettings, "")
+    actions: ActionSettings = section(ActionSettings, "")
+    scores: Mapping[str, float] = setting(types.MappingProxyType({}), "")
+
+
+def load_config(path: Path | str | None) -> Config:
+    """Read and validate a configuration file; `None` gives the built-in defaults."""
+    if path is None:
+        return parse_config({})
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError("", f"cannot read configuration {p}: {exc.strerror}") from exc
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError("", f"{p}: not valid TOML: {exc}") from exc
+    try:
+        return parse_config(data, str(p))
+    except ConfigError as exc:
+        exc.args = (f"{p}: {exc}",)
+        raise
+
+
+def render_defaults() -> str:
+    """The reference configuration: every setting with its default and a comment."""
+    config = parse_config({})
+    out = [
+        "# filterd configuration -- every setting with its default value.",
+        "# Generated by `filterctl config defaults`; remove what you do not change.",
+        "",
+    ]
+    for field in dataclasses.fields(Config):
+        if field.name in ("checks", "path", "scores"):
+            continue
+        out.extend(render_section(getattr(config, field.name), field.name, field.metadata["help"]))
+        out.append("")
+    out.append("# Score overrides: SYMBOL = score.  `filterctl symbols` lists every symbol and its default.")
+    out.append("[scores]")
+    out.append("")
+    for c in registered_checks():
+        out.extend(render_section(config.check_settings(c.name), f"checks.{c.name}",
+                                  f"{c.name} ({c.stage.label}): {c.description}"))
+        out.append("")
+    return "\n".join(out)

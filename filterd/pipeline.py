@@ -1,0 +1,218 @@
+"""The pipeline: runs the checks of each stage, adds up the scores and picks one action.
+
+The pipeline knows nothing about any particular check.  For each stage it runs the enabled checks
+registered for that stage and the transaction's direction, collects what they yield, and stops at
+the first decision.  An exception inside a check never escapes: it is logged with the queue id and
+the check's `on_error` policy decides between skipping the check (fail-open, shown in the report
+as CHECK_ERROR) and tempfailing the message (fail-closed).
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from filterd.check import AddHeader, Check, Direction, Finding, Stage
+from filterd.config import Config, registered_checks
+from filterd.replies import (
+    R451_CHECK_FAILED,
+    R451_GREYLISTED,
+    R550_SPAM,
+    Decision,
+    Discard,
+    Quarantine,
+    Reject,
+    TempFail,
+)
+from filterd.transaction import Session, Transaction
+
+log = logging.getLogger("filterd.pipeline")
+
+
+class Action(enum.Enum):
+    ACCEPT = "accept"
+    ADD_HEADER = "add_header"
+    REWRITE_SUBJECT = "rewrite_subject"
+    QUARANTINE = "quarantine"
+    GREYLIST = "greylist"
+    REJECT = "reject"
+    TEMPFAIL = "tempfail"  # a check's decision (or a fail-closed error), not a score threshold
+    DISCARD = "discard"
+
+
+# When two thresholds are equal the more severe action wins.
+_SEVERITY = [Action.ADD_HEADER, Action.GREYLIST, Action.REWRITE_SUBJECT, Action.QUARANTINE, Action.REJECT]
+
+
+@dataclass(frozen=True)
+class Symbol:
+    """A finding with its score resolved."""
+
+    name: str
+    score: float
+    reason: str
+
+
+@dataclass
+class Verdict:
+    """The outcome for one message: what was found, the total, and the single action to take."""
+
+    score: float
+    required: float
+    action: Action
+    symbols: list[Symbol]
+    decision: Decision | None = None  # set when a check decided (or a threshold means a reply)
+    add_headers: list[AddHeader] = field(default_factory=list)
+
+    @property
+    def is_spam(self) -> bool:
+        return self.score >= self.required
+
+
+class Pipeline:
+    def __init__(self, config: Config, checks: Iterable[Check]) -> None:
+        self.config = config
+        self.checks = list(checks)
+        self.by_stage: dict[Stage, list[Check]] = {s: [] for s in Stage}
+        for check in self.checks:
+            self.by_stage[check.stage].append(check)
+        self.internal_networks = [ipaddress.ip_network(n, strict=False)
+                                  for n in config.network.internal_networks]
+
+    @classmethod
+    def from_config(cls, config: Config) -> Pipeline:
+        """Build every enabled check; a check that cannot start raises here (so the daemon refuses to)."""
+        checks = []
+        for check_cls in registered_checks():
+            settings = config.check_settings(check_cls.name)
+            if settings.enabled:
+                checks.append(check_cls(settings, config))
+        return cls(config, checks)
+
+    def close(self) -> None:
+        for check in self.checks:
+            check.close()
+
+    def direction_of(self, tx: Transaction) -> Direction:
+        """Outbound: an authenticated SMTP client, or one in the configured internal networks."""
+        if tx.auth_user:
+            return Direction.OUTBOUND
+        ip = tx.session.client_ip
+        if ip is not None and any(ip in net for net in self.internal_networks):
+            return Direction.OUTBOUND
+        return Direction.INBOUND
+
+    def run_stage(self, stage: Stage, tx: Transaction) -> Decision | None:
+        """Run the stage's checks on `tx`; return the first decision, if any."""
+        started = time.perf_counter()
+        try:
+            for check in self.by_stage[stage]:
+                if tx.direction not in check.directions:
+                    continue
+                if tx.oversized and check.needs_body:
+                    continue  # the body passed max_scan_bytes and was not kept
+                decision = self._run_check(check, tx)
+                if decision is not None:
+                    return decision
+            return None
+        finally:
+            tx.timings[stage] = tx.timings.get(stage, 0.0) + time.perf_counter() - started
+
+    def _run_check(self, check: Check, tx: Transaction) -> Decision | None:
+        try:
+            outputs = list(check.run(tx))
+        except Exception as exc:  # a check's bug or its backend's failure must not reach libmilter
+            log.warning("%s: check %s failed: %s: %s", tx.queue_id or "NOQUEUE", check.name,
+                        type(exc).__name__, exc, exc_info=log.isEnabledFor(logging.DEBUG))
+            if check.settings.on_error == "closed":
+                return TempFail(R451_CHECK_FAILED, f"check {check.name} failed (fail-closed)")
+            tx.findings.append(Finding("CHECK_ERROR", f"{check.name} skipped (fail-open): "
+                                                      f"{type(exc).__name__}: {exc}"))
+            return None
+        for out in outputs:
+            if isinstance(out, Finding):
+                tx.findings.append(out)
+            elif isinstance(out, AddHeader):
+                tx.add_headers.append(out)
+            else:
+                return out
+        return None
+
+    def score(self, finding: Finding) -> float:
+        return finding.score if finding.score is not None else self.config.score_of(finding.symbol)
+
+    def verdict(self, tx: Transaction, decision: Decision | None = None) -> Verdict:
+        """Add up the findings and choose the action (or report the decision a check took)."""
+        symbols = [Symbol(f.symbol, round(self.score(f), 3), f.reason) for f in tx.findings]
+        total = round(sum(s.score for s in symbols), 3)
+        actions = self.config.actions
+        verdict = Verdict(score=total, required=actions.required, action=Action.ACCEPT, symbols=symbols,
+                          add_headers=list(tx.add_headers))
+        if decision is not None:
+            verdict.decision = decision
+            verdict.action = _action_of(decision)
+            return verdict
+        if tx.direction is Direction.OUTBOUND:
+            return verdict
+        reached = [(threshold, _SEVERITY.index(Action(name)), Action(name))
+                   for name, threshold in actions.thresholds().items() if total >= threshold]
+        if reached:
+            verdict.action = max(reached)[2]
+        if verdict.action is Action.REJECT:
+            verdict.decision = Reject(R550_SPAM, f"score {total} >= {actions.reject}")
+        elif verdict.action is Action.GREYLIST:
+            verdict.decision = TempFail(R451_GREYLISTED, f"score {total} >= {actions.greylist}")
+        return verdict
+
+
+def _action_of(decision: Decision) -> Action:
+    if isinstance(decision, Reject):
+        return Action.REJECT
+    if isinstance(decision, TempFail):
+        return Action.TEMPFAIL
+    if isinstance(decision, Discard):
+        return Action.DISCARD
+    assert isinstance(decision, Quarantine)
+    return Action.QUARANTINE
+
+
+@dataclass(frozen=True)
+class SmtpContext:
+    """What an offline scan is told about the SMTP transaction the message would have come in."""
+
+    client_addr: str | None = None
+    client_name: str | None = None
+    helo: str | None = None
+    mail_from: str | None = None
+    rcpts: tuple[str, ...] = ()
+    auth_user: str | None = None
+
+
+def scan(pipeline: Pipeline, raw: bytes, context: SmtpContext = SmtpContext()) -> tuple[Transaction, Verdict]:
+    """Run every stage on a stored message, as the milter would have, and return the verdict."""
+    session = Session(client_addr=context.client_addr, client_name=context.client_name, helo=context.helo)
+    connection = Transaction(session=session)
+    for stage in (Stage.CONNECT, Stage.HELO):
+        decision = pipeline.run_stage(stage, connection)
+        if decision is not None:
+            return connection, pipeline.verdict(connection, decision)
+    session.findings, session.timings = connection.findings, connection.timings
+    tx = Transaction.start(session)
+    tx.mail_from, tx.auth_user, tx.raw_message = context.mail_from, context.auth_user, raw
+    tx.size = len(raw)
+    tx.oversized = len(raw) > pipeline.config.milter.max_scan_bytes
+    tx.direction = pipeline.direction_of(tx)
+    decision = pipeline.run_stage(Stage.MAIL_FROM, tx)
+    for rcpt in context.rcpts:
+        if decision is not None:
+            break
+        tx.rcpts.append(rcpt)
+        decision = pipeline.run_stage(Stage.RCPT, tx)
+    for stage in (Stage.HEADERS, Stage.EOM):
+        if decision is None:
+            decision = pipeline.run_stage(stage, tx)
+    return tx, pipeline.verdict(tx, decision)

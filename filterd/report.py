@@ -1,0 +1,65 @@
+"""How a verdict is shown: the verdict headers on delivered mail, and the one log line per message."""
+
+from __future__ import annotations
+
+from filterd.check import Stage
+from filterd.pipeline import Verdict
+from filterd.transaction import Transaction
+
+STATUS_HEADER = "X-Spam-Status"
+SCORE_HEADER = "X-Spam-Score"
+FLAG_HEADER = "X-Spam-Flag"
+REPORT_HEADER = "X-Spam-Report"
+
+# Incoming headers with these prefixes are removed before ours are added: an upstream verdict is
+# forgeable by anyone who can send mail, and a user's Sieve rule must only ever see ours.
+FORGEABLE_PREFIXES = ("x-spam-", "x-filterd-")
+
+
+def is_forgeable(name: str) -> bool:
+    return name.lower().startswith(FORGEABLE_PREFIXES)
+
+
+def verdict_headers(verdict: Verdict) -> list[tuple[str, str]]:
+    """The headers added to every delivered inbound message, in order."""
+    spam = "Yes" if verdict.is_spam else "No"
+    headers = [
+        (STATUS_HEADER, f"{spam}, score={verdict.score:.2f} required={verdict.required:.2f}"),
+        (SCORE_HEADER, f"{verdict.score:.2f}"),
+    ]
+    if verdict.is_spam:
+        headers.append((FLAG_HEADER, "YES"))
+    headers.append((REPORT_HEADER, report_value(verdict)))
+    return headers
+
+
+def report_value(verdict: Verdict) -> str:
+    """One folded line per symbol: score, name and reason (SpamAssassin's report layout)."""
+    lines = [f"action={verdict.action.value} score={verdict.score:.2f} required={verdict.required:.2f}"]
+    for s in verdict.symbols:
+        reason = " ".join(s.reason.split())[:200]
+        lines.append(f"* {s.score:5.1f} {s.name} {reason}")
+    return "\n\t".join(lines)
+
+
+def log_line(tx: Transaction, verdict: Verdict) -> str:
+    """The one line logged per message: who, what was found, what was done, and where time went."""
+    session = tx.session
+    client = f"{session.client_name or 'unknown'}[{session.client_addr or '-'}]"
+    symbols = ",".join(f"{s.name}({s.score:g})" for s in verdict.symbols) or "-"
+    timings = ",".join(f"{stage.label}:{tx.timings[stage] * 1000:.2f}ms" for stage in Stage if stage in tx.timings)
+    parts = [
+        f"{tx.queue_id or 'NOQUEUE'}:",
+        f"client={client}",
+        f"helo=<{session.helo or ''}>",
+        f"from=<{tx.mail_from or ''}>",
+        f"rcpts=<{','.join(tx.rcpts)}>",
+        f"direction={tx.direction.value}",
+        f"score={verdict.score:.2f}/{verdict.required:.2f}",
+        f"action={verdict.action.value}",
+        f"symbols={symbols}",
+        f"time={timings or '-'}",
+    ]
+    if verdict.decision is not None:
+        parts.append(f"reason={verdict.decision.reason!r}")
+    return " ".join(parts)

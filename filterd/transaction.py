@@ -1,0 +1,90 @@
+"""Connection state and message state, kept apart (the aiosmtpd split).
+
+One SMTP connection (`Session`) carries any number of messages; each message is a `Transaction`,
+started at MAIL FROM and dropped at end of message, RSET or abort.  Findings made at CONNECT and
+HELO belong to the session and are copied into every transaction on it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from functools import cached_property
+
+from filterd.check import AddHeader, Direction, Finding, Stage
+from filterd.message import Message
+
+
+@dataclass
+class Session:
+    """What is known about the SMTP client for the whole connection."""
+
+    client_addr: str | None = None  # None when unknown (a local submission, an offline scan)
+    client_port: int | None = None
+    client_name: str | None = None  # the verified reverse-DNS name; None when it has none
+    helo: str | None = None
+    macros: dict[str, str] = field(default_factory=dict)
+    findings: list[Finding] = field(default_factory=list)
+    timings: dict[Stage, float] = field(default_factory=dict)
+
+    @cached_property
+    def client_ip(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+        if not self.client_addr:
+            return None
+        try:
+            ip = ipaddress.ip_address(self.client_addr.strip("[]").removeprefix("IPv6:"))
+        except ValueError:
+            return None
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+            return ip.ipv4_mapped
+        return ip
+
+
+@dataclass
+class Transaction:
+    """One message on a session: the envelope, the headers and body as received, and what was found."""
+
+    session: Session
+    mail_from: str | None = None  # "" is the null sender <>
+    rcpts: list[str] = field(default_factory=list)
+    auth_user: str | None = None
+    queue_id: str | None = None
+    direction: Direction = Direction.INBOUND
+    raw_headers: list[tuple[str, str]] = field(default_factory=list)  # (name, value) exactly as received
+    body_chunks: list[bytes] = field(default_factory=list)
+    size: int = 0  # bytes of header and body seen, counted even past max_scan_bytes
+    oversized: bool = False  # the body passed max_scan_bytes and was not kept
+    findings: list[Finding] = field(default_factory=list)
+    add_headers: list[AddHeader] = field(default_factory=list)
+    timings: dict[Stage, float] = field(default_factory=dict)
+    raw_message: bytes | None = None  # set when the message came whole (an offline scan)
+
+    @classmethod
+    def start(cls, session: Session) -> Transaction:
+        return cls(session=session, findings=list(session.findings), timings=dict(session.timings))
+
+    @property
+    def current_rcpt(self) -> str:
+        """At RCPT: the recipient being checked now."""
+        return self.rcpts[-1]
+
+    def header_values(self, name: str) -> list[str]:
+        """Values of the headers called `name` (case-insensitive), unfolded and stripped.
+
+        Available from end of headers on, before the body is known."""
+        if self.raw_message is not None:
+            return self.message.header_values(name)
+        key = name.lower()
+        return [" ".join(v.split()) for n, v in self.raw_headers if n.lower() == key]
+
+    @cached_property
+    def message(self) -> Message:
+        """The message as one object, built once at end of message and shared by every check."""
+        if self.raw_message is not None:
+            return Message(self.raw_message)
+        head = b"".join(
+            name.encode("ascii", "replace") + b":" + value.encode("utf-8", "surrogateescape").replace(b"\n", b"\r\n")
+            + b"\r\n"
+            for name, value in self.raw_headers
+        )
+        return Message(head + b"\r\n" + b"".join(self.body_chunks))

@@ -1,0 +1,30 @@
+"""Fixtures shared by the whole suite.  Real services start once per session, on free ports."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.harness.redis import RedisServer
+
+ROOT = Path(__file__).resolve().parent.parent
+CORPUS = Path(os.environ.get("FILTERD_CORPUS", ROOT.parent / "shared" / "corpus"))
+
+
+@pytest.fixture(scope="session")
+def corpus() -> Path:
+    """The shared labelled corpus ($FILTERD_CORPUS, default ../shared/corpus)."""
+    if not (CORPUS / "spamassassin-public").is_dir():
+        pytest.skip(f"corpus not found at {CORPUS}: set FILTERD_CORPUS to the shared/corpus folder")
+    return CORPUS
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
