@@ -47,7 +47,9 @@ class NetworkList:
             try:
                 nets.append(ipaddress.ip_network(entry, strict=False))
             except ValueError:
-                raise ConfigError(key, f"{path}:{number}: {entry!r} is not an IP address or network") from None
+                raise ConfigError(
+                    key, f"{path}:{number}: {entry!r} is not an IP address or network"
+                ) from None
         return cls(tuple(nets))
 
     def match(self, ip: IPAddress | None) -> IPNetwork | None:

@@ -29,6 +29,7 @@ from filterd.settings import setting
 
 if TYPE_CHECKING:
     from filterd.config import Config
+    from filterd.services import Services
     from filterd.transaction import Transaction
 
 
@@ -95,13 +96,14 @@ class Check:
     description: ClassVar[str] = ""
     needs_body: ClassVar[bool] = False  # True: skipped when the message is over max_scan_bytes
 
-    def __init__(self, settings: CheckSettings, config: Config) -> None:
+    def __init__(self, settings: CheckSettings, config: Config, services: Services) -> None:
         self.settings = settings
         self.config = config
+        self.services = services
 
     def run(self, tx: Transaction) -> Iterable[Output]:
         """Look at the transaction and yield findings, headers or one decision."""
         raise NotImplementedError
 
-    def close(self) -> None:  # noqa: B027 - optional hook, most checks hold nothing
+    def close(self) -> None:
         """Release what the check holds (connections, files) when the pipeline is replaced."""

@@ -46,7 +46,7 @@ def check_networks(values: tuple[str, ...]) -> str | None:
 
 
 def check_mode(value: str) -> str | None:
-    return None if re.fullmatch(r"0?[0-7]{3}", value) else "expected an octal file mode such as \"0660\""
+    return None if re.fullmatch(r"0?[0-7]{3}", value) else 'expected an octal file mode such as "0660"'
 
 
 def check_positive(value: float) -> str | None:
@@ -64,14 +64,18 @@ class MilterSettings:
         'where Postfix connects: "unix:/path" (recommended) or "inet:PORT@127.0.0.1"',
         check_socket,
     )
-    socket_mode: str = setting("0660", "file mode of the unix socket; the postfix user must be able to write it",
-                               check_mode)
-    workers: int = setting(0, "worker processes sharing the socket; 0 means one per CPU core",
-                           check_not_negative)
-    timeout: int = setting(60, "seconds libmilter waits on Postfix before giving up on a connection",
-                           check_positive)
-    shutdown_grace: float = setting(30.0, "seconds a stopping worker waits for messages in flight",
-                                    check_not_negative)
+    socket_mode: str = setting(
+        "0660", "file mode of the unix socket; the postfix user must be able to write it", check_mode
+    )
+    workers: int = setting(
+        0, "worker processes sharing the socket; 0 means one per CPU core", check_not_negative
+    )
+    timeout: int = setting(
+        60, "seconds libmilter waits on Postfix before giving up on a connection", check_positive
+    )
+    shutdown_grace: float = setting(
+        30.0, "seconds a stopping worker waits for messages in flight", check_not_negative
+    )
     max_scan_bytes: int = setting(
         10 * 1024 * 1024,
         "messages larger than this are delivered unscanned by content checks and marked so in the report",
@@ -83,7 +87,9 @@ class MilterSettings:
 @dataclass(frozen=True)
 class NetworkSettings:
     internal_networks: tuple[str, ...] = setting(
-        (), "clients in these networks send outbound mail: not spam-scored (DKIM-signed later)", check_networks
+        (),
+        "clients in these networks send outbound mail: not spam-scored (DKIM-signed later)",
+        check_networks,
     )
     hostname: str = setting("", "this host's name, used in headers; empty means the system's FQDN")
 
@@ -115,6 +121,32 @@ class ActionSettings:
         return min(self.reject, self.quarantine, self.rewrite_subject, self.add_header)
 
 
+def check_hostports(values: tuple[str, ...]) -> str | None:
+    for v in values:
+        host, _, port = v.rpartition(":")
+        if not host or not port.isdigit():
+            return f"{v!r} is not HOST:PORT"
+    return None
+
+
+@dataclass(frozen=True)
+class RedisSettings:
+    url: str = setting(
+        "redis://127.0.0.1:6379/0",
+        "redis:// or rediss:// (TLS) URL; with sentinels, only the database number is used",
+    )
+    password: str = setting("", "password (AUTH); empty: none or the one in the URL")
+    timeout: float = setting(
+        0.5, "seconds for a connect or a command; past it the check's on_error policy applies", check_positive
+    )
+    key_prefix: str = setting("filterd:", "prefix of every key filterd writes")
+    cluster: bool = setting(False, "the URL names a node of a Redis Cluster")
+    sentinels: tuple[str, ...] = setting(
+        (), "Redis Sentinel HOST:PORT list; empty: no Sentinel", check_hostports
+    )
+    sentinel_service: str = setting("mymaster", "the master name the sentinels watch")
+
+
 @cache
 def registered_checks() -> tuple[type[Check], ...]:
     from filterd.checks import ALL_CHECKS  # late: check modules import this module's types
@@ -144,6 +176,7 @@ class Config:
     milter: MilterSettings = section(MilterSettings, "The milter socket and worker processes")
     network: NetworkSettings = section(NetworkSettings, "Which clients are ours")
     actions: ActionSettings = section(ActionSettings, "Score thresholds for each action")
+    redis: RedisSettings = section(RedisSettings, "Redis, where state shared by several filterd hosts lives")
     scores: Mapping[str, float] = setting(
         types.MappingProxyType({}), "score overrides, SYMBOL = score (see `filterctl symbols`)"
     )
@@ -165,16 +198,21 @@ def parse_config(data: Mapping[str, Any], path: str = "") -> Config:
     checks_data = data.pop("checks", {})
     if not isinstance(checks_data, dict):
         raise ConfigError("checks", "expected a table of [checks.NAME] sections")
-    for key in ("checks", "path"):
-        data.pop(key, None)
     top = build(_TopLevel, data)
-    checks = build(checks_settings_class(), checks_data, "checks")
+    checks: Any = build(checks_settings_class(), checks_data, "checks")
     symbols = known_symbols()
     for name in top.scores:
         if name not in symbols:
             raise ConfigError(f"scores.{name}", "unknown symbol (see `filterctl symbols` for the list)")
-    return Config(milter=top.milter, network=top.network, actions=top.actions, scores=top.scores,
-                  checks=checks, path=path)
+    return Config(
+        milter=top.milter,
+        network=top.network,
+        actions=top.actions,
+        redis=top.redis,
+        scores=top.scores,
+        checks=checks,
+        path=path,
+    )
 
 
 @dataclass(frozen=True)
@@ -182,6 +220,7 @@ class _TopLevel:
     milter: MilterSettings = section(MilterSettings, "")
     network: NetworkSettings = section(NetworkSettings, "")
     actions: ActionSettings = section(ActionSettings, "")
+    redis: RedisSettings = section(RedisSettings, "")
     scores: Mapping[str, float] = setting(types.MappingProxyType({}), "")
 
 
@@ -222,7 +261,12 @@ def render_defaults() -> str:
     out.append("[scores]")
     out.append("")
     for c in registered_checks():
-        out.extend(render_section(config.check_settings(c.name), f"checks.{c.name}",
-                                  f"{c.name} ({c.stage.label}): {c.description}"))
+        out.extend(
+            render_section(
+                config.check_settings(c.name),
+                f"checks.{c.name}",
+                f"{c.name} ({c.stage.label}): {c.description}",
+            )
+        )
         out.append("")
     return "\n".join(out)

@@ -99,12 +99,14 @@ class Message:
             payload = _payload_bytes(part)
             filename = _filename(part)
             disposition = (part.get("Content-Disposition") or "").split(";")[0].strip().lower()
-            leaves.append(Part(
-                content_type=part.get_content_type(),
-                filename=filename,
-                size=len(payload),
-                is_attachment=disposition == "attachment" or filename is not None,
-            ))
+            leaves.append(
+                Part(
+                    content_type=part.get_content_type(),
+                    filename=filename,
+                    size=len(payload),
+                    is_attachment=disposition == "attachment" or filename is not None,
+                )
+            )
         return leaves
 
     @cached_property

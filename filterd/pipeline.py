@@ -28,6 +28,7 @@ from filterd.replies import (
     Reject,
     TempFail,
 )
+from filterd.services import Services
 from filterd.transaction import Session, Transaction
 
 log = logging.getLogger("filterd.pipeline")
@@ -74,28 +75,32 @@ class Verdict:
 
 
 class Pipeline:
-    def __init__(self, config: Config, checks: Iterable[Check]) -> None:
+    def __init__(self, config: Config, checks: Iterable[Check], services: Services) -> None:
         self.config = config
+        self.services = services
         self.checks = list(checks)
         self.by_stage: dict[Stage, list[Check]] = {s: [] for s in Stage}
         for check in self.checks:
             self.by_stage[check.stage].append(check)
-        self.internal_networks = [ipaddress.ip_network(n, strict=False)
-                                  for n in config.network.internal_networks]
+        self.internal_networks = [
+            ipaddress.ip_network(n, strict=False) for n in config.network.internal_networks
+        ]
 
     @classmethod
-    def from_config(cls, config: Config) -> Pipeline:
+    def from_config(cls, config: Config, services: Services | None = None) -> Pipeline:
         """Build every enabled check; a check that cannot start raises here (so the daemon refuses to)."""
+        services = services or Services(config)
         checks = []
         for check_cls in registered_checks():
             settings = config.check_settings(check_cls.name)
             if settings.enabled:
-                checks.append(check_cls(settings, config))
-        return cls(config, checks)
+                checks.append(check_cls(settings, config, services))
+        return cls(config, checks, services)
 
     def close(self) -> None:
         for check in self.checks:
             check.close()
+        self.services.close()
 
     def direction_of(self, tx: Transaction) -> Direction:
         """Outbound: an authenticated SMTP client, or one in the configured internal networks."""
@@ -126,12 +131,19 @@ class Pipeline:
         try:
             outputs = list(check.run(tx))
         except Exception as exc:  # a check's bug or its backend's failure must not reach libmilter
-            log.warning("%s: check %s failed: %s: %s", tx.queue_id or "NOQUEUE", check.name,
-                        type(exc).__name__, exc, exc_info=log.isEnabledFor(logging.DEBUG))
+            log.warning(
+                "%s: check %s failed: %s: %s",
+                tx.queue_id or "NOQUEUE",
+                check.name,
+                type(exc).__name__,
+                exc,
+                exc_info=log.isEnabledFor(logging.DEBUG),
+            )
             if check.settings.on_error == "closed":
                 return TempFail(R451_CHECK_FAILED, f"check {check.name} failed (fail-closed)")
-            tx.findings.append(Finding("CHECK_ERROR", f"{check.name} skipped (fail-open): "
-                                                      f"{type(exc).__name__}: {exc}"))
+            tx.findings.append(
+                Finding("CHECK_ERROR", f"{check.name} skipped (fail-open): {type(exc).__name__}: {exc}")
+            )
             return None
         for out in outputs:
             if isinstance(out, Finding):
@@ -150,16 +162,24 @@ class Pipeline:
         symbols = [Symbol(f.symbol, round(self.score(f), 3), f.reason) for f in tx.findings]
         total = round(sum(s.score for s in symbols), 3)
         actions = self.config.actions
-        verdict = Verdict(score=total, required=actions.required, action=Action.ACCEPT, symbols=symbols,
-                          add_headers=list(tx.add_headers))
+        verdict = Verdict(
+            score=total,
+            required=actions.required,
+            action=Action.ACCEPT,
+            symbols=symbols,
+            add_headers=list(tx.add_headers),
+        )
         if decision is not None:
             verdict.decision = decision
             verdict.action = _action_of(decision)
             return verdict
         if tx.direction is Direction.OUTBOUND:
             return verdict
-        reached = [(threshold, _SEVERITY.index(Action(name)), Action(name))
-                   for name, threshold in actions.thresholds().items() if total >= threshold]
+        reached = [
+            (threshold, _SEVERITY.index(Action(name)), Action(name))
+            for name, threshold in actions.thresholds().items()
+            if total >= threshold
+        ]
         if reached:
             verdict.action = max(reached)[2]
         if verdict.action is Action.REJECT:

@@ -47,7 +47,9 @@ def log_line(tx: Transaction, verdict: Verdict) -> str:
     session = tx.session
     client = f"{session.client_name or 'unknown'}[{session.client_addr or '-'}]"
     symbols = ",".join(f"{s.name}({s.score:g})" for s in verdict.symbols) or "-"
-    timings = ",".join(f"{stage.label}:{tx.timings[stage] * 1000:.2f}ms" for stage in Stage if stage in tx.timings)
+    timings = ",".join(
+        f"{stage.label}:{tx.timings[stage] * 1000:.2f}ms" for stage in Stage if stage in tx.timings
+    )
     parts = [
         f"{tx.queue_id or 'NOQUEUE'}:",
         f"client={client}",

@@ -83,7 +83,9 @@ class Transaction:
         if self.raw_message is not None:
             return Message(self.raw_message)
         head = b"".join(
-            name.encode("ascii", "replace") + b":" + value.encode("utf-8", "surrogateescape").replace(b"\n", b"\r\n")
+            name.encode("ascii", "replace")
+            + b":"
+            + value.encode("utf-8", "surrogateescape").replace(b"\n", b"\r\n")
             + b"\r\n"
             for name, value in self.raw_headers
         )

@@ -88,4 +88,7 @@ class HeaderSanity(Check):
 
 def _is_address(address: str) -> bool:
     local, at, domain = address.rpartition("@")
-    return bool(at and local and domain and " " not in address and "." in domain.strip("[]") or domain.startswith("["))
+    return bool(
+        (at and local and domain and " " not in address and "." in domain.strip("[]"))
+        or domain.startswith("[")
+    )

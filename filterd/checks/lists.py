@@ -16,6 +16,7 @@ from filterd.addrlists import AddressList, NetworkList
 from filterd.check import Check, CheckSettings, Finding, Output, Stage
 from filterd.config import Config
 from filterd.replies import R550_CLIENT_DENIED, R550_RECIPIENT_DENIED, R550_SENDER_DENIED, Reject, Reply
+from filterd.services import Services
 from filterd.settings import setting
 from filterd.transaction import Transaction
 
@@ -33,16 +34,18 @@ class ClientLists(Check):
     symbols = {"CLIENT_ALLOWED": -20.0}
     Settings = ListSettings
 
-    def __init__(self, settings: ListSettings, config: Config) -> None:
-        super().__init__(settings, config)
+    def __init__(self, settings: ListSettings, config: Config, services: Services) -> None:
+        super().__init__(settings, config, services)
         self.allow = NetworkList.load(settings.allow_file, f"checks.{self.name}.allow_file")
         self.deny = NetworkList.load(settings.deny_file, f"checks.{self.name}.deny_file")
 
     def run(self, tx: Transaction) -> Iterable[Output]:
         ip = tx.session.client_ip
         if (net := self.deny.match(ip)) is not None:
-            yield Reject(R550_CLIENT_DENIED.with_text(f"Client host [{ip}] is on this site's deny list"),
-                         f"client {ip} in deny list ({net})")
+            yield Reject(
+                R550_CLIENT_DENIED.with_text(f"Client host [{ip}] is on this site's deny list"),
+                f"client {ip} in deny list ({net})",
+            )
         elif (net := self.allow.match(ip)) is not None:
             yield Finding("CLIENT_ALLOWED", f"client {ip} in allow list ({net})")
 
@@ -55,8 +58,8 @@ class _AddressLists(Check):
     deny_reply: Reply
     noun: str  # "sender", "recipient"
 
-    def __init__(self, settings: ListSettings, config: Config) -> None:
-        super().__init__(settings, config)
+    def __init__(self, settings: ListSettings, config: Config, services: Services) -> None:
+        super().__init__(settings, config, services)
         self.allow = AddressList.load(settings.allow_file, f"checks.{self.name}.allow_file")
         self.deny = AddressList.load(settings.deny_file, f"checks.{self.name}.deny_file")
 

@@ -23,8 +23,9 @@ def _not_negative(value: int) -> str | None:
 
 @dataclass(frozen=True)
 class MessageSizeSettings(CheckSettings):
-    reject_over: int = setting(0, "reject inbound messages larger than this many bytes (0: no limit)",
-                               _not_negative)
+    reject_over: int = setting(
+        0, "reject inbound messages larger than this many bytes (0: no limit)", _not_negative
+    )
 
 
 class MessageSize(Check):
@@ -40,5 +41,8 @@ class MessageSize(Check):
         if limit and tx.size > limit:
             yield Reject(R552_MESSAGE_TOO_BIG, f"message of {tx.size} bytes over the limit of {limit}")
         elif tx.oversized:
-            yield Finding("SCAN_SKIPPED_SIZE", f"message of {tx.size} bytes is over max_scan_bytes "
-                                               f"({self.config.milter.max_scan_bytes}): content not scanned")
+            yield Finding(
+                "SCAN_SKIPPED_SIZE",
+                f"message of {tx.size} bytes is over max_scan_bytes "
+                f"({self.config.milter.max_scan_bytes}): content not scanned",
+            )

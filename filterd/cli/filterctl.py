@@ -9,12 +9,20 @@ from filterd.cli.common import config_path_default
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--config", "config_path", default=None, metavar="PATH",
-              help="configuration file (default: $FILTERD_CONFIG or /etc/filterd/filterd.toml)")
+@click.option(
+    "--config",
+    "config_path",
+    default=None,
+    metavar="PATH",
+    help="configuration file (default: $FILTERD_CONFIG or /etc/filterd/filterd.toml)",
+)
 @click.pass_context
 def cli(ctx: click.Context, config_path: str | None) -> None:
     """Administer filterd: check the configuration, scan stored messages."""
-    ctx.obj = {"config_path": config_path or config_path_default(), "config_explicit": config_path is not None}
+    ctx.obj = {
+        "config_path": config_path or config_path_default(),
+        "config_explicit": config_path is not None,
+    }
 
 
 cli.add_command(config_cmd.config)
