@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from filterd.check import Check
+from filterd.dns import DnsSettings
 from filterd.settings import ConfigError, build, render_section, section, setting
 
 DEFAULT_CONFIG_PATH = Path("/etc/filterd/filterd.toml")
@@ -177,6 +178,7 @@ class Config:
     network: NetworkSettings = section(NetworkSettings, "Which clients are ours")
     actions: ActionSettings = section(ActionSettings, "Score thresholds for each action")
     redis: RedisSettings = section(RedisSettings, "Redis, where state shared by several filterd hosts lives")
+    dns: DnsSettings = section(DnsSettings, "The DNS resolver every lookup goes through")
     scores: Mapping[str, float] = setting(
         types.MappingProxyType({}), "score overrides, SYMBOL = score (see `filterctl symbols`)"
     )
@@ -209,6 +211,7 @@ def parse_config(data: Mapping[str, Any], path: str = "") -> Config:
         network=top.network,
         actions=top.actions,
         redis=top.redis,
+        dns=top.dns,
         scores=top.scores,
         checks=checks,
         path=path,
@@ -221,6 +224,7 @@ class _TopLevel:
     network: NetworkSettings = section(NetworkSettings, "")
     actions: ActionSettings = section(ActionSettings, "")
     redis: RedisSettings = section(RedisSettings, "")
+    dns: DnsSettings = section(DnsSettings, "")
     scores: Mapping[str, float] = setting(types.MappingProxyType({}), "")
 
 

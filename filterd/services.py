@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from filterd.config import Config
+    from filterd.dns import Resolver
 
 
 class Services:
@@ -46,6 +47,15 @@ class Services:
             return RedisCluster.from_url(s.url, **options)
         # retry_on_timeout off: on the mail path a slow Redis must fail fast into the check's policy
         return redis.Redis.from_url(s.url, **options)
+
+    @cached_property
+    def resolver(self) -> Resolver:
+        """The one DNS resolver (``[dns]``); pyspf and dkimpy are pointed at it too."""
+        from filterd.dns import Resolver
+
+        resolver = Resolver(self.config.dns)
+        resolver.install_as_default()
+        return resolver
 
     def close(self) -> None:
         client = self.__dict__.get("redis")

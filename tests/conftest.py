@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness.dns import LocalDns
 from tests.harness.redis import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,6 +26,15 @@ def corpus() -> Path:
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def local_dns() -> Iterator[LocalDns]:
+    """An authoritative DNS server on 127.0.0.1; tests add records with `local_dns.add(...)`."""
+    server = LocalDns()
     server.start()
     yield server
     server.stop()
