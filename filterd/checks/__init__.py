@@ -10,6 +10,7 @@ from filterd.check import Check
 from filterd.checks.header_sanity import HeaderSanity
 from filterd.checks.lists import ClientLists, RecipientLists, SenderLists
 from filterd.checks.message_size import MessageSize
+from filterd.checks.rules import Rules
 
 ALL_CHECKS: tuple[type[Check], ...] = (
     ClientLists,
@@ -17,4 +18,5 @@ ALL_CHECKS: tuple[type[Check], ...] = (
     RecipientLists,
     HeaderSanity,
     MessageSize,
+    Rules,
 )
