@@ -11,8 +11,15 @@ automata and matches in time linear in the input, whatever the pattern: there is
 check.  What it gives up -- backreferences and lookaround -- content rules do not need; a rule
 that wants "does not match" says ``negate = true``.
 
-Measured here (bench/rules_speed.py has the numbers for the shipped set; this is the probe that
-decided), 100 case-insensitive word patterns over a 1 kB text, per message:
+Measured here.  The hostile inputs of tests/test_rules_shipped.py (13 strings of 64 kB: runs of
+spaces, newlines, letters, near-misses built from each pattern's own words) against the 158
+patterns of the shipped set:
+
+    Python re    312 s in all; worst pattern 130 s (a "(?m)^\\s*(?:dear|hello)..." greeting rule
+                 on 64 kB of blanks: quadratic, no nested quantifier for a checker to find)
+    RE2          0.35 s in all; worst pattern 5 ms
+
+And speed, 100 case-insensitive word patterns over a 1 kB text, per message:
 
     Python re, one search per pattern          2 500 us
     Python re, one alternation of all          6 500 us

@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
-import html.parser
+import html
 import re
 import urllib.parse
 from dataclasses import dataclass
 from functools import cached_property
 
 from filterd.message import Message, decode_words
+from filterd.rules.engine import compile_pattern
 
 MAX_FULL_BYTES = 1 << 20  # full rules see the first MiB of the raw message
 MAX_URLS = 300  # distinct URLs looked at per message
-MAX_LINKS = 300  # <a> elements looked at per message
+MAX_LINKS = 300  # anchors showing an address looked at per message
 
 _SURROGATE = re.compile(r"[\udc80-\udcff]")
 _BAD_HOST = re.compile(r"[\s<>\"'`{}|\\^]")
@@ -118,45 +119,26 @@ class Link:
     text: str
 
 
-class _LinkCollector(html.parser.HTMLParser):
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.links: list[Link] = []
-        self._href: str | None = None
-        self._text: list[str] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag != "a" or len(self.links) >= MAX_LINKS:
-            return
-        self._close()
-        self._href = next((v.strip() for k, v in attrs if k == "href" and v), None)
-        self._text = []
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag == "a":
-            self._close()
-
-    def handle_data(self, data: str) -> None:
-        if self._href is not None:
-            self._text.append(data)
-
-    def _close(self) -> None:
-        if self._href is not None:
-            self.links.append(Link(self._href, " ".join("".join(self._text).split())))
-        self._href = None
+# An <a> whose visible text starts with a web address, nested tags (<font>, <b>) allowed before it
+# but not </a> or another <a>: group 1 is the href, group 2 the address shown.  One RE2 pass instead of an HTML parse: measured
+# on the corpus, html.parser took 73% of the rules' time on the slowest 1% of messages, and
+# anchors showing an address are the only ones a rule needs.
+_SHOWN_URL_LINK = compile_pattern(
+    r"""(?is)<a\s[^>]*?\bhref\s*=\s*["']?([^"'\s>]+)[^>]*>\s*(?:</?[b-z!][^>]*>\s*)*((?:https?://|www\.)[^<\s"]+)"""
+)
 
 
 def links_of(markup: str) -> list[Link]:
+    """The anchors in `markup` whose text shows a web address."""
     if "<a" not in markup and "<A" not in markup:
         return []
-    collector = _LinkCollector()
-    try:
-        collector.feed(markup)
-        collector.close()
-    except (AssertionError, ValueError):  # html.parser on pathological input
-        pass
-    collector._close()
-    return collector.links
+    links: list[Link] = []
+    for m in _SHOWN_URL_LINK.finditer(encode(markup)):
+        href, text = (html.unescape(g.decode("utf-8", "replace")) for g in m.groups())
+        links.append(Link(href.strip(), text))
+        if len(links) >= MAX_LINKS:
+            break
+    return links
 
 
 class Targets:
@@ -238,6 +220,7 @@ class Targets:
 
     @cached_property
     def links(self) -> list[Link]:
+        """HTML anchors that show a web address as their text."""
         return links_of(self.message.html)
 
     @cached_property
