@@ -160,9 +160,11 @@ class Spf(Check):
             s=sender,
             h=helo,
             receiver=self.receiver,
-            timeout=self.per_lookup or self.spf_settings.max_time,
             querytime=self.spf_settings.max_time,
         )
+        # pyspf sets the per-lookup timeout to querytime; put ours back, so one silent server
+        # costs one lookup's time ([dns] timeout x attempts), while querytime still bounds the whole.
+        q.timeout = self.per_lookup
         result, _code, explanation = q.check()
         domain = helo.lower().rstrip(".") if identity == "helo" else sender.rpartition("@")[2].lower()
         checked = q.s if identity == "helo" else sender

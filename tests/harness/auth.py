@@ -63,14 +63,17 @@ def message(
 class PublishedKey:
     """A DKIM key pair whose public half the local DNS server publishes."""
 
-    def __init__(self, local_dns: LocalDns, domain: str, selector: str, key_type: str = "rsa") -> None:
+    def __init__(
+        self, local_dns: LocalDns, domain: str, selector: str, key_type: str = "rsa", publish: bool = True
+    ) -> None:
         from filterd.auth.keys import parse_private_key
 
         self.domain, self.selector, self.key_type = domain, selector, key_type
         self.pem, public = generate(key_type, 2048 if key_type == "rsa" else 0)  # type: ignore[arg-type]
         _, _, self.private, _ = parse_private_key(self.pem, "test key")
         self.public = public
-        publish_txt(local_dns, f"{selector}._domainkey.{domain}", txt_value(key_type, public))  # type: ignore[arg-type]
+        if publish:
+            publish_txt(local_dns, f"{selector}._domainkey.{domain}", txt_value(key_type, public))  # type: ignore[arg-type]
 
     def write(self, path: Path) -> Path:
         path.write_bytes(self.pem)
