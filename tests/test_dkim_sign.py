@@ -157,7 +157,7 @@ def test_key_file_problems_stop_start_up(local_dns: LocalDns, tmp_path: Path) ->
         start("relative.key")
     with pytest.raises(ConfigError, match="default_domain"):
         start(str(good), default_domain="other.example")
-    with pytest.raises(ConfigError, match="checks.dkim_sign.headers"):
+    with pytest.raises(ConfigError, match=r"checks\.dkim_sign\.headers"):
         pipeline(local_dns, {"dkim_sign": {"headers": ["from", "received"]}})
 
 

@@ -74,7 +74,12 @@ def keygen(
         write_private_key(path, pem, overwrite=force)
         if owner:
             user, _, group = owner.partition(":")
-            shutil.chown(path, user or None, group or None)
+            if user and group:
+                shutil.chown(path, user, group)
+            elif user:
+                shutil.chown(path, user=user)
+            else:
+                shutil.chown(path, group=group)
     except (OSError, LookupError) as exc:
         raise click.ClickException(f"cannot write {path}: {exc}") from exc
     size = f"{bits}-bit RSA" if key_type == "rsa" else "Ed25519"
