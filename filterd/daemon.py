@@ -9,8 +9,12 @@ SIGHUP, and a reload goes through the parent: it validates the new configuration
 is good, bumps a generation counter in shared memory; each worker rebuilds its pipeline at its
 next MAIL FROM.  No connection is dropped and a bad file never replaces a good one.
 
-SIGTERM: the parent passes it to the workers; each stops accepting (libmilter notices within
-~5 s), finishes the messages in flight (at most `shutdown_grace` seconds), and exits.
+SIGTERM: workers ignore it too, because once libmilter's main loop returns, pymilter can no
+longer run callbacks for the connections still open -- a message in flight would hang.  Instead
+the parent removes the unix socket (new connections now fail, and Postfix tempfails them per
+milter_default_action) and raises a stop flag in shared memory; each worker waits until its
+messages in flight are done (at most `shutdown_grace` seconds) and exits.  A worker whose parent
+died does the same.
 """
 
 from __future__ import annotations
@@ -48,8 +52,11 @@ class Supervisor:
         self.config = config
         self.workers = workers or os.cpu_count() or 1
         self.generation = multiprocessing.sharedctypes.RawValue("Q", 0)
+        self.stop_flag = multiprocessing.sharedctypes.RawValue("B", 0)
+        self.socket_path: Path | None = None
         self.children: dict[int, float] = {}  # pid -> start time
         self.stopping = False
+        self.kill_deadline = 0.0
 
     def run(self) -> int:
         import milter
@@ -57,7 +64,7 @@ class Supervisor:
         from filterd.milter import install_callbacks
 
         settings = self.config.milter
-        socket_path = _unix_path(settings.socket)
+        socket_path = self.socket_path = _unix_path(settings.socket)
         if socket_path is not None:
             socket_path.parent.mkdir(parents=True, exist_ok=True)
         install_callbacks(settings.timeout)
@@ -77,7 +84,10 @@ class Supervisor:
             self.config_path or "built-in defaults",
         )
         while self.children:
-            info = signal.sigtimedwait(_SIGNALS, 1.0)
+            info = signal.sigtimedwait(_SIGNALS, 0.5)
+            if self.stopping and time.monotonic() > self.kill_deadline:
+                for pid in self.children:  # a worker stuck past its grace: end it
+                    _kill(pid, signal.SIGKILL)
             if info is None:
                 self._reap()
             elif info.si_signo == signal.SIGHUP:
@@ -86,8 +96,6 @@ class Supervisor:
                 self._stop()
             else:
                 self._reap()
-        if socket_path is not None and socket_path.exists():
-            socket_path.unlink()
         log.info("stopped")
         return 0
 
@@ -107,17 +115,22 @@ class Supervisor:
 
         from filterd import milter as filterd_milter
 
-        signal.signal(
-            signal.SIGHUP, signal.SIG_IGN
-        )  # libmilter would stop on it: reloads come via the parent
+        # libmilter stops on any of these; the parent decides instead (see the module docstring)
+        for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, signal.SIG_IGN)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
         generation = self.generation
         filterd_milter.holder = filterd_milter.PipelineHolder(
             build=lambda: Pipeline.from_config(load_config(self.config_path)),
             generation=lambda: int(generation.value),
         )
-        milter.main()  # returns once libmilter has stopped accepting (SIGTERM)
-        filterd_milter.wait_idle(self.config.milter.shutdown_grace)
+        parent = os.getppid()
+        stop_flag = self.stop_flag
+        filterd_milter.start_drain_watcher(
+            should_stop=lambda: bool(stop_flag.value) or os.getppid() != parent,
+            grace=self.config.milter.shutdown_grace,
+        )
+        milter.main()
         return 0
 
     def _reload(self) -> None:
@@ -138,8 +151,11 @@ class Supervisor:
             return
         self.stopping = True
         log.info("stopping: workers finish the messages in flight")
-        for pid in self.children:
-            _kill(pid, signal.SIGTERM)
+        if self.socket_path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.socket_path.unlink()  # no new connections; Postfix tempfails them meanwhile
+        self.stop_flag.value = 1
+        self.kill_deadline = time.monotonic() + self.config.milter.shutdown_grace + 5
 
     def _reap(self) -> None:
         while self.children:

@@ -13,11 +13,15 @@ Postfix quirks handled here:
   folding intact: DKIM verification needs the exact bytes.  The same option means the values we
   add must carry their own leading space.
 - The queue id macro `i` first exists at DATA, so it is read again at end of headers.
+- A reject at CONNECT reaches the client as Postfix's own "554 ... not accepting connections",
+  whatever text the milter set.  So a decision at CONNECT or HELO is held and given at MAIL FROM
+  (as Postfix's smtpd_delay_reject does): the client then sees filterd's reason.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
 import time
@@ -112,6 +116,7 @@ class FilterdMilter(Milter.Base):
         self.pipeline = holder.current()
         self.session = Session()
         self.tx: Transaction | None = None
+        self.session_decision: Decision | None = None  # decided at CONNECT/HELO, given at MAIL FROM
         self.forged: list[tuple[str, int]] = []  # (header name, index among that name) to remove
         self._name_counts: dict[str, int] = {}
 
@@ -150,14 +155,13 @@ class FilterdMilter(Milter.Base):
         return self._session_stage(Stage.HELO)
 
     def _session_stage(self, stage: Stage) -> int:
+        if self.session_decision is not None:
+            return Milter.CONTINUE  # already decided: no more work on this connection
         probe = Transaction(
             session=self.session, findings=self.session.findings, timings=self.session.timings
         )
-        decision = self.pipeline.run_stage(stage, probe)
-        if decision is None:
-            return Milter.CONTINUE
-        log.info(log_line(probe, self.pipeline.verdict(probe, decision)))
-        return self._decide(decision)
+        self.session_decision = self.pipeline.run_stage(stage, probe)
+        return Milter.CONTINUE
 
     # -- message stages -------------------------------------------------------------------------
 
@@ -172,6 +176,11 @@ class FilterdMilter(Milter.Base):
         tx.queue_id = self.getsymval("i") or None
         tx.direction = self.pipeline.direction_of(tx)
         self.forged, self._name_counts = [], {}
+        if self.session_decision is not None:
+            log.info(log_line(tx, self.pipeline.verdict(tx, self.session_decision)))
+            rc = self._decide(self.session_decision)
+            self._end_message()
+            return rc
         return self._stage(Stage.MAIL_FROM)
 
     @_fail_safe
@@ -337,11 +346,25 @@ def install_callbacks(timeout: int) -> None:
     )
 
 
-def wait_idle(grace: float) -> None:
-    """After libmilter stopped accepting: let messages in flight finish, for at most `grace` seconds."""
-    deadline = time.monotonic() + grace
-    while holder is not None and holder.active > 0 and time.monotonic() < deadline:
-        time.sleep(0.05)
+def start_drain_watcher(should_stop: Callable[[], bool], grace: float) -> threading.Thread:
+    """Exit the worker once told to stop and its messages in flight are done (or `grace` ran out).
+
+    The worker must not return from libmilter's main loop to stop: after that pymilter cannot run
+    callbacks for connections still open, and their messages would hang (see filterd.daemon).
+    """
+
+    def watch() -> None:
+        while not should_stop():
+            time.sleep(0.1)
+        deadline = time.monotonic() + grace
+        while holder is not None and holder.active > 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        logging.shutdown()
+        os._exit(0)
+
+    thread = threading.Thread(target=watch, name="drain-watcher", daemon=True)
+    thread.start()
+    return thread
 
 
 Milter.enable_protocols(FilterdMilter, Milter.P_HDR_LEADSPC)  # sets the class's protocol mask
