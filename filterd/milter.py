@@ -31,6 +31,7 @@ from typing import Any
 import Milter
 import milter
 
+from filterd.auth.results import configured_authserv_id
 from filterd.check import Direction, Stage
 from filterd.pipeline import Action, Pipeline, Verdict
 from filterd.replies import R451_CHECK_FAILED, Decision, Discard, Reject, TempFail
@@ -206,7 +207,7 @@ class FilterdMilter(Milter.Base):
         tx.size += len(name) + len(value) + 3
         key = name.lower()
         self._name_counts[key] = self._name_counts.get(key, 0) + 1
-        if is_forgeable(name):
+        if is_forgeable(name, text, (configured_authserv_id(self.pipeline.config),)):
             self.forged.append((name, self._name_counts[key]))
         return Milter.CONTINUE
 

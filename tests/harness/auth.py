@@ -22,8 +22,11 @@ _serial = itertools.count(1)
 
 
 def unique(label: str) -> str:
-    """A domain no other test uses (the DNS fixture is shared by the whole session)."""
-    return f"{label}{next(_serial)}.example.com"
+    """A domain no other test uses (the DNS fixture is shared by the whole session).
+
+    Under .test (RFC 2606), which the Public Suffix List does not know: by the list's "*" rule
+    each such domain is its own organisational domain, as a real registered domain is."""
+    return f"{label}{next(_serial)}.test"
 
 
 def auth_config(local_dns: LocalDns, checks: dict[str, Any] | None = None, **top: Any) -> Config:
