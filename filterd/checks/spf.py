@@ -94,8 +94,8 @@ class Spf(Check):
         "SPF_PASS": -0.5,
         "SPF_FAIL": 3.0,
         "SPF_SOFTFAIL": 1.5,
-        "SPF_NEUTRAL": 0.3,
-        "SPF_NONE": 0.3,
+        "SPF_NEUTRAL": 0.0,
+        "SPF_NONE": 0.0,  # no record says nothing (as rspamd R_SPF_NA)
         "SPF_TEMPERROR": 0.5,
         "SPF_PERMERROR": 1.0,
         "SPF_HELO_PASS": -0.1,
