@@ -58,6 +58,9 @@ class DkimSettings(CheckSettings):
     max_signatures: int = setting(
         10, "signatures verified per message; more are recorded as dkim=policy, not verified", _positive
     )
+    accept_rsa_sha1: bool = setting(
+        False, "count a valid rsa-sha1 signature as pass (RFC 8301 says not to: it gives dkim=policy)"
+    )
 
 
 class LibraryLog:
@@ -103,6 +106,7 @@ class Dkim(Check):
             self.services.resolver,
             min_rsa_bits=self.dkim_settings.min_rsa_bits,
             max_signatures=self.dkim_settings.max_signatures,
+            accept_rsa_sha1=self.dkim_settings.accept_rsa_sha1,
         )
         tx.auth_results[DKIM] = results
         if not results:
@@ -117,7 +121,12 @@ class Dkim(Check):
 
 
 def verify_all(
-    raw: bytes, resolver: Any, *, min_rsa_bits: int = 1024, max_signatures: int = 10
+    raw: bytes,
+    resolver: Any,
+    *,
+    min_rsa_bits: int = 1024,
+    max_signatures: int = 10,
+    accept_rsa_sha1: bool = False,
 ) -> list[DkimResult]:
     """One result per DKIM-Signature header of `raw`, in header order (top first)."""
     journal = LibraryLog()
@@ -162,7 +171,9 @@ def verify_all(
         except dkim.DKIMException as exc:
             results.append(result("permerror", f"{type(exc).__name__}: {exc}"[:120]))
             continue
-        if ok:
+        if ok and algorithm == "rsa-sha1" and not accept_rsa_sha1:
+            results.append(result("policy", "valid, but rsa-sha1 is not accepted (RFC 8301)"))
+        elif ok:
             results.append(result("pass"))
         elif lookup.temp_error:
             results.append(result("temperror", f"key lookup failed: {lookup.temp_error}"[:120]))
