@@ -26,7 +26,7 @@ def is_forgeable(name: str, value: str = "", authserv_ids: Collection[str] = ())
     `authserv_ids` (RFC 8601 section 5): only we may speak for our authserv-id.  The milter
     passes the header's value and ``(configured_authserv_id(config),)``."""
     lname = name.lower()
-    if lname.startswith(FORGEABLE_PREFIXES):
+    if lname.startswith(FORGEABLE_PREFIXES):  # str.startswith with a tuple: one C call
         return True
     if lname == AR_HEADER.lower() and authserv_ids:
         claimed = authserv_id_of(value).lower()
