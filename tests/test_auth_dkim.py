@@ -131,3 +131,23 @@ def test_verify_all_with_an_unreadable_message() -> None:
             raise AssertionError("no lookup expected")
 
     assert verify_all(b"", NoDns()) == []
+
+
+def test_rsa_sha1_is_policy_unless_accepted(local_dns: LocalDns, rsa_key: PublishedKey) -> None:
+    import dkim
+
+    raw = message(f"a@{rsa_key.domain}")
+    signed = (
+        dkim.DKIM(raw).sign(
+            rsa_key.selector.encode(),
+            rsa_key.domain.encode(),
+            rsa_key.private,
+            signature_algorithm=b"rsa-sha1",
+        )
+        + raw
+    )
+    [r], verdict = results(local_dns, signed)
+    assert (r.result, r.algorithm) == ("policy", "rsa-sha1") and "RFC 8301" in r.reason
+    assert "DKIM_POLICY" in symbols(verdict)
+    [r], _ = results(local_dns, signed, checks={"dkim": {"accept_rsa_sha1": True}})
+    assert r.result == "pass"
