@@ -87,7 +87,7 @@ BROKEN = [
         "bad regex",
         '[BAD_RE]\nkind = "body"\npattern = \'(unclosed\'\ndescription = "x"\n',
         "BAD_RE",
-        "bad regular expression",
+        "bad regular expression '(unclosed': missing )",
     ),
     ("unknown kind", '[ODD]\nkind = "bodyy"\npattern = "x"\ndescription = "x"\n', "ODD", "is not one of"),
     (

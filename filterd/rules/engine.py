@@ -64,7 +64,10 @@ def compile_pattern(pattern: str) -> re2._Regexp:
     try:
         return re2.compile(pattern, _options())
     except re2.error as exc:
-        raise ValueError(str(exc) or "invalid pattern") from None
+        reason = exc.args[0] if exc.args else "invalid pattern"
+        if isinstance(reason, bytes):  # the binding passes RE2's own message through as bytes
+            reason = reason.decode("utf-8", "replace")
+        raise ValueError(str(reason)) from None
 
 
 class PatternSet:

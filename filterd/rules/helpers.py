@@ -14,7 +14,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from filterd.rules.targets import Targets, normalise_url, registrable_domain
+from filterd.auth.dmarc import org_domain
+from filterd.rules.targets import Targets, normalise_url
 
 # A web address shown as link text: "https://bank.com/login", "www.bank.com".  A bare "News.com"
 # is not taken: newsletters name their site that way and link through a click counter on another
@@ -80,8 +81,10 @@ def link_domain_mismatch(t: Targets, p: Mapping[str, Any]) -> str | None:
         target = normalise_url(link.href)
         if target is None:
             continue
-        shown_domain = registrable_domain(shown.group(1))
-        target_domain = registrable_domain(target.host)
+        # Organisational domains from the Public Suffix List (the one DMARC uses): a link from
+        # www.bank.co.uk to secure.bank.co.uk is one site.
+        shown_domain = org_domain(shown.group(1))
+        target_domain = org_domain(target.host)
         # Same name under another top-level domain (example.com / example.net): one owner.
         if shown_domain.split(".")[0] != target_domain.split(".")[0]:
             return f"link shows {shown.group(1)!r} but goes to {target.host}"

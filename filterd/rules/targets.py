@@ -98,19 +98,6 @@ def parent_domains(host: str) -> list[str]:
     return [".".join(labels[i:]) for i in range(len(labels))]
 
 
-_SECOND_LEVEL = frozenset({"co", "com", "net", "org", "gov", "edu", "ac", "or", "ne", "go", "gob", "mil"})
-
-
-def registrable_domain(host: str) -> str:
-    """The part of a host name its owner registered, by a rule of thumb (no public-suffix list):
-    the last two labels, or three under a two-letter country code with a generic second level
-    (``example.co.uk``, ``example.com.cn``).  Good enough to tell two sites apart."""
-    labels = host.lower().rstrip(".").split(".")
-    if len(labels) >= 3 and len(labels[-1]) == 2 and labels[-2] in _SECOND_LEVEL:
-        return ".".join(labels[-3:])
-    return ".".join(labels[-2:])
-
-
 @dataclass(frozen=True)
 class Link:
     """An HTML anchor: where it goes and the text the reader sees."""
