@@ -133,6 +133,7 @@ class Targets:
 
     def __init__(self, message: Message) -> None:
         self.message = message
+        self._address_cache: dict[str, list[tuple[str, str]]] = {}
 
     @cached_property
     def body(self) -> bytes:
@@ -162,14 +163,21 @@ class Targets:
         """The decoded values of header `name` (``Name:addr`` / ``Name:name`` for the addresses or
         display names in it), one per line; None when the message has no such header."""
         base, _, part = name.partition(":")
-        values = self._headers.get(base.lower())
+        key = base.lower()
+        values = self._headers.get(key)
         if values is None:
             return None
-        decoded = [self.decode(v) for v in values]
-        if part:
-            pairs = email.utils.getaddresses(decoded)
-            decoded = [addr if part == "addr" else display for display, addr in pairs]
-        return encode("\n".join(decoded))
+        if not part:
+            return encode("\n".join(self.decode(v) for v in values))
+        pairs = self._addresses(key)
+        return encode("\n".join(addr if part == "addr" else display for display, addr in pairs))
+
+    def _addresses(self, key: str) -> list[tuple[str, str]]:
+        """(display name, address) pairs of an address header, parsed once for :addr and :name."""
+        if key not in self._address_cache:
+            decoded = [self.decode(v) for v in self._headers.get(key, ())]
+            self._address_cache[key] = email.utils.getaddresses(decoded)
+        return self._address_cache[key]
 
     @cached_property
     def all_headers(self) -> bytes:
