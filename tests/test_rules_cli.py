@@ -109,6 +109,9 @@ def test_stats_counts_hits_and_accuracy(tmp_path: Path) -> None:
     assert "2 spam, 1 ham" in out
     # SPAM scores 5.5 (caught at 5), SPAM_2 scores 3 (missed); HAM scores 0
     assert "rules alone                spam caught     1/2 (50.0%)  ham flagged    0/1 (0.0%)" in out
+    assert "other checks alone" in out and "other checks + rules" in out
+    code, out = run("rules", "stats", "--corpus", str(corpus), "--default-dir", str(d), "--rules-only")
+    assert code == 0 and "rules alone" in out and "other checks" not in out
     code, out = run("rules", "stats", "--corpus", str(corpus), "--fold", "2/2")
     assert code == 2 and "0 <= K < N" in out
     code, out = run("rules", "stats", "--corpus", str(tmp_path))

@@ -153,6 +153,9 @@ def _pct(n: int, d: int) -> str:
 @_DEFAULT_DIR
 @_LOCAL_DIR
 @click.option(
+    "--rules-only", is_flag=True, help="do not run the other checks (no comparison, no DNS lookups)"
+)
+@click.option(
     "--sort",
     type=click.Choice(["name", "spam", "ham", "ratio"]),
     default="name",
@@ -165,6 +168,7 @@ def stats(
     fold: str,
     default_dir: str | None,
     local_dir: str | None,
+    rules_only: bool,
     sort: str,
 ) -> None:
     """Per rule, hits on spam and on ham and S/O (SpamAssassin's mass-check), then how much the
@@ -182,8 +186,10 @@ def stats(
             raise click.BadParameter(f"{corpus} has no {label}/ subdirectory", param_hint="--corpus")
     cfg = load(ctx)
     rule_set = _rule_set(cfg, default_dir, local_dir)
-    pipeline = Pipeline.from_config(cfg)
-    others = Pipeline(cfg, [c for c in pipeline.checks if c.name != "rules"], pipeline.services)
+    pipeline = None if rules_only else Pipeline.from_config(cfg)
+    others = None
+    if pipeline is not None:  # the same pipeline without the rules: what the rules add on top
+        others = Pipeline(cfg, [c for c in pipeline.checks if c.name != "rules"], pipeline.services)
     required = cfg.actions.required
     st = _Stats(per_rule={r.name: _Counts() for r in rule_set.all if r.enabled})
     for label in ("spam", "ham"):
@@ -203,10 +209,10 @@ def stats(
                 else:
                     counts.ham += 1
             rules_score = sum(r.score for r in hits)
-            _, verdict = scan(others, raw)
+            other_score = scan(others, raw)[1].score if others is not None else 0.0
             for tally, score in (
-                (st.base, verdict.score),
-                (st.with_rules, verdict.score + rules_score),
+                (st.base, other_score),
+                (st.with_rules, other_score + rules_score),
                 (st.rules_only, rules_score),
             ):
                 if score >= required:
@@ -214,11 +220,12 @@ def stats(
                         tally.caught += 1
                     else:
                         tally.false_pos += 1
-    pipeline.close()
-    _print_stats(st, rule_set, sort, required)
+    if pipeline is not None:
+        pipeline.close()
+    _print_stats(st, rule_set, sort, required, compared=pipeline is not None)
 
 
-def _print_stats(st: _Stats, rule_set: RuleSet, sort: str, required: float) -> None:
+def _print_stats(st: _Stats, rule_set: RuleSet, sort: str, required: float, compared: bool) -> None:
     def so(c: _Counts) -> float:
         s, h = c.spam / max(1, st.spam), c.ham / max(1, st.ham)
         return s / (s + h) if s + h else math.nan
@@ -241,6 +248,8 @@ def _print_stats(st: _Stats, rule_set: RuleSet, sort: str, required: float) -> N
         )
     click.echo("")
     click.echo(f"{st.spam} spam, {st.ham} ham; a message is spam at score >= {required:g}")
-    click.echo(st.base.line("other checks alone", st.spam, st.ham))
+    if compared:
+        click.echo(st.base.line("other checks alone", st.spam, st.ham))
     click.echo(st.rules_only.line("rules alone", st.spam, st.ham))
-    click.echo(st.with_rules.line("other checks + rules", st.spam, st.ham))
+    if compared:
+        click.echo(st.with_rules.line("other checks + rules", st.spam, st.ham))
