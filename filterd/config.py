@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from filterd.check import Check
 from filterd.dns import DnsSettings
+from filterd.quarantine import QuarantineSettings
 from filterd.settings import ConfigError, build, render_section, section, setting
 
 DEFAULT_CONFIG_PATH = Path("/etc/filterd/filterd.toml")
@@ -179,6 +180,7 @@ class Config:
     actions: ActionSettings = section(ActionSettings, "Score thresholds for each action")
     redis: RedisSettings = section(RedisSettings, "Redis, where state shared by several filterd hosts lives")
     dns: DnsSettings = section(DnsSettings, "The DNS resolver every lookup goes through")
+    quarantine: QuarantineSettings = section(QuarantineSettings, "Where quarantined messages are kept")
     scores: Mapping[str, float] = setting(
         types.MappingProxyType({}), "score overrides, SYMBOL = score (see `filterctl symbols`)"
     )
@@ -212,6 +214,7 @@ def parse_config(data: Mapping[str, Any], path: str = "") -> Config:
         actions=top.actions,
         redis=top.redis,
         dns=top.dns,
+        quarantine=top.quarantine,
         scores=top.scores,
         checks=checks,
         path=path,
@@ -225,6 +228,7 @@ class _TopLevel:
     actions: ActionSettings = section(ActionSettings, "")
     redis: RedisSettings = section(RedisSettings, "")
     dns: DnsSettings = section(DnsSettings, "")
+    quarantine: QuarantineSettings = section(QuarantineSettings, "")
     scores: Mapping[str, float] = setting(types.MappingProxyType({}), "")
 
 

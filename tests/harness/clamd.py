@@ -1,0 +1,117 @@
+"""A private clamd on a unix socket and a free loopback TCP port, loading only tests/clamav/.
+
+clamd runs in the foreground as a child of the test process, with its own DatabaseDirectory,
+TemporaryDirectory, log and pid file, so nothing is shared with a system clamd.  No `User` line:
+clamd then keeps the uid it was started with (root in CI, the developer otherwise), which can
+read the temp dir; a `User clamav` line would need the files to be readable by that user.
+
+`pause()` (SIGSTOP) makes clamd accept connections but never answer -- how a test makes clamd
+"too slow"; `stop()` and `start()` make it unreachable and bring it back.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import subprocess
+from pathlib import Path
+
+from tests.harness.net import free_port, wait_for
+
+SIGNATURES = Path(__file__).resolve().parent.parent / "clamav"
+
+
+class ClamdServer:
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.socket_path = workdir / "clamd.sock"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def unix_address(self) -> str:
+        """The socket in filterd's config syntax."""
+        return f"unix:{self.socket_path}"
+
+    @property
+    def tcp_address(self) -> str:
+        return f"inet:{self.port}@127.0.0.1"
+
+    def write_config(self) -> Path:
+        db = self.workdir / "db"
+        tmp = self.workdir / "tmp"
+        db.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir(exist_ok=True)
+        for sig in SIGNATURES.iterdir():
+            if sig.suffix in (".hdb", ".ndb"):
+                shutil.copy(sig, db / sig.name)
+        conf = self.workdir / "clamd.conf"
+        conf.write_text(
+            "\n".join(
+                [
+                    f"DatabaseDirectory {db}",
+                    f"LocalSocket {self.socket_path}",
+                    "FixStaleSocket yes",
+                    f"TCPSocket {self.port}",
+                    "TCPAddr 127.0.0.1",
+                    "Foreground yes",
+                    f"LogFile {self.workdir / 'clamd.log'}",
+                    f"PidFile {self.workdir / 'clamd.pid'}",
+                    f"TemporaryDirectory {tmp}",
+                    "ScanMail yes",
+                    "ScanArchive yes",
+                    "SelfCheck 0",
+                    "StreamMaxLength 25M",
+                    "",
+                ]
+            )
+        )
+        return conf
+
+    def start(self) -> None:
+        exe = shutil.which("clamd") or "/usr/sbin/clamd"
+        if not Path(exe).exists():
+            raise RuntimeError("clamd is not installed (apt-get install clamav-daemon)")
+        conf = self.write_config()
+        self.proc = subprocess.Popen(
+            [exe, "--foreground", "-c", str(conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for(self.answers_ping, 60, f"clamd on {self.socket_path}")
+
+    def answers_ping(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            log = self.workdir / "clamd.log"
+            tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+            raise RuntimeError(f"clamd exited with {self.proc.returncode}:\n{tail}")
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.settimeout(1)
+                s.connect(str(self.socket_path))
+                s.sendall(b"zPING\0")
+                return s.recv(64).startswith(b"PONG")
+        except OSError:
+            return False
+
+    def pause(self) -> None:
+        """Stop clamd (SIGSTOP): connections are accepted by the kernel but never answered."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        self.proc.send_signal(signal.SIGCONT)  # a paused clamd cannot handle SIGTERM
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        self.proc = None
