@@ -10,8 +10,8 @@ its habits are wrong on a mail path, so `_Connection` mixes in fixes:
 - `_recv_response` retries a failed `recv` five times, so a timeout of T really waits 5 T; and it
   leaves the socket open on errors.  We read once per call, against one deadline for the whole
   scan, and always close.
-- it sends an empty size-0 chunk mid-stream when the length is a multiple of the chunk size,
-  which ends the stream early; we never send an empty chunk before the terminator.
+- when the length is a multiple of its chunk size it sends the size-0 terminator twice; we send
+  it once.
 
 A scan gives `ScanResult` (clean or the virus names) or raises `ClamdError` (unreachable, too slow,
 clamd's own ERROR reply) / `ClamdTooLarge` (over clamd's StreamMaxLength).  `ClamdPool` tries the

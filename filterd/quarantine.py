@@ -260,24 +260,26 @@ class QuarantineStore:
             raise QuarantineError(f"cannot read {meta_path}: {exc}") from exc
         return Entry(id=qid, meta=meta, data_path=self._data(qid))
 
-    def entries(self) -> Iterator[Entry]:
+    def entries(self) -> list[Entry]:
         """Every complete entry, oldest first; unreadable metadata is skipped (purge removes it)."""
         try:
-            names = sorted(p.name for p in self.dir.iterdir() if p.suffix == ".json")
+            names = [p.name for p in self.dir.iterdir() if p.suffix == ".json"]
         except FileNotFoundError:
-            return
+            return []
         except OSError as exc:
             raise QuarantineError(f"cannot list quarantine {self.dir}: {_why(exc)}") from exc
+        found = []
         for name in names:
             qid = name[: -len(".json")]
             if not ID_PATTERN.match(qid):
                 continue
             try:
-                yield self.get(qid)
-            except UnknownId:
-                continue  # deleted while we listed
+                found.append(self.get(qid))
             except QuarantineError:
-                continue
+                continue  # deleted while we listed, or unreadable
+        # the id's time has a resolution of one second; the metadata's timestamp orders within it
+        found.sort(key=lambda e: (e.timestamp, e.id))
+        return found
 
     # -- changing -----------------------------------------------------------------------------
 
@@ -388,7 +390,7 @@ class QuarantineStore:
         Returns the ids (or file names, for leftovers) removed."""
         cutoff = time.time() - older_than
         removed: list[str] = []
-        for entry in list(self.entries()):
+        for entry in self.entries():
             if entry.timestamp >= cutoff:
                 continue
             if dry_run:

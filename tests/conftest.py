@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness.clamd import ClamdServer
 from tests.harness.dns import LocalDns
 from tests.harness.redis import RedisServer
 
@@ -35,6 +36,15 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 def local_dns() -> Iterator[LocalDns]:
     """An authoritative DNS server on 127.0.0.1; tests add records with `local_dns.add(...)`."""
     server = LocalDns()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def clamd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClamdServer]:
+    """clamd on the shipped test signatures (tests/clamav/); tests must not stop or pause it."""
+    server = ClamdServer(tmp_path_factory.mktemp("clamd"))
     server.start()
     yield server
     server.stop()

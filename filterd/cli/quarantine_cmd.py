@@ -128,25 +128,28 @@ def list_(
         return
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title=f"Quarantine {store.dir}: {len(found)} message(s)", title_justify="left")
-    for column in ("time (UTC)", "id", "sender", "recipients", "subject", "score", "reason"):
-        table.add_column(column, overflow="fold")
+    for column in ("time (UTC)", "id", "sender", "recipients", "subject", "score", "reason", "status"):
+        # the id is what the admin copies into the next command: never fold it
+        fixed = column in ("time (UTC)", "id", "score", "status")
+        table.add_column(column, overflow="fold", no_wrap=fixed, min_width=None)
     for entry in found:
         m = entry.meta
-        reason_text = str(m.get("reason") or "")
-        if entry.released:
-            reason_text += " [released]"
         score = m.get("score")
-        table.add_row(
+        cells = [
             _when(entry),
             entry.id,
             f"<{m.get('mail_from') or ''}>",
             ", ".join(m.get("rcpts") or []),
             str(m.get("subject") or ""),
             f"{score:.2f}" if isinstance(score, int | float) else "",
-            reason_text,
-        )
+            str(m.get("reason") or ""),
+            "released" if entry.released else "held",
+        ]
+        # Text, not markup: a subject such as "[bold]" comes from the sender and must print as is
+        table.add_row(*(Text(c) for c in cells))
     Console(width=None if sys.stdout.isatty() else 160).print(table)
 
 

@@ -23,8 +23,10 @@ SIGNATURES = Path(__file__).resolve().parent.parent / "clamav"
 
 
 class ClamdServer:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, options: dict[str, str] | None = None) -> None:
+        """`options` overrides or adds clamd.conf lines, e.g. {"StreamMaxLength": "1K"}."""
         self.workdir = workdir
+        self.options = options or {}
         self.port = free_port()
         self.socket_path = workdir / "clamd.sock"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -47,26 +49,23 @@ class ClamdServer:
             if sig.suffix in (".hdb", ".ndb"):
                 shutil.copy(sig, db / sig.name)
         conf = self.workdir / "clamd.conf"
-        conf.write_text(
-            "\n".join(
-                [
-                    f"DatabaseDirectory {db}",
-                    f"LocalSocket {self.socket_path}",
-                    "FixStaleSocket yes",
-                    f"TCPSocket {self.port}",
-                    "TCPAddr 127.0.0.1",
-                    "Foreground yes",
-                    f"LogFile {self.workdir / 'clamd.log'}",
-                    f"PidFile {self.workdir / 'clamd.pid'}",
-                    f"TemporaryDirectory {tmp}",
-                    "ScanMail yes",
-                    "ScanArchive yes",
-                    "SelfCheck 0",
-                    "StreamMaxLength 25M",
-                    "",
-                ]
-            )
-        )
+        settings = {
+            "DatabaseDirectory": str(db),
+            "LocalSocket": str(self.socket_path),
+            "FixStaleSocket": "yes",
+            "TCPSocket": str(self.port),
+            "TCPAddr": "127.0.0.1",
+            "Foreground": "yes",
+            "LogFile": str(self.workdir / "clamd.log"),
+            "PidFile": str(self.workdir / "clamd.pid"),
+            "TemporaryDirectory": str(tmp),
+            "ScanMail": "yes",
+            "ScanArchive": "yes",
+            "SelfCheck": "0",
+            "StreamMaxLength": "25M",
+            **self.options,
+        }
+        conf.write_text("".join(f"{key} {value}\n" for key, value in settings.items()))
         return conf
 
     def start(self) -> None:
