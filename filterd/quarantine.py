@@ -6,8 +6,10 @@ Replaces amavisd-new's quarantine.  Each message is two files in one directory::
     <ID>.json  metadata: time, queue id, client, HELO, envelope, score, symbols, reason, ...
 
 Our headers go *before* the received bytes (not where Postfix would put them), so the original is
-the file from ``header_offset`` on, byte for byte: `release` re-injects exactly what was received
-and the admin who opens the .eml sees the verdict at the top.
+the file from ``header_offset`` on, byte for byte, and the admin who opens the .eml sees the
+verdict at the top.  `release` re-injects what was received, less the sender's own X-Spam-* and
+X-Virus-* headers (the re-injection listener runs no milter to remove them): the body and every
+other header go out byte for byte.
 
 Durability: the milter tells Postfix to discard a quarantined message only after `put` returned,
 so `put` must not return before the data is on disk.  Each file is written to a temporary name,
@@ -38,7 +40,7 @@ import re
 import secrets
 import smtplib
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -166,6 +168,16 @@ class Entry:
     def original(self) -> bytes:
         """The exact bytes received."""
         return self.stored()[int(self.meta.get("header_offset", 0)) :]
+
+    def for_release(self) -> bytes:
+        """What a release re-injects: the bytes received, less incoming X-Spam-*/X-Virus-* headers.
+
+        The re-injection listener runs no milter, so nothing else would remove a sender's forged
+        "X-Spam-Status: No" or "X-Virus-Status: Clean" before the user's Sieve rules see it.  The
+        rest of the header block and the body stay byte for byte as received."""
+        from filterd.report import is_forgeable  # late: report imports the pipeline, which imports config
+
+        return drop_headers(self.original(), is_forgeable)
 
 
 class QuarantineStore:
@@ -309,7 +321,8 @@ class QuarantineStore:
                 lock.unlink()
 
     def release(self, qid: str, to: Sequence[str] = ()) -> Entry:
-        """Re-inject the original bytes over SMTP to `release_via`, for the original recipients or `to`.
+        """Re-inject the message (`Entry.for_release`) over SMTP to `release_via`, for the original
+        recipients or `to`.
 
         Refused if already released or if another operation holds the entry.  Recipients the
         server refuses are recorded; the entry counts as released as soon as one accepted it, so
@@ -324,7 +337,7 @@ class QuarantineStore:
             if not recipients:
                 raise ReleaseFailed(f"{qid} has no recipients: give one with --to")
             sender = entry.meta.get("mail_from") or ""
-            refused = self._send(entry.original(), sender, recipients)
+            refused = self._send(entry.for_release(), sender, recipients)
             meta = dict(entry.meta)
             meta["released"] = {
                 "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -460,6 +473,30 @@ def meta_from(tx: Transaction, verdict: Verdict) -> dict[str, Any]:
         "symbols": [{"name": s.name, "score": s.score, "reason": s.reason} for s in verdict.symbols],
         "reason": reason,
     }
+
+
+def drop_headers(raw: bytes, unwanted: Callable[[str], bool]) -> bytes:
+    """`raw` without the header fields (and their folded lines) whose name `unwanted` accepts."""
+    end = _header_end(raw)
+    kept: list[bytes] = []
+    dropping = False
+    for line in raw[:end].splitlines(keepends=True):
+        if line[:1] in (b" ", b"\t"):  # a folded continuation belongs to the field before it
+            if not dropping:
+                kept.append(line)
+            continue
+        name = line.split(b":", 1)[0].decode("ascii", "replace").strip()
+        dropping = b":" in line and unwanted(name)
+        if not dropping:
+            kept.append(line)
+    return b"".join(kept) + raw[end:]
+
+
+def _header_end(raw: bytes) -> int:
+    """Offset just past the line ending of the last header line (the blank line follows)."""
+    crlf, lf = raw.find(b"\r\n\r\n"), raw.find(b"\n\n")
+    ends = [i + 2 if i == crlf else i + 1 for i in (crlf, lf) if i >= 0]
+    return min(ends) if ends else len(raw)
 
 
 def render_headers(headers: Sequence[tuple[str, str]], eol: bytes) -> bytes:

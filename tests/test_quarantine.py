@@ -177,6 +177,21 @@ def test_release_delivers_the_exact_bytes_once(tmp_path: Path) -> None:
         assert not (tmp_path / f"{qid}.lock").exists()
 
 
+def test_release_drops_forged_verdict_headers_only(tmp_path: Path) -> None:
+    raw = (
+        b"Received: from x\r\n\tby y\r\nX-Spam-Status: No, score=-50\r\n\tfolded forged part\r\n"
+        b"Subject: hi\r\nX-Virus-Status: Clean\r\nx-spam-flag: NO\r\n\r\nX-Spam-Status: body line\r\n"
+    )
+    with SmtpSink() as sink:
+        store = store_at(tmp_path, sink.address)
+        qid = store.put(raw, ADDED, META)
+        store.release(qid)
+        assert sink.messages[0].data == (
+            b"Received: from x\r\n\tby y\r\nSubject: hi\r\n\r\nX-Spam-Status: body line\r\n"
+        )
+        assert store.get(qid).original() == raw  # the stored copy stays as received
+
+
 def test_release_to_another_address_and_null_sender(tmp_path: Path) -> None:
     with SmtpSink() as sink:
         store = store_at(tmp_path, sink.address)
