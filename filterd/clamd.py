@@ -117,6 +117,7 @@ class _Connection:
         """INSTREAM `data`; return (status, text) per reply line, status being OK, FOUND or ERROR."""
         self.deadline = time.monotonic() + timeout
         self._init_socket()
+        cut = False  # clamd closed the connection while we were still streaming
         try:
             self.clamd_socket.settimeout(self._remaining())
             self._send_command("INSTREAM")  # type: ignore[attr-defined]
@@ -129,20 +130,37 @@ class _Connection:
                 self.clamd_socket.settimeout(self._remaining())
                 self.clamd_socket.sendall(struct.pack("!L", 0))
             except (BrokenPipeError, ConnectionResetError):
-                # clamd closes the stream when it passes StreamMaxLength, after writing why
-                pass
-            reply = self._read_all()
+                cut = True
+            try:
+                reply = self._read_all()
+            except ConnectionResetError:
+                # clamd stops reading at StreamMaxLength, writes why and closes; with our data
+                # still unread in its socket the kernel resets the connection, which can destroy
+                # that reply before we read it
+                cut, reply = True, ""
         finally:
             self.clamd_socket.close()
+        if "INSTREAM size limit exceeded" in reply:
+            raise ClamdTooLarge(reply.strip())
+        if cut and not reply:
+            if self._answers_ping():
+                raise ClamdTooLarge(
+                    f"clamd closed the stream of {len(data)} bytes but answers PING: over its StreamMaxLength"
+                )
+            raise ClamdError("clamd closed the connection during the scan")
         results = []
         for line in reply.splitlines():
-            if "INSTREAM size limit exceeded" in line:
-                raise ClamdTooLarge(line)
             _, text, status = self._parse_response(line)  # type: ignore[attr-defined]
             results.append((status, text))
         if not results:
             raise ClamdError("clamd closed the connection without a reply")
         return results
+
+    def _answers_ping(self) -> bool:
+        try:
+            return self.command("PING", 1.0) == "PONG"
+        except OSError:
+            return False
 
 
 class _UnixConnection(_Connection, pyclamd.ClamdUnixSocket):
