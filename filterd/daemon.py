@@ -73,7 +73,15 @@ class Supervisor:
         if socket_path is not None:
             os.chmod(socket_path, int(settings.socket_mode, 8))
             if settings.socket_group:
-                os.chown(socket_path, -1, grp.getgrnam(settings.socket_group).gr_gid)
+                try:
+                    os.chown(socket_path, -1, grp.getgrnam(settings.socket_group).gr_gid)
+                except (KeyError, PermissionError) as exc:
+                    log.warning(
+                        "socket %s left in its own group: cannot give it group %r (%s)",
+                        socket_path,
+                        settings.socket_group,
+                        exc,
+                    )
         signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
         for _ in range(self.workers):
             self._spawn()

@@ -120,11 +120,15 @@ class FilterdMilter(Milter.Base):
         self.session_decision: Decision | None = None  # decided at CONNECT/HELO, given at MAIL FROM
         self.forged: list[tuple[str, int]] = []  # (header name, index among that name) to remove
         self._name_counts: dict[str, int] = {}
+        self._header_rc = self._body_rc = Milter.CONTINUE
 
     # -- negotiation ----------------------------------------------------------------------------
 
     def negotiate(self, opts: list[int]) -> int:
         rc: int = super().negotiate(opts)
+        # With the no-reply options negotiated, header and body callbacks answer NOREPLY.
+        self._header_rc = Milter.NOREPLY if self._protocol & Milter.P_NR_HDR else Milter.CONTINUE
+        self._body_rc = Milter.NOREPLY if self._protocol & Milter.P_NR_BODY else Milter.CONTINUE
         for stage, macros in MACROS.items():
             try:
                 self._ctx.setsymlist(stage, macros)
@@ -196,20 +200,22 @@ class FilterdMilter(Milter.Base):
         tx.rcpts.pop()
         return self._reply_code(decision)
 
-    @Milter.decode("bytes")
     @Milter.noreply
-    def header(self, name: str, value: bytes) -> int:
-        tx = self.tx
-        if tx is None:
-            return Milter.CONTINUE
-        text = value.decode("utf-8", "surrogateescape")
-        tx.raw_headers.append((name, text))
-        tx.size += len(name) + len(value) + 3
-        key = name.lower()
-        self._name_counts[key] = self._name_counts.get(key, 0) + 1
-        if is_forgeable(name):
-            self.forged.append((name, self._name_counts[key]))
+    def header(self, name: str, value: str) -> int:
+        """Declared for protocol negotiation only (no reply wanted); `on_header` does the work."""
         return Milter.CONTINUE
+
+    def on_header(self, name: str, value: bytes) -> int:
+        """Called straight from libmilter for each header: the hot path, kept to a few lines."""
+        tx = self.tx
+        if tx is not None:
+            tx.raw_headers.append((name, value.decode("utf-8", "surrogateescape")))
+            tx.size += len(name) + len(value) + 3
+            key = name.lower()
+            count = self._name_counts[key] = self._name_counts.get(key, 0) + 1
+            if is_forgeable(key):
+                self.forged.append((name, count))
+        return self._header_rc
 
     @_fail_safe
     def eoh(self) -> int:
@@ -219,17 +225,20 @@ class FilterdMilter(Milter.Base):
 
     @Milter.noreply
     def body(self, chunk: bytes) -> int:
-        tx = self.tx
-        if tx is None:
-            return Milter.CONTINUE
-        tx.size += len(chunk)
-        if not tx.oversized:
-            if tx.size > self.pipeline.config.milter.max_scan_bytes:
-                tx.oversized = True  # stop keeping the body: memory stays bounded per message
-                tx.body_chunks.clear()
-            else:
-                tx.body_chunks.append(chunk)
+        """Declared for protocol negotiation only (no reply wanted); `on_body` does the work."""
         return Milter.CONTINUE
+
+    def on_body(self, chunk: bytes) -> int:
+        tx = self.tx
+        if tx is not None:
+            tx.size += len(chunk)
+            if not tx.oversized:
+                if tx.size > self.pipeline.config.milter.max_scan_bytes:
+                    tx.oversized = True  # stop keeping the body: memory stays bounded per message
+                    tx.body_chunks.clear()
+                else:
+                    tx.body_chunks.append(chunk)
+        return self._body_rc
 
     @_fail_safe
     def eom(self) -> int:
@@ -351,9 +360,9 @@ def install_callbacks(timeout: int) -> None:
     milter.set_helo_callback(lambda ctx, host: ctx.getpriv().hello(host))
     milter.set_envfrom_callback(lambda ctx, *b: ctx.getpriv().envfrom_bytes(*b))
     milter.set_envrcpt_callback(lambda ctx, *b: ctx.getpriv().envrcpt_bytes(*b))
-    milter.set_header_callback(lambda ctx, f, v: ctx.getpriv().header_bytes(f, v))
+    milter.set_header_callback(lambda ctx, f, v: ctx.getpriv().on_header(f, v))
     milter.set_eoh_callback(lambda ctx: ctx.getpriv().eoh())
-    milter.set_body_callback(lambda ctx, chunk: ctx.getpriv().body(chunk))
+    milter.set_body_callback(lambda ctx, chunk: ctx.getpriv().on_body(chunk))
     milter.set_eom_callback(lambda ctx: ctx.getpriv().eom())
     milter.set_abort_callback(lambda ctx: ctx.getpriv().abort())
     milter.set_close_callback(Milter.close_callback)

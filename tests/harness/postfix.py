@@ -57,13 +57,19 @@ def contrib_milter_settings(socket: str) -> dict[str, str]:
 
 class Postfix:
     def __init__(
-        self, workdir: Path, milter_socket: str, relay_port: int, *, with_milter: bool = True
+        self,
+        workdir: Path,
+        milter_socket: str,
+        relay_port: int,
+        *,
+        with_milter: bool = True,
+        port: int | None = None,
     ) -> None:
         self.dir = workdir
         self.config_dir = workdir / "etc"
         self.queue_dir = workdir / "queue"
         self.data_dir = workdir / "data"
-        self.port = free_port()
+        self.port = port or free_port()
         self.reinject_port = free_port()
         self.milter_socket = milter_socket
         self.relay_port = relay_port
