@@ -1,6 +1,6 @@
 """Throughput of the whole mail path, with and without filterd, measured side by side in one run.
 
-    .venv/bin/python bench/throughput.py [--messages 2000] [--sessions 20] [--rounds 3] [--json]
+    .venv/bin/python bench/throughput.py [--messages 2000] [--sessions 20] [--rounds 3] [--clamd] [--json]
 
 A fixed sample of real messages from the SpamAssassin public corpus (ham and spam, chosen by a hash
 of the file name) is sent by --sessions concurrent SMTP sessions into a private Postfix that
@@ -10,6 +10,10 @@ and the medians are reported, since this machine is noisy: compare the ratio, no
 figures.  Reported for filterd: messages/s and the ratio to no milter, filterd's CPU time per
 message (all its processes), its peak RSS (sum over processes), and the time per message inside
 filterd's pipeline (p50/p99, from its log lines).
+
+--clamd puts clamd in the path: a private clamd on the test signatures (tests/clamav/) and a
+redis-server for the antivirus result cache, with ``[checks.antivirus]`` enabled.  Every corpus
+message is different, so the cache only misses here (bench/clamav_cache.py measures its hits).
 """
 
 from __future__ import annotations
@@ -32,9 +36,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tests.harness.clamd import ClamdServer  # noqa: E402
 from tests.harness.filterd import Filterd  # noqa: E402
 from tests.harness.net import free_port, port_open, wait_for  # noqa: E402
 from tests.harness.postfix import Postfix  # noqa: E402
+from tests.harness.redis import RedisServer  # noqa: E402
 from tests.harness.stack import private_dir  # noqa: E402
 
 CORPUS = Path(os.environ.get("FILTERD_CORPUS", ROOT.parent / "shared" / "corpus"))
@@ -154,6 +160,9 @@ def main() -> int:
     parser.add_argument("--sessions", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--config", type=Path, help="filterd configuration to merge over the defaults (TOML)")
+    parser.add_argument(
+        "--clamd", action="store_true", help="with the antivirus check, a private clamd and redis"
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args()
     if shutil.which("smtp-sink") is None and not Path("/usr/sbin/smtp-sink").exists():
@@ -175,6 +184,15 @@ def main() -> int:
     wait_for(lambda: port_open(sink_port), 10, "smtp-sink")
     filterd = Filterd(workdir, workdir / "filterd.sock")
     extra = args.config.read_text() if args.config else ""
+    clamd = ClamdServer(workdir / "clamd") if args.clamd else None
+    redis = RedisServer(workdir / "redis") if args.clamd else None
+    if clamd is not None and redis is not None:
+        clamd.start()
+        redis.start()
+        extra += (
+            f'\n[redis]\nurl = "{redis.url}"\n\n'
+            f'[checks.antivirus]\nenabled = true\nsockets = ["{clamd.unix_address}"]\n'
+        )
     filterd.configure({})
     if extra:
         filterd.config_path.write_text(filterd.config_path.read_text() + "\n" + extra)
@@ -205,11 +223,15 @@ def main() -> int:
         filterd.stop()
         sink.terminate()
         sink.wait()
+        if clamd is not None and redis is not None:
+            redis.stop()
+            clamd.stop()
     plain = statistics.median(results["no_milter"])
     with_filterd = statistics.median(results["filterd"])
     report: dict[str, Any] = {
         "messages": args.messages,
         "sessions": args.sessions,
+        "clamd": args.clamd,
         "rounds": args.rounds,
         "no_milter_msgs_per_s": round(plain, 1),
         "filterd_msgs_per_s": round(with_filterd, 1),
@@ -225,9 +247,10 @@ def main() -> int:
         print(json.dumps(report, indent=2))
     else:
         print(f"{args.messages} corpus messages, {args.sessions} sessions, median of {args.rounds} rounds")
-        print(f"{'path':<22}{'msgs/s':>10}{'ratio':>8}")
-        print(f"{'Postfix, no milter':<22}{plain:>10.1f}{1.0:>8.2f}")
-        print(f"{'Postfix + filterd':<22}{with_filterd:>10.1f}{report['ratio']:>8.2f}")
+        print(f"{'path':<30}{'msgs/s':>10}{'ratio':>8}")
+        print(f"{'Postfix, no milter':<30}{plain:>10.1f}{1.0:>8.2f}")
+        label = "Postfix + filterd" + (" + clamd" if args.clamd else "")
+        print(f"{label:<30}{with_filterd:>10.1f}{report['ratio']:>8.2f}")
         print(f"filterd CPU per message: {report['filterd_cpu_ms_per_msg']} ms (all processes)")
         print(f"filterd peak RSS: {report['filterd_peak_rss_mib']} MiB (sum over processes)")
         print(

@@ -20,6 +20,22 @@ from pathlib import Path
 from tests.harness.net import free_port, wait_for
 
 SIGNATURES = Path(__file__).resolve().parent.parent / "clamav"
+CONTRIB_CLAMD_CONF = Path(__file__).resolve().parents[2] / "contrib" / "clamd" / "clamd.conf"
+# Settings of the shipped snippet a private test clamd must not take: system paths, and the socket
+# group (chown to group clamav fails for a developer who is not root and not in it).
+_NOT_FOR_TESTS = {"LocalSocket", "LocalSocketGroup", "LocalSocketMode", "TCPSocket", "TCPAddr", "User"}
+
+
+def contrib_settings() -> dict[str, str]:
+    """The settings of contrib/clamd/clamd.conf, so the tests run clamd as the docs tell admins to."""
+    settings: dict[str, str] = {}
+    for line in CONTRIB_CLAMD_CONF.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            key, _, value = line.partition(" ")
+            if key not in _NOT_FOR_TESTS:
+                settings[key] = value.strip()
+    return settings
 
 
 class ClamdServer:
@@ -50,6 +66,7 @@ class ClamdServer:
                 shutil.copy(sig, db / sig.name)
         conf = self.workdir / "clamd.conf"
         settings = {
+            **contrib_settings(),
             "DatabaseDirectory": str(db),
             "LocalSocket": str(self.socket_path),
             "FixStaleSocket": "yes",
@@ -59,10 +76,7 @@ class ClamdServer:
             "LogFile": str(self.workdir / "clamd.log"),
             "PidFile": str(self.workdir / "clamd.pid"),
             "TemporaryDirectory": str(tmp),
-            "ScanMail": "yes",
-            "ScanArchive": "yes",
             "SelfCheck": "0",
-            "StreamMaxLength": "25M",
             **self.options,
         }
         conf.write_text("".join(f"{key} {value}\n" for key, value in settings.items()))
