@@ -285,6 +285,25 @@ def test_oversized_by_clamd_stream_max_length(
         small.stop()
 
 
+def test_outbound_mail_is_scanned_too(
+    clamd_server: ClamdServer, redis_server: RedisServer, make_pipeline: Any
+) -> None:
+    p = make_pipeline(make_config([clamd_server.unix_address], redis_server.url))
+    outbound = SmtpContext(auth_user="alice", mail_from="alice@example.test", rcpts=("x@example.org",))
+    _, verdict = scan(p, avsamples.eicar_zip(), outbound)
+    assert verdict.action is Action.REJECT
+    _, verdict = scan(p, avsamples.clean(), outbound)
+    assert headers_of(verdict)["X-Virus-Status"] == "Clean"
+
+
+def test_start_with_no_clamd_is_loud_not_fatal(
+    tmp_path: Path, redis_server: RedisServer, make_pipeline: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    p = make_pipeline(make_config([f"unix:{tmp_path}/none.sock"], redis_server.url))
+    assert "no clamd answers" in caplog.text
+    assert run(p, avsamples.clean())[1].action is Action.TEMPFAIL
+
+
 def test_failover_in_the_check(
     clamd_server: ClamdServer, redis_server: RedisServer, make_pipeline: Any, tmp_path: Path
 ) -> None:

@@ -31,7 +31,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-from filterd.check import AddHeader, Check, CheckSettings, Finding, Output, Stage
+from filterd.check import AddHeader, Check, CheckSettings, Direction, Finding, Output, Stage
 from filterd.clamd import ClamdError, ClamdPool, ClamdTooLarge, ScanResult, check_address
 from filterd.config import Config
 from filterd.replies import (
@@ -130,6 +130,8 @@ class Antivirus(Check):
     }
     Settings = AntivirusSettings
     needs_body = False  # on purpose: see the module docstring (oversized messages)
+    # outbound too: a virus sent by a compromised account must not leave either (clamav-milter scans both)
+    directions = frozenset({Direction.INBOUND, Direction.OUTBOUND})
 
     def __init__(self, settings: AntivirusSettings, config: Config, services: Services) -> None:
         super().__init__(settings, config, services)
@@ -142,6 +144,15 @@ class Antivirus(Check):
         self.hostname = config.network.hostname or socket.gethostname()
         self._version: tuple[float, str] | None = None
         self._version_lock = threading.Lock()
+        try:
+            log.info("antivirus: clamd %s", self.engine_version())
+        except ClamdError as exc:
+            # not fatal (clamd may still be loading its signatures), but loud: mail waits for it
+            log.warning(
+                "antivirus: no clamd answers (%s); messages get on_unavailable=%s until one does",
+                exc,
+                settings.on_unavailable,
+            )
 
     # -- the cache ---------------------------------------------------------------------------
 
