@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -222,7 +223,33 @@ def test_redis_down_does_not_stop_scanning(clamd_server: ClamdServer, make_pipel
     _, verdict = run(p, avsamples.clean())
     assert verdict.action is Action.ACCEPT
     assert headers_of(verdict)["X-Virus-Status"] == "Clean"
-    assert "CLAM_CACHE_FAIL" in symbols_of(verdict)
+    assert (
+        "skipped: it failed moments ago" in symbols_of(verdict)["CLAM_CACHE_FAIL"]
+    )  # not retried per message
+
+
+def test_redis_that_does_not_answer_costs_one_timeout_not_one_per_message(
+    clamd_server: ClamdServer, make_pipeline: Any
+) -> None:
+    import socket as socketlib
+
+    with socketlib.socket() as silent:  # accepts connections (backlog) but never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)
+        url = f"redis://127.0.0.1:{silent.getsockname()[1]}/0"
+        config = parse_config(
+            {
+                "redis": {"url": url, "timeout": 0.3},
+                "checks": {"antivirus": {"enabled": True, "sockets": [clamd_server.unix_address]}},
+            }
+        )
+        p = make_pipeline(config)
+        started = time.monotonic()
+        verdicts = [run(p, avsamples.clean(msgid=f"<{i}@x>"))[1] for i in range(10)]
+        elapsed = time.monotonic() - started
+    assert all(v.action is Action.ACCEPT for v in verdicts)
+    assert all("CLAM_CACHE_FAIL" in symbols_of(v) for v in verdicts)
+    assert elapsed < 2.0, elapsed  # one 0.3 s timeout, not ten
 
 
 @pytest.mark.parametrize(

@@ -54,6 +54,9 @@ log = logging.getLogger("filterd.checks.antivirus")
 SCANNED_HEADER = "X-Virus-Scanned"
 STATUS_HEADER = "X-Virus-Status"
 VERSION_REFRESH = 60.0  # seconds a clamd VERSION answer (part of the cache key) is reused
+# After a Redis failure the cache is skipped this long, so a Redis that times out costs one
+# [redis] timeout per CACHE_RETRY_AFTER seconds, not one per message.
+CACHE_RETRY_AFTER = 10.0
 
 
 def _addresses(values: tuple[str, ...]) -> str | None:
@@ -144,6 +147,7 @@ class Antivirus(Check):
         self.hostname = config.network.hostname or socket.gethostname()
         self._version: tuple[float, str] | None = None
         self._version_lock = threading.Lock()
+        self._cache_down_until = 0.0
         try:
             log.info("antivirus: clamd %s", self.engine_version())
         except ClamdError as exc:
@@ -220,6 +224,9 @@ class Antivirus(Check):
         cache = self._cache()
         version = self.engine_version()
         key = None
+        if cache is not None and time.monotonic() < self._cache_down_until:
+            findings.append(Finding("CLAM_CACHE_FAIL", "result cache (Redis) skipped: it failed moments ago"))
+            cache = None
         if cache is not None:
             try:
                 key = cache.key(version, message)
@@ -245,6 +252,7 @@ class Antivirus(Check):
         return result, version
 
     def _cache_failed(self, tx: Transaction, exc: Exception) -> Finding:
+        self._cache_down_until = time.monotonic() + CACHE_RETRY_AFTER
         log.warning(
             "%s: antivirus cache unavailable, scanning without it: %s: %s",
             tx.queue_id or "NOQUEUE",
