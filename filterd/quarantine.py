@@ -217,7 +217,7 @@ class QuarantineStore:
         record.setdefault("subject", _header(raw, "Subject"))
         record.setdefault("header_from", _header(raw, "From"))
         try:
-            meta_bytes = json.dumps(record, indent=1, ensure_ascii=False).encode("utf-8") + b"\n"
+            meta_bytes = json.dumps(_printable(record), indent=1, ensure_ascii=False).encode("utf-8") + b"\n"
         except (TypeError, ValueError) as exc:
             raise QuarantineError(f"metadata is not JSON-serialisable: {exc}") from exc
         written: list[Path] = []
@@ -517,6 +517,18 @@ def _header(raw: bytes, name: str) -> str | None:
     from filterd.message import Message
 
     return Message(raw).decoded_header(name)
+
+
+def _printable(value: Any) -> Any:
+    """Strings made valid UTF-8: header values decoded with surrogateescape (8-bit, non-UTF-8 input)
+    would make the JSON unencodable, and a message must never be tempfailed for its Subject."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    if isinstance(value, dict):
+        return {_printable(k): _printable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_printable(v) for v in value]
+    return value
 
 
 def _fsync_dir(path: Path) -> None:

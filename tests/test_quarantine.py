@@ -87,6 +87,16 @@ def test_put_is_durable_exact_and_private(tmp_path: Path) -> None:
     assert meta["added_headers"] == [list(h) for h in ADDED]
 
 
+def test_eight_bit_headers_do_not_stop_a_put(tmp_path: Path) -> None:
+    """Latin-1 bytes in a Subject reach us as surrogate escapes; they must not make put() fail."""
+    raw = b"Subject: caf\xe9 \xff\r\nFrom: J\xf6rg <j@example.test>\r\n\r\nbody\r\n"
+    store = store_at(tmp_path)
+    meta = {**META, "mail_from": "j\udcf6rg@example.test"}
+    entry = store.get(store.put(raw, [("X-Spam-Status", "No")], meta))
+    assert entry.original() == raw
+    assert entry.meta["subject"] == "caf\ufffd \ufffd" and entry.meta["mail_from"] == "j\ufffdrg@example.test"
+
+
 def test_headers_follow_the_message_line_ending() -> None:
     assert render_headers([("A", "1\n\t2")], b"\n") == b"A: 1\n\t2\n"
     assert render_headers([("A", "1\r\n\t2")], b"\r\n") == b"A: 1\r\n\t2\r\n"

@@ -106,6 +106,17 @@ def test_show_and_show_raw(setup: tuple[Path, QuarantineStore, list[str]]) -> No
     assert raw.stdout_bytes == avsamples.eicar_zip() == store.get(virus).original()
 
 
+def test_show_eight_bit_headers(tmp_path: Path) -> None:
+    config = tmp_path / "filterd.toml"
+    config.write_text(f'[quarantine]\ndirectory = "{tmp_path / "q"}"\n')
+    store = QuarantineStore(QuarantineSettings(directory=str(tmp_path / "q")))
+    raw = b"Subject: caf\xe9\r\nX-Odd: \xff\xfe\r\n\r\nbody \xe9\r\n"
+    qid = store.put(raw, [], {"rcpts": ["a@example.test"]})
+    shown = run(config, "quarantine", "show", qid)
+    assert shown.exit_code == 0 and "X-Odd: \ufffd\ufffd" in shown.output
+    assert "caf\ufffd" in run(config, "quarantine", "list").output
+
+
 def test_release_then_second_release_refused(
     setup: tuple[Path, QuarantineStore, list[str]], sink: SmtpSink
 ) -> None:

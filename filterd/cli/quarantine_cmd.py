@@ -203,7 +203,8 @@ def show(ctx: click.Context, qid: str, raw: bool) -> None:
     lines.append("")
     lines.append("text:")
     lines.append(message.text or "(no text part)")
-    click.echo("\n".join(lines))
+    # 8-bit header bytes arrive as surrogate escapes: show them as U+FFFD rather than crash
+    click.echo("\n".join(lines).encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
 
 
 @quarantine.command()
