@@ -238,3 +238,32 @@ def test_hold_mode_puts_the_message_in_postfix_hold_queue(
         capture_output=True,
         check=False,
     )
+
+
+def test_oversized_quarantine_goes_to_the_hold_queue_whole(
+    stack: Stack, clamd: ClamdServer, redis_server: RedisServer, qdir: Path
+) -> None:
+    """Past max_scan_bytes filterd did not keep the body, so it cannot store the message: Postfix holds it."""
+    config = {
+        **av_config(stack, clamd, redis_server, qdir),
+        "milter": {"max_scan_bytes": 1000},
+        "actions": {"quarantine": 3.0},
+        "scores": {"MISSING_DATE": 4.0},
+    }
+    hold = stack.postfix.queue_dir / "hold"
+    before = sum(1 for p in hold.rglob("*") if p.is_file()) if hold.exists() else 0
+    with stack.configured(config):
+        msg, marker = make_message("big", body="x" * 70 + "\r\n" * 1 + ("y" * 70 + "\r\n") * 100)
+        msg = b"\r\n".join(line for line in msg.split(b"\r\n") if not line.startswith(b"Date:"))
+        assert stack.send(msg) == {}
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and sum(1 for p in hold.rglob("*") if p.is_file()) == before:
+            time.sleep(0.1)
+    assert sum(1 for p in hold.rglob("*") if p.is_file()) == before + 1
+    assert list(qdir.iterdir()) == []
+    assert stack.sink.count(marker) == 0
+    subprocess.run(
+        ["postsuper", "-c", str(stack.postfix.config_dir), "-d", "ALL", "hold"],
+        capture_output=True,
+        check=False,
+    )
