@@ -166,7 +166,10 @@ def test_quarantine_list_show_release_arrives_byte_identical(
         )
         assert body_of(raw.stdout_bytes) == body_of(msg)
         stored = (qdir / f"{qid}.eml").read_bytes()
-        assert stored.startswith(b"X-Virus-Scanned: ") and b"X-Spam-Status: " in stored
+        offset = json.loads((qdir / f"{qid}.json").read_text())["header_offset"]
+        added, original = stored[:offset], stored[offset:]
+        assert b"X-Virus-Scanned: ClamAV" in added and b"X-Spam-Status: " in added
+        assert body_of(original) == body_of(msg)
         released = _filterctl(filterd.config_path, "quarantine", "release", qid)
         assert released.exit_code == 0, released.output
         got = stack.sink.find(marker)
