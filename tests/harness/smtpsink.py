@@ -38,6 +38,7 @@ class SmtpSink(Sink):
         super().__init__()
         self.delay = delay
         self.refuse = set(refuse)
+        self.controller.loop.close()  # the base class's controller, never started: replaced here
         self.controller = Controller(_Handler2(self), hostname="127.0.0.1", port=self.port, decode_data=False)
 
     @property
