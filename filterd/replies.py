@@ -84,6 +84,8 @@ Decision = Reject | TempFail | Discard | Quarantine
 # knows the class of the answer without looking it up.
 R451_CHECK_FAILED = Reply(451, "4.3.0", "Temporary failure in the content filter, please try again later")
 R451_GREYLISTED = Reply(451, "4.7.1", "Message scored as suspicious, please try again later")
+R451_GREYLIST_DEFERRED = Reply(451, "4.7.1", "Greylisted: first attempt deferred, please try again later")
+R451_RATE_LIMITED = Reply(451, "4.7.1", "Too many messages from you, please try again later")
 R550_SPAM = Reply(550, "5.7.1", "Message rejected as spam")
 R550_CLIENT_DENIED = Reply(550, "5.7.1", "Client host is on this site's deny list")
 R550_SENDER_DENIED = Reply(550, "5.7.1", "Sender address is on this site's deny list")

@@ -7,9 +7,12 @@ so cheap checks that may decide early come first.
 from __future__ import annotations
 
 from filterd.check import Check
+from filterd.checks.greylist import Greylist
 from filterd.checks.header_sanity import HeaderSanity
 from filterd.checks.lists import ClientLists, RecipientLists, SenderLists
 from filterd.checks.message_size import MessageSize
+from filterd.checks.ratelimit import RateLimit
+from filterd.checks.reputation import AuthReputation, Reputation
 
 ALL_CHECKS: tuple[type[Check], ...] = (
     ClientLists,
@@ -17,4 +20,8 @@ ALL_CHECKS: tuple[type[Check], ...] = (
     RecipientLists,
     HeaderSanity,
     MessageSize,
+    RateLimit,  # MAIL FROM: before the reputation lookup, so a throttled client costs one round trip
+    Reputation,  # MAIL FROM: after SPF, so an SPF-pass domain is known
+    Greylist,  # RCPT (or end of message in content mode): after the lists and reputation
+    AuthReputation,  # end of message: after DKIM
 )

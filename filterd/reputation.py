@@ -1,0 +1,334 @@
+"""Reputation: verdict counters per client IP, network, HELO domain, sender domain and
+authenticated domain, in daily buckets that age out.
+
+Each entity (a kind and a value, e.g. ``ip 192.0.2.7`` or ``auth example.com``) is one Redis hash
+whose fields are ``DAY:VERDICT`` counters, DAY being days since the epoch (UTC).  Reading sums
+the buckets of the last ``window_days`` days; the update script deletes older buckets and refreshes
+the key's TTL, so an entity that stops sending disappears by itself.
+
+Why these kinds:
+
+- ``ip`` and ``net``: the client address, and its /24 or /64 -- spam runs move between
+  neighbouring addresses, large senders retry from a pool.
+- ``helo``: the registered domain of the HELO name (``mail7.example.com`` counts as
+  ``example.com``), so a sender's numbered hosts share one record.
+- ``from``: the envelope sender's domain as claimed.  Anyone can claim any domain, so this kind
+  can only be a weak signal.
+- ``auth``: a domain that passed SPF or DKIM for this message.  Counted apart from ``from``:
+  a forger can spoil the reputation of the claim, never of the authenticated domain.
+
+The verdict counted for a message is one of ``ham``, ``spam``, ``virus``, ``rejected`` (see
+`category_of`).  Scoring turns the counts into a share of bad messages, smoothed so that a
+handful of messages cannot swing it::
+
+            spam + virus + rejected + 0.5
+    bad  =  -----------------------------          (only once total >= min_messages)
+                    total + 1
+
+    bad >= 0.5:  REP_<KIND>_BAD  scored  table_score * (bad - 0.5) * 2
+    bad <  0.5:  REP_<KIND>_GOOD scored  table_score * (0.5 - bad) * 2
+
+so an entity with only spam gets nearly the full (positive) table score, one with only ham
+nearly the full (negative) one, and a mixed one next to nothing.  Clients and authenticated
+domains whose ham share is at least ``trusted_ratio`` are also marked TRUSTED (score 0), which
+the greylist check reads to let them through without a delay.
+
+A corrected verdict (``filterctl train``) moves one count from the old verdict to the new one in
+the bucket of the day the message was counted: each counted message leaves a small record of its
+entities under its Message-ID for ``window_days`` (`retrain`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from filterd.keys import Keys, client_network, domain_of
+from filterd.redisstate import LuaScript, RedisCheckSettings
+from filterd.settings import setting
+
+if TYPE_CHECKING:
+    from filterd.pipeline import Verdict
+    from filterd.transaction import Transaction
+
+VERDICTS = ("ham", "spam", "virus", "rejected")
+DAY = 86400
+
+
+def _positive(value: float) -> str | None:
+    return None if value > 0 else "expected a number greater than zero"
+
+
+def _ratio(value: float) -> str | None:
+    return None if 0 < value <= 1 else "expected a number above 0 and at most 1"
+
+
+def _prefix(bits: int) -> Any:
+    def check(value: int) -> str | None:
+        return None if 0 <= value <= bits else f"expected a prefix length from 0 to {bits}"
+
+    return check
+
+
+@dataclass(frozen=True)
+class ReputationSettings(RedisCheckSettings):
+    window_days: int = setting(30, "days of verdicts counted (daily buckets; older ones age out)", _positive)
+    min_messages: int = setting(10, "messages of an entity needed before its reputation is scored", _positive)
+    trusted_ratio: float = setting(
+        0.9, "ham share at which a client or authenticated domain is TRUSTED (greylisting skips it)", _ratio
+    )
+    ipv4_prefix: int = setting(24, "IPv4 prefix length of the client network counted", _prefix(32))
+    ipv6_prefix: int = setting(64, "IPv6 prefix length of the client network counted", _prefix(128))
+    virus_symbols: tuple[str, ...] = setting(
+        ("VIRUS_FOUND", "CLAMAV_VIRUS"), "symbols that make a message count as a virus"
+    )
+
+
+@dataclass(frozen=True)
+class Entity:
+    kind: str  # one of keys.REPUTATION_KINDS
+    value: str
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.value}"
+
+
+@dataclass
+class Counts:
+    ham: int = 0
+    spam: int = 0
+    virus: int = 0
+    rejected: int = 0
+    days: dict[int, dict[str, int]] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return self.ham + self.spam + self.virus + self.rejected
+
+    @property
+    def bad(self) -> int:
+        return self.spam + self.virus + self.rejected
+
+    def bad_share(self) -> float:
+        """The smoothed share of bad messages (see the module docstring)."""
+        return (self.bad + 0.5) / (self.total + 1)
+
+    def __str__(self) -> str:
+        return f"{self.ham} ham, {self.spam} spam, {self.virus} virus, {self.rejected} rejected"
+
+
+# KEYS[1]: the entity's hash.  ARGV: day, verdict, increment, first day kept, TTL seconds, id.
+# A negative increment (a training correction) never leaves a zero or negative counter behind.
+_UPDATE = LuaScript(
+    """
+local field = ARGV[1] .. ':' .. ARGV[2]
+local v = redis.call('HINCRBY', KEYS[1], field, ARGV[3])
+if v <= 0 then redis.call('HDEL', KEYS[1], field) end
+redis.call('HSET', KEYS[1], 'id', ARGV[6])
+local cutoff = tonumber(ARGV[4])
+for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
+  local d = tonumber(string.match(f, '^(%d+):'))
+  if d and d < cutoff then redis.call('HDEL', KEYS[1], f) end
+end
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+return v
+"""
+)
+
+
+def today(now: float) -> int:
+    return int(now // DAY)
+
+
+def helo_domain(helo: str | None) -> str | None:
+    """The registered domain of a HELO name, or None for a literal or a bare word."""
+    if not helo:
+        return None
+    name = helo.strip().rstrip(".").lower()
+    if name.startswith("[") or "." not in name:
+        return None
+    try:
+        ipaddress.ip_address(name)
+        return None
+    except ValueError:
+        pass
+    return registered_domain(name)
+
+
+def registered_domain(name: str) -> str:
+    """``mail7.example.co.uk`` -> ``example.co.uk``, by the public suffix list (publicsuffix2)."""
+    from publicsuffix2 import get_sld
+
+    sld = get_sld(name)
+    return str(sld) if sld else name
+
+
+def authenticated_domains(tx: Transaction) -> dict[str, set[str]]:
+    """Domains that passed SPF or DKIM for this message, by method: ``{"spf": {...}, "dkim": {...}}``.
+
+    The sender-authentication checks record their passes on the transaction as
+    ``tx.authenticated_domains`` (a mapping of method to domains).  Read defensively: without
+    those checks there are simply no authenticated domains."""
+    given = getattr(tx, "authenticated_domains", None)
+    if not isinstance(given, Mapping):
+        return {}
+    out: dict[str, set[str]] = {}
+    for method, domains in given.items():
+        if isinstance(domains, str):
+            domains = [domains]
+        out[str(method)] = {str(d).lower().rstrip(".") for d in domains if d}
+    return out
+
+
+def entities_of(tx: Transaction, settings: ReputationSettings, auth: bool = True) -> list[Entity]:
+    """The entities a message counts for, in a fixed order (ip, net, helo, from, auth...)."""
+    out: list[Entity] = []
+    ip = tx.session.client_ip
+    if ip is not None:
+        out.append(Entity("ip", str(ip)))
+        out.append(Entity("net", client_network(ip, settings.ipv4_prefix, settings.ipv6_prefix)))
+    if (helo := helo_domain(tx.session.helo)) is not None:
+        out.append(Entity("helo", helo))
+    if (sender := domain_of(tx.mail_from)) is not None:
+        out.append(Entity("from", sender))
+    if auth:
+        domains = set().union(*authenticated_domains(tx).values())
+        out.extend(Entity("auth", d) for d in sorted(domains))
+    return out
+
+
+def category_of(verdict: Verdict, settings: ReputationSettings) -> str | None:
+    """The verdict a message counts as, or None when it does not count (tempfailed: it comes back)."""
+    from filterd.pipeline import Action
+
+    if verdict.action is Action.TEMPFAIL or verdict.action is Action.GREYLIST:
+        return None
+    if any(s.name in settings.virus_symbols for s in verdict.symbols):
+        return "virus"
+    if verdict.action is Action.REJECT:
+        return "rejected"
+    if verdict.is_spam or verdict.action in (Action.QUARANTINE, Action.DISCARD):
+        return "spam"
+    return "ham"
+
+
+class ReputationStore:
+    """Reads and updates the counters.  Every method costs one round trip (two for `retrain`)."""
+
+    def __init__(self, client: Any, keys: Keys, settings: ReputationSettings) -> None:
+        self.client = client
+        self.keys = keys
+        self.settings = settings
+
+    def read(self, entities: Sequence[Entity], now: float) -> list[Counts]:
+        if not entities:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for e in entities:
+            pipe.hgetall(self.keys.reputation(e.kind, e.value))
+        first = today(now) - self.settings.window_days + 1
+        return [_counts(raw, first) for raw in pipe.execute()]
+
+    def record(
+        self,
+        entities: Sequence[Entity],
+        verdict: str,
+        now: float,
+        message_id: str | None = None,
+    ) -> None:
+        """Count one message; remember its entities under its Message-ID for corrections."""
+        day = today(now)
+        also: list[tuple[Any, ...]] = []
+        if message_id:
+            record = json.dumps(
+                {"day": day, "verdict": verdict, "entities": [[e.kind, e.value] for e in entities]}
+            )
+            also.append(("SET", self.keys.reputation_message(message_id), record, "EX", self._ttl()))
+        self._update(entities, day, [(verdict, 1)], also)
+
+    def retrain(self, message_id: str, verdict: str) -> str:
+        """Move a counted message to another verdict.  Returns what happened, for the CLI:
+        ``moved``, ``unchanged`` (already counted so) or ``unknown`` (no record: too old, never
+        counted here, or no Message-ID)."""
+        if verdict not in VERDICTS:
+            raise ValueError(f"unknown verdict {verdict!r}")
+        key = self.keys.reputation_message(message_id)
+        raw = self.client.get(key)
+        if raw is None:
+            return "unknown"
+        record = json.loads(raw)
+        if record["verdict"] == verdict:
+            return "unchanged"
+        entities = [Entity(k, v) for k, v in record["entities"]]
+        old = record["verdict"]
+        record["verdict"] = verdict
+        also = [("SET", key, json.dumps(record), "KEEPTTL")]
+        self._update(entities, int(record["day"]), [(old, -1), (verdict, 1)], also)
+        return "moved"
+
+    def reset(self, entities: Iterable[Entity]) -> int:
+        """Forget entities' counters; returns how many existed."""
+        names = [self.keys.reputation(e.kind, e.value) for e in entities]
+        return int(self.client.delete(*names)) if names else 0
+
+    def _ttl(self) -> int:
+        return self.settings.window_days * DAY
+
+    def _update(
+        self,
+        entities: Sequence[Entity],
+        day: int,
+        changes: Sequence[tuple[str, int]],
+        also: Sequence[tuple[Any, ...]] = (),
+    ) -> None:
+        first = today(time.time()) - self.settings.window_days + 1
+        first = min(first, day)  # a correction of an old day must not delete its own bucket
+        calls = [
+            (
+                [self.keys.reputation(e.kind, e.value)],
+                [day, verdict, n, first, self._ttl(), str(e)],
+            )
+            for e in entities
+            for verdict, n in changes
+        ]
+        _UPDATE.many(self.client, calls, also)
+
+
+def _counts(raw: Mapping[bytes | str, bytes | str], first_day: int) -> Counts:
+    counts = Counts()
+    for f, v in raw.items():
+        name = f.decode() if isinstance(f, bytes) else f
+        day_s, _, verdict = name.partition(":")
+        if not day_s.isdigit() or verdict not in VERDICTS:
+            continue
+        day = int(day_s)
+        if day < first_day:
+            continue
+        n = int(v)
+        setattr(counts, verdict, getattr(counts, verdict) + n)
+        counts.days.setdefault(day, {})[verdict] = n
+    return counts
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """What the counts of one entity say: a symbol suffix (BAD/GOOD), a strength in [0, 1], trust."""
+
+    suffix: str
+    strength: float
+    trusted: bool
+
+
+def assess(counts: Counts, settings: ReputationSettings) -> Assessment | None:
+    """None while there is too little evidence (fewer than ``min_messages``)."""
+    if counts.total < settings.min_messages:
+        return None
+    bad = counts.bad_share()
+    trusted = counts.ham / counts.total >= settings.trusted_ratio
+    if bad >= 0.5:
+        return Assessment("BAD", round((bad - 0.5) * 2, 3), trusted)
+    return Assessment("GOOD", round((0.5 - bad) * 2, 3), trusted)
