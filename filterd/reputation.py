@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -52,6 +53,7 @@ from filterd.redisstate import LuaScript, RedisCheckSettings
 from filterd.settings import setting
 
 if TYPE_CHECKING:
+    from filterd.config import Config
     from filterd.pipeline import Verdict
     from filterd.transaction import Transaction
 
@@ -163,8 +165,12 @@ def registered_domain(name: str) -> str:
     """``mail7.example.co.uk`` -> ``example.co.uk``, by the public suffix list (publicsuffix2)."""
     from publicsuffix2 import get_sld
 
-    sld = get_sld(name)
-    return str(sld) if sld else name
+    # strict: an unknown TLD gives None (the lenient mode answers the bare TLD, "test" for
+    # "mx.example.test"); then the last two labels are the best guess
+    sld = get_sld(name, strict=True)
+    if sld and "." in sld:
+        return str(sld)
+    return ".".join(name.split(".")[-2:])
 
 
 def authenticated_domains(tx: Transaction) -> dict[str, set[str]]:
@@ -248,9 +254,9 @@ class ReputationStore:
                 {"day": day, "verdict": verdict, "entities": [[e.kind, e.value] for e in entities]}
             )
             also.append(("SET", self.keys.reputation_message(message_id), record, "EX", self._ttl()))
-        self._update(entities, day, [(verdict, 1)], also)
+        self._update(entities, day, [(verdict, 1)], now, also)
 
-    def retrain(self, message_id: str, verdict: str) -> str:
+    def retrain(self, message_id: str, verdict: str, now: float | None = None) -> str:
         """Move a counted message to another verdict.  Returns what happened, for the CLI:
         ``moved``, ``unchanged`` (already counted so) or ``unknown`` (no record: too old, never
         counted here, or no Message-ID)."""
@@ -267,7 +273,8 @@ class ReputationStore:
         old = record["verdict"]
         record["verdict"] = verdict
         also = [("SET", key, json.dumps(record), "KEEPTTL")]
-        self._update(entities, int(record["day"]), [(old, -1), (verdict, 1)], also)
+        now = time.time() if now is None else now
+        self._update(entities, int(record["day"]), [(old, -1), (verdict, 1)], now, also)
         return "moved"
 
     def reset(self, entities: Iterable[Entity]) -> int:
@@ -283,9 +290,10 @@ class ReputationStore:
         entities: Sequence[Entity],
         day: int,
         changes: Sequence[tuple[str, int]],
+        now: float,
         also: Sequence[tuple[Any, ...]] = (),
     ) -> None:
-        first = today(time.time()) - self.settings.window_days + 1
+        first = today(now) - self.settings.window_days + 1
         first = min(first, day)  # a correction of an old day must not delete its own bucket
         calls = [
             (
@@ -332,3 +340,49 @@ def assess(counts: Counts, settings: ReputationSettings) -> Assessment | None:
     if bad >= 0.5:
         return Assessment("BAD", round((bad - 0.5) * 2, 3), trusted)
     return Assessment("GOOD", round((0.5 - bad) * 2, 3), trusted)
+
+
+def store_for(config: Config, client: Any = None) -> ReputationStore:
+    """A store with the configuration's key prefix and ``[checks.reputation]`` settings; `client`
+    defaults to a new Redis client made from ``[redis]``."""
+    from filterd.services import Services
+
+    settings = config.check_settings("reputation")
+    return ReputationStore(client or Services(config).redis, Keys(config.redis.key_prefix), settings)
+
+
+def retrain(config: Config, message_id: str, label: str, client: Any = None) -> str:
+    """What ``filterctl train spam|ham`` calls per message: move the message's reputation counts
+    to `label` ("spam" or "ham").  `message_id` is the message's Message-ID header value.
+    Returns "moved", "unchanged" or "unknown" (see `ReputationStore.retrain`); raises a redis-py
+    error when Redis is unreachable."""
+    return store_for(config, client).retrain(message_id, label)
+
+
+def entities_for_target(target: str, settings: ReputationSettings) -> list[Entity]:
+    """The entities `filterctl reputation show|reset TARGET` covers: an IP address and its
+    network, or a domain as HELO domain, sender domain and authenticated domain."""
+    try:
+        ip = ipaddress.ip_address(target.strip("[]"))
+    except ValueError:
+        pass
+    else:
+        return [
+            Entity("ip", str(ip)),
+            Entity("net", client_network(ip, settings.ipv4_prefix, settings.ipv6_prefix)),
+        ]
+    try:
+        net = ipaddress.ip_network(target, strict=False)
+    except ValueError:
+        pass
+    else:
+        return [Entity("net", str(net))]
+    domain = target.strip().rstrip(".").lower().lstrip("@")
+    if not _DOMAIN.fullmatch(domain):
+        raise ValueError(f"{target!r} is not an IP address or a domain")
+    return [Entity("helo", domain), Entity("from", domain), Entity("auth", domain)]
+
+
+_DOMAIN = re.compile(
+    r"(?=.{1,253}$)([a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9])?\.)*[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+)
