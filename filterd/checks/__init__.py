@@ -13,6 +13,7 @@ from filterd.checks.lists import ClientLists, RecipientLists, SenderLists
 from filterd.checks.message_size import MessageSize
 from filterd.checks.ratelimit import RateLimit
 from filterd.checks.reputation import AuthReputation, Reputation
+from filterd.checks.smtp_behaviour import ClientDns, HeaderHeuristics, HeloHeuristics, SenderDns
 
 ALL_CHECKS: tuple[type[Check], ...] = (
     ClientLists,
@@ -20,7 +21,11 @@ ALL_CHECKS: tuple[type[Check], ...] = (
     RecipientLists,
     HeaderSanity,
     MessageSize,
-    RateLimit,  # MAIL FROM: before the reputation lookup, so a throttled client costs one round trip
+    RateLimit,  # MAIL FROM: first, so a throttled client costs one round trip and no DNS
+    ClientDns,  # CONNECT: after the client lists, so a denied client costs no lookup
+    HeloHeuristics,
+    SenderDns,
+    HeaderHeuristics,  # end of message: after DKIM (reads which domains authenticated)
     Reputation,  # MAIL FROM: after SPF, so an SPF-pass domain is known
     Greylist,  # RCPT (or end of message in content mode): after the lists and reputation
     AuthReputation,  # end of message: after DKIM

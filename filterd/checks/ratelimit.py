@@ -13,12 +13,14 @@ the site's own servers.
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from filterd.addrlists import NetworkList
 from filterd.check import Check, Direction, Output, Stage
-from filterd.config import Config
+from filterd.config import Config, check_networks
 from filterd.keys import Keys
 from filterd.redisstate import LuaScript, RedisCheckSettings, RedisGuard
 from filterd.replies import R451_RATE_LIMITED, TempFail
@@ -39,6 +41,11 @@ class RateLimitSettings(RedisCheckSettings):
         2.0, "outbound: messages per minute per authenticated user (0: no limit)", _not_negative
     )
     user_burst: int = setting(100, "outbound: messages an authenticated user may send at once", _not_negative)
+    exempt_networks: tuple[str, ...] = setting(
+        ("127.0.0.0/8", "::1/128"),
+        "client networks never limited (local submission, content filters)",
+        check_networks,
+    )
 
 
 # KEYS[1]: the bucket.  ARGV: now (ms), refill per ms, burst, cost.
@@ -86,6 +93,9 @@ class RateLimit(Check):
         for kind in ("ip", "user"):
             if getattr(settings, f"{kind}_rate") > 0 and getattr(settings, f"{kind}_burst") < 1:
                 raise ConfigError(f"checks.{self.name}.{kind}_burst", "must be at least 1 when a rate is set")
+        self.exempt = NetworkList(
+            tuple(ipaddress.ip_network(n, strict=False) for n in settings.exempt_networks)
+        )
         self.keys = Keys(config.redis.key_prefix)
         self.guard = RedisGuard(self.name, "RATELIMIT_REDIS_ERROR", settings)
 
@@ -100,7 +110,7 @@ class RateLimit(Check):
             shown = f"[{who}]"
         else:
             return
-        if rate <= 0:
+        if rate <= 0 or self.exempt.match(tx.session.client_ip) is not None:
             return
         key = self.keys.ratelimit(kind, who)
         args = [int(self.clock() * 1000), repr(rate / 60000.0), burst, 1]

@@ -156,3 +156,9 @@ def test_redis_hung_times_out_into_the_policy(own_redis: RedisServer, prefix: st
     _, back = deliver(p, rcpts=("other@ours.test",))
     assert back.action is Action.TEMPFAIL and "Greylisted" in str(back.decision.reply)  # type: ignore[union-attr]
     p.close()
+
+
+def test_local_clients_are_exempt(redis_server: Any, prefix: str, clock: Clock) -> None:
+    p = build(redis_server.url, prefix, ONLY_RATELIMIT, clock)
+    assert all(deliver(p, client="127.0.0.1")[1].action is Action.ACCEPT for _ in range(5))
+    p.close()
