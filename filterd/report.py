@@ -17,7 +17,7 @@ FORGEABLE_PREFIXES = ("x-spam-", "x-filterd-")
 
 
 def is_forgeable(name: str) -> bool:
-    return name.lower().startswith(FORGEABLE_PREFIXES)
+    return name.lower().startswith(FORGEABLE_PREFIXES)  # str.startswith with a tuple: one C call
 
 
 def verdict_headers(verdict: Verdict) -> list[tuple[str, str]]:

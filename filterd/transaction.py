@@ -13,6 +13,7 @@ from functools import cached_property
 
 from filterd.check import AddHeader, Direction, Finding, Stage
 from filterd.message import Message
+from filterd.replies import Quarantine
 
 
 @dataclass
@@ -56,6 +57,7 @@ class Transaction:
     oversized: bool = False  # the body passed max_scan_bytes and was not kept
     findings: list[Finding] = field(default_factory=list)
     add_headers: list[AddHeader] = field(default_factory=list)
+    held: Quarantine | None = None  # a quarantine decided before end of message, applied at the end
     timings: dict[Stage, float] = field(default_factory=dict)
     raw_message: bytes | None = None  # set when the message came whole (an offline scan)
 

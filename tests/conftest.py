@@ -10,6 +10,7 @@ import pytest
 
 from tests.harness.dns import LocalDns
 from tests.harness.redis import RedisServer
+from tests.harness.stack import Stack
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = Path(os.environ.get("FILTERD_CORPUS", ROOT.parent / "shared" / "corpus"))
@@ -38,3 +39,12 @@ def local_dns() -> Iterator[LocalDns]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[Stack]:
+    """Postfix -> filterd -> sink, started once; tests use `stack.configured({...})` for other settings."""
+    s = Stack()
+    s.start()
+    yield s
+    s.stop()
