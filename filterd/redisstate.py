@@ -37,6 +37,8 @@ def _not_negative(value: float) -> str | None:
 class RedisCheckSettings(CheckSettings):
     """Settings of a check that keeps its state in Redis."""
 
+    # Off until turned on: a check needs the Redis of ``[redis]`` to exist before it can work.
+    enabled: bool = setting(False, "run this check (it needs the Redis set in [redis])")
     redis_retry_after: float = setting(
         2.0,
         "after a Redis error, seconds during which the check does not try Redis again "

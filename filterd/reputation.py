@@ -69,6 +69,15 @@ def _ratio(value: float) -> str | None:
     return None if 0 < value <= 1 else "expected a number above 0 and at most 1"
 
 
+def _networks(values: tuple[str, ...]) -> str | None:
+    for v in values:
+        try:
+            ipaddress.ip_network(v, strict=False)
+        except ValueError:
+            return f"{v!r} is not an IP network"
+    return None
+
+
 def _prefix(bits: int) -> Any:
     def check(value: int) -> str | None:
         return None if 0 <= value <= bits else f"expected a prefix length from 0 to {bits}"
@@ -87,6 +96,11 @@ class ReputationSettings(RedisCheckSettings):
     ipv6_prefix: int = setting(64, "IPv6 prefix length of the client network counted", _prefix(128))
     virus_symbols: tuple[str, ...] = setting(
         ("VIRUS_FOUND", "CLAMAV_VIRUS"), "symbols that make a message count as a virus"
+    )
+    exempt_networks: tuple[str, ...] = setting(
+        ("127.0.0.0/8", "::1/128"),
+        "clients whose address and network are not counted (local reinjection, fetchmail)",
+        _networks,
     )
 
 
@@ -194,7 +208,11 @@ def entities_of(tx: Transaction, settings: ReputationSettings, auth: bool = True
     """The entities a message counts for, in a fixed order (ip, net, helo, from, auth...)."""
     out: list[Entity] = []
     ip = tx.session.client_ip
-    if ip is not None:
+    exempt = ip is not None and any(
+        ip.version == n.version and ip in n
+        for n in (ipaddress.ip_network(x, strict=False) for x in settings.exempt_networks)
+    )
+    if ip is not None and not exempt:
         out.append(Entity("ip", str(ip)))
         out.append(Entity("net", client_network(ip, settings.ipv4_prefix, settings.ipv6_prefix)))
     if (helo := helo_domain(tx.session.helo)) is not None:

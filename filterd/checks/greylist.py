@@ -53,8 +53,8 @@ def _not_negative(value: int) -> str | None:
 
 @dataclass(frozen=True)
 class GreylistSettings(RedisCheckSettings):
-    # Off until the admin turns it on: delaying every new correspondent is a site's policy choice.
-    enabled: bool = setting(False, "run this check (greylisting delays first mail from new senders)")
+    # Off until turned on: it needs Redis, and delaying new correspondents is a site's policy choice.
+    enabled: bool = setting(False, "run this check (needs [redis]; delays first mail from new senders)")
     mode: Literal["rcpt", "content"] = setting(
         "rcpt", '"rcpt": every new triplet at RCPT; "content": only when the score falls in the band'
     )

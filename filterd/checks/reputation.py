@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from filterd.check import Check, Finding, Output, Stage
@@ -28,6 +29,7 @@ from filterd.reputation import (
     entities_of,
 )
 from filterd.services import Services
+from filterd.settings import setting
 from filterd.transaction import Transaction
 
 if TYPE_CHECKING:
@@ -117,21 +119,28 @@ class Reputation(Check):
             return
 
 
+@dataclass(frozen=True)
+class AuthReputationSettings(RedisCheckSettings):
+    enabled: bool = setting(True, "score DKIM-pass domains too, when [checks.reputation] is on")
+
+
 class AuthReputation(Check):
     name = "reputation_auth"
     stage = Stage.EOM
     description = "verdict history of the DKIM-pass domains (settings: [checks.reputation])"
     symbols = {"REPUTATION_AUTH_REDIS_ERROR": 0.0}
-    Settings = RedisCheckSettings
+    Settings = AuthReputationSettings
     clock: Callable[[], float] = staticmethod(time.time)
 
-    def __init__(self, settings: RedisCheckSettings, config: Config, services: Services) -> None:
+    def __init__(self, settings: AuthReputationSettings, config: Config, services: Services) -> None:
         super().__init__(settings, config, services)
         self.keys = Keys(config.redis.key_prefix)
         self.guard = RedisGuard(self.name, "REPUTATION_AUTH_REDIS_ERROR", settings)
         self.reputation: Any = config.check_settings("reputation")
 
     def run(self, tx: Transaction) -> Iterable[Output]:
+        if not self.reputation.enabled:
+            return
         auth = authenticated_domains(tx)
         domains = sorted(auth.get("dkim", set()) - auth.get("spf", set()))  # SPF ones: scored at MAIL FROM
         if not domains:

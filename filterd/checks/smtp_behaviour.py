@@ -56,6 +56,8 @@ def _positive(value: float) -> str | None:
 
 @dataclass(frozen=True)
 class DnsCheckSettings(CheckSettings):
+    # Off until turned on: no check talks to a service (here DNS) the admin has not chosen.
+    enabled: bool = setting(False, "run this check (it makes DNS lookups for every message)")
     dns_budget: float = setting(4.0, "seconds of DNS lookups this check may spend per message", _positive)
 
 
