@@ -197,3 +197,69 @@ def test_sigterm_lets_the_message_in_flight_finish(stack: Stack) -> None:
         stopper.join()
         assert code == 250
         stack.sink.find(marker)
+
+
+def test_rset_and_several_messages_per_session_keep_envelopes_apart(stack: Stack) -> None:
+    deny = stack.dir / "rcpt-deny-rset.txt"
+    deny.write_text("blocked@example.net\n")
+    with (
+        stack.configured({"checks": {"recipient_lists": {"deny_file": str(deny)}}}),
+        smtplib.SMTP("127.0.0.1", stack.postfix.port, timeout=60) as smtp,
+    ):
+        smtp.ehlo()
+        smtp.mail("first@example.org")
+        assert smtp.rcpt("blocked@example.net")[0] == 550
+        smtp.rset()
+        msg, first = make_message("after rset")
+        smtp.sendmail("second@example.org", ["ok@example.net"], msg)
+        msg, second = make_message("next message")
+        smtp.sendmail("third@example.org", ["other@example.net"], msg)
+    a, b = stack.sink.find(first), stack.sink.find(second)
+    assert (a.mail_from, a.rcpts) == ("second@example.org", ("ok@example.net",))
+    assert (b.mail_from, b.rcpts) == ("third@example.org", ("other@example.net",))
+
+
+def test_quarantine_threshold_holds_the_message_in_postfix(stack: Stack) -> None:
+    with stack.configured({"actions": {"quarantine": 3.0}, "scores": {"MISSING_DATE": 4.0}}):
+        msg, marker = make_message("hold me")
+        msg = b"\r\n".join(line for line in msg.split(b"\r\n") if not line.startswith(b"Date:"))
+        held_before = _hold_count(stack)
+        stack.send(msg)
+        deadline = time.monotonic() + 15
+        while _hold_count(stack) == held_before and time.monotonic() < deadline:
+            time.sleep(0.1)
+    assert _hold_count(stack) == held_before + 1
+    assert stack.sink.count(marker) == 0
+
+
+def _hold_count(stack: Stack) -> int:
+    hold = stack.postfix.queue_dir / "hold"
+    return sum(1 for p in hold.rglob("*") if p.is_file()) if hold.exists() else 0
+
+
+def test_inet_socket_works_too(tmp_path: Path) -> None:
+    from tests.harness.filterd import Filterd
+    from tests.harness.net import free_port, port_open, wait_for
+    from tests.harness.postfix import Postfix
+    from tests.harness.sink import Sink
+    from tests.harness.stack import private_dir
+
+    workdir = private_dir("filterd-inet-")
+    port = free_port()
+    sink = Sink()
+    filterd = Filterd(workdir, workdir / "unused.sock")
+    postfix = Postfix(workdir / "postfix", f"inet:127.0.0.1:{port}", sink.port)
+    sink.start()
+    try:
+        filterd.configure({"milter": {"socket": f"inet:{port}@127.0.0.1"}})
+        filterd.start()
+        wait_for(lambda: port_open(port), 20, "filterd on its TCP port")
+        postfix.start()
+        msg, marker = make_message("over tcp")
+        with smtplib.SMTP("127.0.0.1", postfix.port, timeout=60) as smtp:
+            smtp.sendmail("alice@example.org", ["bob@example.net"], msg)
+        assert sink.find(marker).header("X-Spam-Status")
+    finally:
+        postfix.stop()
+        filterd.stop()
+        sink.stop()

@@ -53,9 +53,11 @@ class Filterd:
         write_toml(self.config_path, merge(base, config))
 
     def start(self, timeout: float = 20.0) -> None:
+        """Start filterd and wait until it says it listens (unix or inet socket alike)."""
         if self.socket_path.exists():
             self.socket_path.unlink()
         env = dict(os.environ, PYTHONPATH=str(ROOT))
+        offset = len(self.log())
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "filterd", "--config", str(self.config_path)],
@@ -65,13 +67,14 @@ class Filterd:
             cwd=ROOT,
         )
         log.close()
+        proc = self.proc
         wait_for(
-            lambda: self.socket_path.exists() or self.proc is None or self.proc.poll() is not None,
+            lambda: "listening on" in self.log()[offset:] or proc.poll() is not None,
             timeout,
-            "filterd's socket",
+            "filterd to listen",
         )
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"filterd exited with {self.proc.returncode}:\n{self.log()}")
+        if proc.poll() is not None:
+            raise RuntimeError(f"filterd exited with {proc.returncode}:\n{self.log()}")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int | None:
         if self.proc is None:
