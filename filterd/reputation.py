@@ -40,6 +40,7 @@ entities under its Message-ID for ``window_days`` (`retrain`).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import re
@@ -209,8 +210,7 @@ def entities_of(tx: Transaction, settings: ReputationSettings, auth: bool = True
     out: list[Entity] = []
     ip = tx.session.client_ip
     exempt = ip is not None and any(
-        ip.version == n.version and ip in n
-        for n in (ipaddress.ip_network(x, strict=False) for x in settings.exempt_networks)
+        ip.version == n.version and ip in n for n in _networks_of(settings.exempt_networks)
     )
     if ip is not None and not exempt:
         out.append(Entity("ip", str(ip)))
@@ -223,6 +223,11 @@ def entities_of(tx: Transaction, settings: ReputationSettings, auth: bool = True
         domains = set().union(*authenticated_domains(tx).values())
         out.extend(Entity("auth", d) for d in sorted(domains))
     return out
+
+
+@functools.lru_cache(maxsize=16)
+def _networks_of(values: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(v, strict=False) for v in values)
 
 
 def category_of(verdict: Verdict, settings: ReputationSettings) -> str | None:
