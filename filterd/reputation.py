@@ -191,18 +191,30 @@ def registered_domain(name: str) -> str:
 def authenticated_domains(tx: Transaction) -> dict[str, set[str]]:
     """Domains that passed SPF or DKIM for this message, by method: ``{"spf": {...}, "dkim": {...}}``.
 
-    The sender-authentication checks record their passes on the transaction as
-    ``tx.authenticated_domains`` (a mapping of method to domains).  Read defensively: without
-    those checks there are simply no authenticated domains."""
-    given = getattr(tx, "authenticated_domains", None)
-    if not isinstance(given, Mapping):
+    Read from ``tx.auth_results``, where the sender-authentication checks leave their results
+    (``"spf"``: the MAIL FROM identity's result, ``"dkim"``: one result per signature; each with
+    ``result`` and ``domain``).  Read defensively, by attribute: without those checks there are
+    simply no authenticated domains.  The HELO identity's SPF pass is not counted: it vouches for
+    the client's name, not for the sender."""
+    results = getattr(tx, "auth_results", None)
+    if not isinstance(results, Mapping):
         return {}
     out: dict[str, set[str]] = {}
-    for method, domains in given.items():
-        if isinstance(domains, str):
-            domains = [domains]
-        out[str(method)] = {str(d).lower().rstrip(".") for d in domains if d}
+    spf = results.get("spf")
+    if _passed(spf):
+        out["spf"] = {_domain(spf)}
+    dkim = {_domain(r) for r in results.get("dkim") or () if _passed(r)}
+    if dkim:
+        out["dkim"] = dkim
     return out
+
+
+def _passed(result: Any) -> bool:
+    return getattr(result, "result", None) == "pass" and bool(getattr(result, "domain", ""))
+
+
+def _domain(result: Any) -> str:
+    return str(result.domain).lower().rstrip(".")
 
 
 def entities_of(tx: Transaction, settings: ReputationSettings, auth: bool = True) -> list[Entity]:

@@ -176,3 +176,31 @@ def test_lookalike_unit() -> None:
     assert lookalike("mybnak.test", "mybank.test")
     assert not lookalike("mail.mybank.test", "mybank.test")
     assert not lookalike("otherbank.test", "mybank.test")
+
+
+def test_from_our_domain_authenticated_by_dkim_is_not_flagged(local_dns: Any) -> None:
+    from dataclasses import dataclass
+
+    from filterd.check import Check, CheckSettings, Stage
+
+    @dataclass(frozen=True)
+    class Result:
+        result: str
+        domain: str
+
+    class DkimPass(Check):  # stands in for the DKIM check: a pass for ours.test
+        name = "dkim_stub"
+        stage = Stage.EOM
+        symbols: dict[str, float] = {}
+
+        def run(self, tx: Any) -> list[Any]:
+            tx.auth_results = {"dkim": [Result("pass", "ours.test")]}
+            return []
+
+    base = pipeline(local_dns)
+    p = Pipeline(
+        base.config, [DkimPass(CheckSettings(), base.config, base.services), *base.checks], base.services
+    )
+    raw = b"From: IT desk <it@ours.test>\r\n" + BODY
+    assert "FROM_LOCAL_DOMAIN_UNAUTH" in run(base, raw=raw)
+    assert "FROM_LOCAL_DOMAIN_UNAUTH" not in run(p, raw=raw)

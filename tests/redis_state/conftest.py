@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -86,9 +87,17 @@ def check_of(pipeline: Pipeline, name: str) -> Check:
     return next(c for c in pipeline.checks if c.name == name)
 
 
+@dataclass(frozen=True)
+class AuthResult:
+    """The shape of the sender-authentication checks' results (filterd.auth.results)."""
+
+    result: str
+    domain: str
+
+
 class AuthStub(Check):
-    """Stands in for the SPF (MAIL FROM) and DKIM (end of message) checks: records passes on the
-    transaction the way `filterd.reputation.authenticated_domains` reads them."""
+    """Stands in for the SPF (MAIL FROM) and DKIM (end of message) checks: leaves pass results on
+    ``tx.auth_results`` as they do."""
 
     name = "auth_stub"
     symbols: dict[str, float] = {}
@@ -100,10 +109,16 @@ class AuthStub(Check):
         self.domains: tuple[str, ...] = ()
 
     def run(self, tx: Transaction) -> list[Output]:
-        if self.domains:
-            given = dict(getattr(tx, "authenticated_domains", {}))
-            given[self.method] = set(self.domains)
-            tx.authenticated_domains = given  # type: ignore[attr-defined]
+        if not hasattr(tx, "auth_results"):
+            tx.auth_results = {}  # type: ignore[attr-defined]
+        results = tx.auth_results  # type: ignore[attr-defined]
+        if self.method == "spf":
+            for d in self.domains:
+                results["spf"] = AuthResult("pass", d)
+        elif self.domains:
+            results["dkim"] = [AuthResult("fail", "broken.test")] + [
+                AuthResult("pass", d) for d in self.domains
+            ]
         return []
 
 
