@@ -51,7 +51,8 @@ def redis_errors() -> tuple[type[Exception], ...]:
     """The exceptions that mean "Redis is not there or not answering" (redis-py imported late)."""
     import redis
 
-    return (redis.RedisError, OSError)
+    # RedisClusterException ("no reachable node") is not a RedisError
+    return (redis.RedisError, redis.exceptions.RedisClusterException, OSError)
 
 
 class LuaScript:
@@ -77,14 +78,20 @@ class LuaScript:
         also: Sequence[tuple[Any, ...]] = (),
     ) -> list[Any]:
         """Run the script once per (keys, args), and the plain commands `also`, in one pipelined
-        round trip; returns the script results in order.
+        round trip (one per call on Redis Cluster); returns the script results in order.
 
         After a NOSCRIPT (Redis restarted) exactly the script calls that failed are sent again --
         none of them ran -- and the plain commands, which did run, are not."""
         import redis
+        from redis.cluster import RedisCluster
 
         if not calls and not also:
             return []
+        if isinstance(client, RedisCluster):
+            # redis-py's cluster pipeline refuses scripts: one round trip per call there
+            for command in also:
+                client.execute_command(*command)
+            return [self(client, keys, args) for keys, args in calls]
         results = self._pipeline(client, calls, also)
         for r in results[len(calls) :]:
             if isinstance(r, Exception):
