@@ -59,6 +59,8 @@ if TYPE_CHECKING:
     from filterd.transaction import Transaction
 
 VERDICTS = ("ham", "spam", "virus", "rejected")
+SIGNATURE_HEADER = "x-filterd-signature"  # added by the bayes check (issue 6)
+SIGNATURE_ID = "sig:"  # a signature id as a record id: never mistaken for a Message-ID ("<...>")
 DAY = 86400
 
 
@@ -96,7 +98,7 @@ class ReputationSettings(RedisCheckSettings):
     ipv4_prefix: int = setting(24, "IPv4 prefix length of the client network counted", _prefix(32))
     ipv6_prefix: int = setting(64, "IPv6 prefix length of the client network counted", _prefix(128))
     virus_symbols: tuple[str, ...] = setting(
-        ("VIRUS_FOUND", "CLAMAV_VIRUS"), "symbols that make a message count as a virus"
+        ("CLAM_VIRUS", "VIRUS_FOUND"), "symbols that make a message count as a virus"
     )
     exempt_networks: tuple[str, ...] = setting(
         ("127.0.0.0/8", "::1/128"),
@@ -279,26 +281,33 @@ class ReputationStore:
         entities: Sequence[Entity],
         verdict: str,
         now: float,
-        message_id: str | None = None,
+        ids: Sequence[str] = (),
     ) -> None:
-        """Count one message; remember its entities under its Message-ID for corrections."""
+        """Count one message; remember its entities under each of its `ids` (see `message_ids`)
+        so a later correction can move the count."""
         day = today(now)
         also: list[tuple[Any, ...]] = []
-        if message_id:
+        ids = [i for i in ids if i]
+        if ids:
             record = json.dumps(
-                {"day": day, "verdict": verdict, "entities": [[e.kind, e.value] for e in entities]}
+                {
+                    "day": day,
+                    "verdict": verdict,
+                    "entities": [[e.kind, e.value] for e in entities],
+                    "ids": ids,
+                }
             )
-            also.append(("SET", self.keys.reputation_message(message_id), record, "EX", self._ttl()))
+            also.extend(("SET", self.keys.reputation_message(i), record, "EX", self._ttl()) for i in ids)
         self._update(entities, day, [(verdict, 1)], now, also)
 
     def retrain(self, message_id: str, verdict: str, now: float | None = None) -> str:
-        """Move a counted message to another verdict.  Returns what happened, for the CLI:
-        ``moved``, ``unchanged`` (already counted so) or ``unknown`` (no record: too old, never
-        counted here, or no Message-ID)."""
+        """Move a counted message to another verdict.  `message_id` is one of the ids it was
+        recorded under (its Message-ID, or ``sig:`` + its X-Filterd-Signature).  Returns what
+        happened, for the CLI: ``moved``, ``unchanged`` (already counted so) or ``unknown`` (no
+        record: too old, never counted here)."""
         if verdict not in VERDICTS:
             raise ValueError(f"unknown verdict {verdict!r}")
-        key = self.keys.reputation_message(message_id)
-        raw = self.client.get(key)
+        raw = self.client.get(self.keys.reputation_message(message_id))
         if raw is None:
             return "unknown"
         record = json.loads(raw)
@@ -307,7 +316,12 @@ class ReputationStore:
         entities = [Entity(k, v) for k, v in record["entities"]]
         old = record["verdict"]
         record["verdict"] = verdict
-        also = [("SET", key, json.dumps(record), "KEEPTTL")]
+        text = json.dumps(record)
+        # every id of the message sees the new verdict, so a second correction by the other id
+        # does not move the count twice
+        also = [
+            ("SET", self.keys.reputation_message(i), text, "KEEPTTL") for i in record.get("ids", [message_id])
+        ]
         now = time.time() if now is None else now
         self._update(entities, int(record["day"]), [(old, -1), (verdict, 1)], now, also)
         return "moved"
@@ -386,12 +400,29 @@ def store_for(config: Config, client: Any = None) -> ReputationStore:
     return ReputationStore(client or Services(config).redis, Keys(config.redis.key_prefix), settings)
 
 
-def retrain(config: Config, message_id: str, label: str, client: Any = None) -> str:
+def retrain(
+    config: Config,
+    label: str,
+    message_id: str | None = None,
+    signature: str | None = None,
+    client: Any = None,
+) -> str:
     """What ``filterctl train spam|ham`` calls per message: move the message's reputation counts
-    to `label` ("spam" or "ham").  `message_id` is the message's Message-ID header value.
-    Returns "moved", "unchanged" or "unknown" (see `ReputationStore.retrain`); raises a redis-py
-    error when Redis is unreachable."""
-    return store_for(config, client).retrain(message_id, label)
+    to `label` ("spam" or "ham").  Give the message's Message-ID header value, or the
+    X-Filterd-Signature id when training ``--signature``.  Returns "moved", "unchanged" or
+    "unknown" (see `ReputationStore.retrain`); raises a redis-py error when Redis is unreachable."""
+    key = message_id.strip() if message_id else (SIGNATURE_ID + signature.strip() if signature else "")
+    if not key:
+        return "unknown"
+    return store_for(config, client).retrain(key, label)
+
+
+def message_ids(tx: Transaction, verdict: Verdict) -> list[str]:
+    """The ids a counted message is recorded under: its Message-ID, and the signature id the
+    classifier added (``X-Filterd-Signature``), by which ``filterctl train --signature`` knows it."""
+    ids = tx.header_values("Message-ID")[:1]
+    ids += [SIGNATURE_ID + h.value.strip() for h in verdict.add_headers if h.name.lower() == SIGNATURE_HEADER]
+    return [i.strip() for i in ids if i.strip()]
 
 
 def entities_for_target(target: str, settings: ReputationSettings) -> list[Entity]:

@@ -27,6 +27,7 @@ from filterd.reputation import (
     authenticated_domains,
     category_of,
     entities_of,
+    message_ids,
 )
 from filterd.services import Services
 from filterd.settings import setting
@@ -111,9 +112,8 @@ class Reputation(Check):
         if category is None:
             return
         entities = entities_of(tx, self.settings)
-        message_ids = tx.header_values("Message-ID")
-        message_id = message_ids[0] if message_ids else None
-        ok, _ = self.guard.call(lambda: self.store.record(entities, category, self.clock(), message_id))
+        ids = message_ids(tx, verdict)
+        ok, _ = self.guard.call(lambda: self.store.record(entities, category, self.clock(), ids))
         if not ok:
             # the verdict is already taken; a lost count is logged by the guard and not retried
             return

@@ -61,7 +61,7 @@ def test_greylist_reputation_and_rate_limit_on_a_cluster(
     # a correction, as filterctl train makes it
     store = ReputationStore(p.services.redis, Keys(prefix), ReputationSettings(min_messages=2))
     mid = "<x@sender.test>"
-    store.record([Entity("ip", "198.51.100.1"), Entity("from", "x.test")], "ham", clock.now, mid)
+    store.record([Entity("ip", "198.51.100.1"), Entity("from", "x.test")], "ham", clock.now, [mid])
     assert store.retrain(mid, "spam", clock.now) == "moved"
     assert store.read([Entity("ip", "198.51.100.1")], clock.now)[0].spam == 1
     p.close()

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from click.testing import CliRunner
 
+from filterd.check import AddHeader, Check, CheckSettings, Output, Stage
 from filterd.cli.filterctl import cli
 from filterd.keys import Keys
-from filterd.pipeline import Action
-from filterd.reputation import Entity, ReputationSettings, ReputationStore
+from filterd.pipeline import Action, Pipeline, Symbol, Verdict
+from filterd.reputation import Entity, ReputationSettings, ReputationStore, category_of, retrain
+from filterd.transaction import Transaction
 from tests.redis_state.conftest import Clock, build, deliver, keys_with_ttl, message, symbols
 
 NO_GREYLIST = {"greylist": {"enabled": False}, "reputation": {"min_messages": 4}}
@@ -162,3 +165,52 @@ def test_reputation_is_skipped_for_outbound(redis_server: Any, prefix: str, cloc
     store = ReputationStore(p.services.redis, Keys(prefix), ReputationSettings())
     assert store.read([Entity("ip", "192.0.2.10")], clock.now)[0].total == 0
     p.close()
+
+
+class SignatureStub(Check):
+    """Stands in for the bayes check, which adds an X-Filterd-Signature id to each message."""
+
+    name = "signature_stub"
+    stage = Stage.EOM
+    symbols: dict[str, float] = {}
+
+    def run(self, tx: Transaction) -> list[Output]:
+        return [AddHeader("X-Filterd-Signature", "sig-abc123")]
+
+
+def test_train_by_signature_or_message_id_moves_the_count_once(
+    redis_server: Any, prefix: str, clock: Clock
+) -> None:
+    p = build(redis_server.url, prefix, {**NO_GREYLIST, "reputation": {"min_messages": 1}}, clock)
+    p = Pipeline(p.config, [*p.checks, SignatureStub(CheckSettings(), p.config, p.services)], p.services)
+    deliver(p, raw=message("signed-1"))  # ham
+    client = p.services.redis
+    assert retrain(p.config, "spam", signature="sig-abc123", client=client) == "moved"
+    # the same correction by the other id changes nothing more
+    assert retrain(p.config, "spam", message_id="<signed-1@sender.test>", client=client) == "unchanged"
+    store = ReputationStore(client, Keys(prefix), ReputationSettings())
+    counts = store.read([Entity("ip", "192.0.2.10")], clock.now)[0]
+    assert (counts.ham, counts.spam) == (0, 1)
+    assert retrain(p.config, "ham", message_id="<signed-1@sender.test>", client=client) == "moved"
+    counts = store.read([Entity("ip", "192.0.2.10")], clock.now)[0]
+    assert (counts.ham, counts.spam) == (1, 0)
+    assert retrain(p.config, "spam", signature="unknown-sig", client=client) == "unknown"
+    p.close()
+
+
+@pytest.mark.parametrize(
+    ("action", "score", "symbol", "expected"),
+    [
+        (Action.ACCEPT, 0.0, "X", "ham"),
+        (Action.ADD_HEADER, 6.0, "X", "spam"),
+        (Action.QUARANTINE, 2.0, "X", "spam"),
+        (Action.REJECT, 20.0, "X", "rejected"),
+        (Action.DISCARD, 0.0, "CLAM_VIRUS", "virus"),
+        (Action.REJECT, 20.0, "CLAM_VIRUS", "virus"),
+        (Action.TEMPFAIL, 0.0, "X", None),
+        (Action.GREYLIST, 6.0, "X", None),
+    ],
+)
+def test_category_of_a_verdict(action: Action, score: float, symbol: str, expected: str | None) -> None:
+    verdict = Verdict(score=score, required=5.0, action=action, symbols=[Symbol(symbol, score, "r")])
+    assert category_of(verdict, ReputationSettings()) == expected
