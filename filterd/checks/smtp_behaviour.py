@@ -79,7 +79,8 @@ def _is_internal(check: Check, ip: IPAddress | None) -> bool:
 
 def _our_names(check: Check) -> tuple[str, frozenset[str]]:
     """This host's name, and our mail domains (``[network] local_domains``), lower-cased."""
-    host = (check.config.network.hostname or socket.getfqdn()).lower().rstrip(".")
+    # gethostname(), not getfqdn(): no DNS lookup on the mail path
+    host = (check.config.network.hostname or socket.gethostname()).lower().rstrip(".")
     return host, frozenset(d.lower().strip().rstrip(".") for d in check.config.network.local_domains)
 
 
@@ -315,6 +316,13 @@ class HeaderHeuristics(Check):
     name = "header_heuristics"
     stage = Stage.EOM  # after DKIM, so an authenticated From is known; reads headers only
     description = "many recipients; From imitating our domains; Date, Message-ID, Received anomalies"
+    # Measured on the SpamAssassin public corpus (4150 ham / 1896 spam, 2002), share of messages:
+    #   DATE_BAD_TIMEZONE       ham 0.0%   spam 17.5%   -> a strong sign: 2.0
+    #   DATE_RECEIVED_MISMATCH  ham 0.3%   spam  8.9%   -> 1.5
+    #   RECEIVED_MALFORMED      ham 1.6%   spam  5.1%   -> weak: 0.5
+    #   MESSAGE_ID_NOT_FQDN     ham 11.3%  spam 16.4%   -> nearly no signal (many MUAs write
+    #                           "<id@hostname>"): 0.1, kept so the report shows it
+    # The From checks need [network] local_domains and SPF/DKIM results, which that corpus lacks.
     symbols = {
         "MANY_RCPTS": 1.0,
         "FROM_LOCAL_DOMAIN_UNAUTH": 2.5,
@@ -322,9 +330,9 @@ class HeaderHeuristics(Check):
         "FROM_DISPLAY_LOCAL_DOMAIN": 2.0,
         "DUPLICATE_DATE": 1.0,
         "DUPLICATE_MESSAGE_ID": 1.0,
-        "DATE_BAD_TIMEZONE": 1.0,
-        "MESSAGE_ID_NOT_FQDN": 0.5,
-        "DATE_RECEIVED_MISMATCH": 1.0,
+        "DATE_BAD_TIMEZONE": 2.0,
+        "MESSAGE_ID_NOT_FQDN": 0.1,
+        "DATE_RECEIVED_MISMATCH": 1.5,
         "RECEIVED_MALFORMED": 0.5,
         "RECEIVED_TOO_MANY": 1.0,
     }

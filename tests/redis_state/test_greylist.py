@@ -244,3 +244,12 @@ def test_content_mode_greylists_only_in_the_score_band(redis_server: Any, prefix
     _, retry = deliver(p, raw=undated, rcpts=tuple(reversed(rcpts)))  # same set, other order
     assert retry.action is Action.ACCEPT and "GREYLIST_PASSED" in symbols(retry)
     p.close()
+
+
+def test_ipv6_clients_are_grouped_by_64(redis_server: Any, prefix: str, clock: Clock) -> None:
+    p = build(redis_server.url, prefix, FAST, clock)
+    assert deliver(p, client="2001:db8:1:2::25")[1].action is Action.TEMPFAIL
+    clock.advance(301)
+    assert deliver(p, client="2001:db8:1:2:a::99")[1].action is Action.ACCEPT  # same /64
+    assert deliver(p, client="2001:db8:1:3::25")[1].action is Action.TEMPFAIL  # another /64
+    p.close()

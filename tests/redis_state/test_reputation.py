@@ -214,3 +214,13 @@ def test_train_by_signature_or_message_id_moves_the_count_once(
 def test_category_of_a_verdict(action: Action, score: float, symbol: str, expected: str | None) -> None:
     verdict = Verdict(score=score, required=5.0, action=action, symbols=[Symbol(symbol, score, "r")])
     assert category_of(verdict, ReputationSettings()) == expected
+
+
+def test_filterctl_reputation_without_redis_says_so(tmp_path: Any) -> None:
+    from tests.harness.net import free_port
+
+    cfg = tmp_path / "filterd.toml"
+    cfg.write_text(f'[redis]\nurl = "redis://127.0.0.1:{free_port()}/0"\n')
+    out = CliRunner().invoke(cli, ["--config", str(cfg), "reputation", "show", "192.0.2.1"])
+    assert out.exit_code == 1
+    assert "cannot reach Redis at redis://127.0.0.1:" in out.output and "ConnectionError" in out.output
