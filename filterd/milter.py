@@ -31,6 +31,7 @@ from typing import Any
 import Milter
 import milter
 
+from filterd.auth.results import configured_authserv_id
 from filterd.check import Direction, Stage
 from filterd.pipeline import Action, Pipeline, Verdict
 from filterd.replies import R451_CHECK_FAILED, Decision, Discard, Reject, TempFail
@@ -119,6 +120,7 @@ class FilterdMilter(Milter.Base):
         self.session_decision: Decision | None = None  # decided at CONNECT/HELO, given at MAIL FROM
         self.forged: list[tuple[str, int]] = []  # (header name, index among that name) to remove
         self._name_counts: dict[str, int] = {}
+        self._authserv_ids: tuple[str, ...] = ()  # A-R headers claiming these are forged
         self._header_rc = self._body_rc = Milter.CONTINUE
 
     # -- negotiation ----------------------------------------------------------------------------
@@ -180,6 +182,7 @@ class FilterdMilter(Milter.Base):
         tx.queue_id = self.getsymval("i") or None
         tx.direction = self.pipeline.direction_of(tx)
         self.forged, self._name_counts = [], {}
+        self._authserv_ids = (configured_authserv_id(self.pipeline.config),)
         if self.session_decision is not None:
             log.info(log_line(tx, self.pipeline.verdict(tx, self.session_decision)))
             rc = self._decide(self.session_decision)
@@ -208,11 +211,12 @@ class FilterdMilter(Milter.Base):
         """Called straight from libmilter for each header: the hot path, kept to a few lines."""
         tx = self.tx
         if tx is not None:
-            tx.raw_headers.append((name, value.decode("utf-8", "surrogateescape")))
+            text = value.decode("utf-8", "surrogateescape")
+            tx.raw_headers.append((name, text))
             tx.size += len(name) + len(value) + 3
             key = name.lower()
             count = self._name_counts[key] = self._name_counts.get(key, 0) + 1
-            if is_forgeable(key):
+            if is_forgeable(key, text, self._authserv_ids):
                 self.forged.append((name, count))
         return self._header_rc
 

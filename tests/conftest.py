@@ -42,9 +42,11 @@ def local_dns() -> Iterator[LocalDns]:
 
 
 @pytest.fixture(scope="session")
-def stack() -> Iterator[Stack]:
-    """Postfix -> filterd -> sink, started once; tests use `stack.configured({...})` for other settings."""
-    s = Stack()
+def stack(local_dns: LocalDns) -> Iterator[Stack]:
+    """Postfix -> filterd -> sink, started once; tests use `stack.configured({...})` for other settings.
+
+    filterd's DNS is the local server, so SPF/DKIM/DMARC lookups never depend on the host's resolver."""
+    s = Stack({"dns": {"nameservers": ["127.0.0.1"], "port": local_dns.port, "timeout": 0.5}})
     s.start()
     yield s
     s.stop()

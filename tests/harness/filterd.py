@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,14 +20,17 @@ def write_toml(path: Path, data: dict[str, Any]) -> None:
     """Write a configuration: top-level tables of scalars and lists, and [checks.NAME] tables."""
     lines: list[str] = []
 
+    def key(k: str) -> str:  # a key that is not a bare key (a domain name, say) is quoted
+        return k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else toml_value(k)
+
     def table(name: str, values: dict[str, Any]) -> None:
         scalars = {k: v for k, v in values.items() if not isinstance(v, dict)}
         lines.append(f"[{name}]")
-        lines.extend(f"{k} = {toml_value(v)}" for k, v in scalars.items())
+        lines.extend(f"{key(k)} = {toml_value(v)}" for k, v in scalars.items())
         lines.append("")
         for k, v in values.items():
             if isinstance(v, dict):
-                table(f"{name}.{k}", v)
+                table(f"{name}.{key(k)}", v)
 
     for name, values in data.items():
         table(name, values)
