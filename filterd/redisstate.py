@@ -2,9 +2,10 @@
 
 Round trips are what a Redis check costs on the mail path (measured here: ~7.5k round trips/s on
 one connection against ~186k pipelined commands/s), so each check does its work in one script
-call or one pipeline.  redis-py's own `Script` objects are not used inside pipelines: its pipeline
-sends ``SCRIPT EXISTS`` before every execute, an extra round trip per message.  `LuaScript` sends
-``EVALSHA`` and loads the script only when Redis answers NOSCRIPT (first use, or after a restart).
+call: atomic, and one round trip however many keys it reads or writes.  `LuaScript` sends
+``EVALSHA`` and loads the script only when Redis answers NOSCRIPT (first use, or after a
+restart).  (redis-py's own `Script` objects are not used: inside a pipeline they send ``SCRIPT
+EXISTS`` before every execute, an extra round trip per message.)
 
 Failure: when Redis is down or slow, a check does not raise.  `RedisGuard` turns the error into
 the check's policy -- fail-open gives a named ``<CHECK>_REDIS_ERROR`` symbol (score 0, shown in the
@@ -70,56 +71,6 @@ class LuaScript:
         except redis.exceptions.NoScriptError:
             client.script_load(self.source)
             return client.evalsha(self.sha, len(keys), *keys, *args)
-
-    def many(
-        self,
-        client: Any,
-        calls: Sequence[tuple[Sequence[str], Sequence[Any]]],
-        also: Sequence[tuple[Any, ...]] = (),
-    ) -> list[Any]:
-        """Run the script once per (keys, args), and the plain commands `also`, in one pipelined
-        round trip (one per call on Redis Cluster); returns the script results in order.
-
-        After a NOSCRIPT (Redis restarted) exactly the script calls that failed are sent again --
-        none of them ran -- and the plain commands, which did run, are not."""
-        import redis
-        from redis.cluster import RedisCluster
-
-        if not calls and not also:
-            return []
-        if isinstance(client, RedisCluster):
-            # redis-py's cluster pipeline refuses scripts: one round trip per call there
-            for command in also:
-                client.execute_command(*command)
-            return [self(client, keys, args) for keys, args in calls]
-        results = self._pipeline(client, calls, also)
-        for r in results[len(calls) :]:
-            if isinstance(r, Exception):
-                raise r
-        results = results[: len(calls)]
-        missing = [i for i, r in enumerate(results) if isinstance(r, redis.exceptions.NoScriptError)]
-        if missing:
-            client.script_load(self.source)
-            again = self._pipeline(client, [calls[i] for i in missing], ())
-            for i, r in zip(missing, again, strict=True):
-                results[i] = r
-        for r in results:
-            if isinstance(r, Exception):
-                raise r
-        return results
-
-    def _pipeline(
-        self,
-        client: Any,
-        calls: Sequence[tuple[Sequence[str], Sequence[Any]]],
-        also: Sequence[tuple[Any, ...]],
-    ) -> list[Any]:
-        pipe = client.pipeline(transaction=False)
-        for keys, args in calls:
-            pipe.evalsha(self.sha, len(keys), *keys, *args)
-        for command in also:
-            pipe.execute_command(*command)
-        return list(pipe.execute(raise_on_error=False))
 
 
 class RedisGuard:
