@@ -233,15 +233,11 @@ def helo_domain(helo: str | None) -> str | None:
 
 
 def registered_domain(name: str) -> str:
-    """``mail7.example.co.uk`` -> ``example.co.uk``, by the public suffix list (publicsuffix2)."""
-    from publicsuffix2 import get_sld
+    """``mail7.example.co.uk`` -> ``example.co.uk``: the organisational domain by the Public
+    Suffix List, the same function DMARC uses (one list for the whole project)."""
+    from filterd.auth.dmarc import org_domain
 
-    # strict: an unknown TLD gives None (the lenient mode answers the bare TLD, "test" for
-    # "mx.example.test"); then the last two labels are the best guess
-    sld = get_sld(name, strict=True)
-    if sld and "." in sld:
-        return str(sld)
-    return ".".join(name.split(".")[-2:])
+    return org_domain(name)
 
 
 def authenticated_domains(tx: Transaction) -> dict[str, set[str]]:
