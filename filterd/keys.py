@@ -19,7 +19,7 @@ P gl:{N}:n             hash    ``count``: passes of client network N        pass
 P rep:KIND:H(value)    hash    ``DAY:VERDICT``: messages of that verdict    window days (refreshed
                                on that day (days since the epoch, UTC),     on every update)
                                ``id``: "KIND value", for people
-P repmsg:H(id)         string JSON of one message's reputation entities   window days
+P repmsg:H(id)         string JSON of one message's reputation entities   correction_days
                                and the verdict counted, so a correction by
                                ``filterctl train`` moves the right counters
 P rl:KIND:H(value)     hash    ``tokens``, ``ts``: a token bucket           time to refill fully

@@ -68,6 +68,10 @@ def _positive(value: float) -> str | None:
     return None if value > 0 else "expected a number greater than zero"
 
 
+def _not_negative(value: int) -> str | None:
+    return None if value >= 0 else "expected zero or more"
+
+
 def _ratio(value: float) -> str | None:
     return None if 0 < value <= 1 else "expected a number above 0 and at most 1"
 
@@ -99,6 +103,12 @@ class ReputationSettings(RedisCheckSettings):
     ipv6_prefix: int = setting(64, "IPv6 prefix length of the client network counted", _prefix(128))
     virus_symbols: tuple[str, ...] = setting(
         ("CLAM_VIRUS", "VIRUS_FOUND"), "symbols that make a message count as a virus"
+    )
+    correction_days: int = setting(
+        14,
+        "days a counted message can still be corrected by filterctl train (its entities are kept "
+        "that long, ~400 bytes per id, two ids with a signature; 0: not kept, no corrections)",
+        _not_negative,
     )
     exempt_networks: tuple[str, ...] = setting(
         ("127.0.0.0/8", "::1/128"),
@@ -345,11 +355,12 @@ class ReputationStore:
         """Count one message; remember its entities under each of its `ids` (see `message_ids`)
         so a later correction can move the count."""
         day = today(now)
-        ids = [i for i in ids if i]
+        ids = [i for i in ids if i] if self.settings.correction_days else []
         record = json.dumps(
             {"day": day, "verdict": verdict, "entities": [[e.kind, e.value] for e in entities], "ids": ids}
         )
-        self._update(entities, day, [(verdict, 1)], now, ids, record, str(self._ttl()))
+        expiry = str(self.settings.correction_days * DAY)
+        self._update(entities, day, [(verdict, 1)], now, ids, record, expiry)
 
     def retrain(self, message_id: str, verdict: str, now: float | None = None) -> str:
         """Move a counted message to another verdict.  `message_id` is one of the ids it was
