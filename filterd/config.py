@@ -98,6 +98,9 @@ class NetworkSettings:
         check_networks,
     )
     hostname: str = setting("", "this host's name, used in headers; empty means the system's FQDN")
+    local_domains: tuple[str, ...] = setting(
+        (), "the mail domains this site receives for (HELO and From imitation heuristics)"
+    )
 
 
 @dataclass(frozen=True)

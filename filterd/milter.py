@@ -253,6 +253,7 @@ class FilterdMilter(Milter.Base):
             verdict = self.pipeline.verdict(tx, decision)
             rc = self._apply(tx, verdict)
             log.info(log_line(tx, verdict))
+            self.pipeline.after_verdict(tx, verdict)  # reputation learns the final verdict
             return rc
         finally:
             self._end_message()
