@@ -65,7 +65,10 @@ def eicar_zip() -> bytes:
     """EICAR deflated inside a zip, base64-encoded: clamd must decode MIME, then unpack the archive."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as z:
-        z.writestr("eicar.com", EICAR)
+        # a fixed date: writestr(name) would stamp the current time, and two calls a second apart
+        # would give two different messages
+        info = zipfile.ZipInfo("eicar.com", date_time=(2024, 1, 1, 0, 0, 0))
+        z.writestr(info, EICAR, compress_type=zipfile.ZIP_DEFLATED)
     data = buf.getvalue()
     assert EICAR not in data
     return _attachment("eicar zip", "eicar.zip", "application/zip", data)
