@@ -24,6 +24,7 @@ import base64
 import json
 import os
 import secrets
+import shutil
 import sys
 import tempfile
 import time
@@ -148,6 +149,7 @@ def main() -> int:
     finally:
         redis.stop()
         clamd.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
