@@ -246,6 +246,7 @@ def main() -> int:
     parser.add_argument(
         "--clamd", action="store_true", help="with the antivirus check, a private clamd and redis"
     )
+    parser.add_argument("--workers", type=int, default=0, help="filterd worker processes (0: its default)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument(
         "--auth", action="store_true", help="DKIM-signed messages; SPF, DKIM and DMARC records served locally"
@@ -291,7 +292,8 @@ def main() -> int:
     filterd.configure({"dns": {"nameservers": ["127.0.0.1"], "port": dns.port}})
     if extra:
         filterd.config_path.write_text(filterd.config_path.read_text() + "\n" + extra)
-    filterd.config_path.write_text(filterd.config_path.read_text().replace("workers = 2", "workers = 0"))
+    workers = f"workers = {args.workers}"  # 0: filterd's default, one per core
+    filterd.config_path.write_text(filterd.config_path.read_text().replace("workers = 2", workers))
     baseline = Postfix(workdir / "postfix-plain", "", sink_port, with_milter=False)
     filtered = Postfix(workdir / "postfix-filterd", f"unix:{filterd.socket_path}", sink_port)
     results: dict[str, list[float]] = {"no_milter": [], "filterd": []}
