@@ -7,6 +7,7 @@ so cheap checks that may decide early come first.
 from __future__ import annotations
 
 from filterd.check import Check
+from filterd.checks.bayes import Bayes
 from filterd.checks.header_sanity import HeaderSanity
 from filterd.checks.lists import ClientLists, RecipientLists, SenderLists
 from filterd.checks.message_size import MessageSize
@@ -17,4 +18,5 @@ ALL_CHECKS: tuple[type[Check], ...] = (
     RecipientLists,
     HeaderSanity,
     MessageSize,
+    Bayes,  # last: autolearn reads the scores of the checks before it
 )

@@ -1,0 +1,14 @@
+"""The classifier's scoring parameters (classifier.py explains each).  Kept apart from the numpy code so
+the configuration schema can name the defaults without importing numpy and scikit-learn."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Params:
+    robs: float = 0.0178  # Robinson's s: how many messages the prior x is worth
+    robx: float = 0.52  # Robinson's x: the spam probability of a token never seen
+    min_dev: float = 0.375  # tokens with |f - 0.5| below this are not evidence
+    max_clues: int = 500  # at most this many of the strongest tokens are combined

@@ -1,0 +1,231 @@
+"""Sharing one model between filterd hosts through Redis, and the signatures of classified mail.
+
+Every host classifies from a model in its own memory (a Redis round trip per token lookup would
+cost more than the whole classification).  What is shared is how that model changes:
+
+    {prefix}bayes:{m}:log     a stream: one entry per training change -- the message digest, the
+                              class it moved to, +1/-1 for each class, and its bucket numbers
+    {prefix}bayes:{m}:rec     a hash: message digest -> "spam" / "ham" / "none", the training
+                              record that makes training idempotent across hosts
+    {prefix}bayes:{m}:snap    the whole model (the .npz bytes) as of a log entry, written by
+                              `filterctl train` after each run: a new host starts from it
+    {prefix}bayes:sig:ID      a classified message's digest and buckets, kept `signature_days`,
+                              so `filterctl train --signature ID` can retrain it later
+
+({m} is the literal "{m}": a Redis Cluster hash tag that puts the log, the records and the snapshot
+in one slot, so the training script may touch all three.)
+
+A host's model is: the snapshot if there is one, else the model file; then every log entry after
+the one the snapshot was taken at, applied in order.  `sync()` applies the entries added since the
+last call; it is cheap when there are none (one XRANGE that returns nothing).
+
+Training goes through one Lua script (`_TRAIN`), so two hosts training the same message at once
+cannot both count it: the script reads the record, and only when the class really changes does it
+write the new record and append the log entry, atomically.
+
+When the stream is trimmed (`log_max` entries) past what a host has applied, the host reloads the
+snapshot; `filterctl train` writes a snapshot after every run, so a trimmed stream always has a
+snapshot newer than what it dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from filterd.bayes.model import Change, Model, ModelError, transition
+
+log = logging.getLogger("filterd.bayes")
+
+_TRAIN = """
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+if not old then old = ARGV[3] end
+if old == ARGV[2] then return {old, ''} end
+local ds = (ARGV[2] == 'spam' and 1 or 0) - (old == 'spam' and 1 or 0)
+local dh = (ARGV[2] == 'ham' and 1 or 0) - (old == 'ham' and 1 or 0)
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*',
+                      'd', ARGV[1], 'l', ARGV[2], 's', ds, 'h', dh, 'b', ARGV[4])
+return {old, id}
+"""
+
+_NONE = "none"  # the record value of a message that is not trained (unlearned)
+
+
+@dataclass(frozen=True)
+class Signature:
+    digest: bytes
+    buckets: np.ndarray
+    n_features: int
+
+
+def _label_name(label: str | None) -> str:
+    return _NONE if label is None else label
+
+
+def _label_value(name: str) -> str | None:
+    return None if name == _NONE else name
+
+
+class SharedModel:
+    """A model kept in step with the shared log in Redis."""
+
+    def __init__(self, redis: Any, key_prefix: str, seed: Model, log_max: int = 100_000) -> None:
+        self.redis = redis
+        self.prefix = f"{key_prefix}bayes:"
+        self.log_key = self.prefix + "{m}:log"
+        self.rec_key = self.prefix + "{m}:rec"
+        self.snap_key = self.prefix + "{m}:snap"
+        self.log_max = log_max
+        self.seed = seed
+        self.model = seed
+        self.last_id = "0-0"
+        self._train = redis.register_script(_TRAIN)
+        self.loaded = False
+
+    # -- following the log -------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Start from the snapshot if there is a usable one, else from the seed model."""
+        data = self.redis.get(self.snap_key)
+        model = self.seed
+        last_id = "0-0"
+        if data is not None:
+            try:
+                snap = Model.from_bytes(data, f"redis {self.snap_key}")
+            except ModelError as exc:
+                log.warning("ignoring the shared snapshot: %s", exc)
+            else:
+                if snap.counts.n_features == self.seed.counts.n_features:
+                    model, last_id = snap, str(snap.meta.get("log_id", "0-0"))
+                else:
+                    log.warning(
+                        "ignoring the shared snapshot: %d buckets, the seed model has %d",
+                        snap.counts.n_features,
+                        self.seed.counts.n_features,
+                    )
+        if model is self.seed:
+            model = Model.from_bytes(self.seed.to_bytes())  # the seed stays pristine for a reload
+        self.model, self.last_id = model, last_id
+        self.loaded = True
+        if self._trimmed_past():
+            log.warning(
+                "the shared log was trimmed past entry %s and no newer snapshot exists: "
+                "run `filterctl train` once to write one",
+                self.last_id,
+            )
+        self._catch_up()
+
+    def sync(self) -> int:
+        """Apply the log entries added since the last sync; return how many were applied."""
+        if not self.loaded:
+            self.load()
+            return 0
+        if self._trimmed_past():
+            log.info("the shared log was trimmed past entry %s: reloading the snapshot", self.last_id)
+            self.load()
+            return 0
+        return self._catch_up()
+
+    def _catch_up(self, batch: int = 2000) -> int:
+        applied = 0
+        while True:
+            entries = self.redis.xrange(self.log_key, min=f"({self.last_id}", max="+", count=batch)
+            for entry_id, fields in entries:
+                self._apply(fields)
+                self.last_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+                applied += 1
+            if len(entries) < batch:
+                break
+        if applied:
+            self.model.meta["log_id"] = self.last_id
+        return applied
+
+    def _trimmed_past(self) -> bool:
+        """Whether entries after the last applied one were trimmed (or deleted) from the log."""
+        try:
+            info = self.redis.xinfo_stream(self.log_key)
+        except Exception as exc:  # no such key yet: nothing was trimmed
+            if "no such key" in str(exc).lower():
+                return False
+            raise
+        deleted = info.get("max-deleted-entry-id")
+        if isinstance(deleted, bytes):
+            deleted = deleted.decode()
+        return bool(deleted) and _id_tuple(str(deleted)) > _id_tuple(self.last_id)
+
+    def _apply(self, fields: dict[bytes, bytes]) -> None:
+        digest = bytes.fromhex(fields[b"d"].decode())
+        buckets = np.frombuffer(fields[b"b"], dtype="<u4").astype(np.int64)
+        ds, dh = int(fields[b"s"]), int(fields[b"h"])
+        after = _label_value(fields[b"l"].decode())
+        before = self.model.records.get(digest)
+        self.model.apply(digest, buckets, Change(before, after, ds, dh))
+
+    # -- training ----------------------------------------------------------------------------
+
+    def train(self, items: list[tuple[bytes, np.ndarray, str | None]]) -> list[Change]:
+        """Train a batch of (digest, buckets, label or None) in one round trip; then sync."""
+        pipe = self.redis.pipeline(transaction=False)
+        for digest, buckets, label in items:
+            base = self.model.records.get(digest)
+            packed = np.unique(buckets).astype("<u4").tobytes()
+            self._train(
+                keys=[self.rec_key, self.log_key],
+                args=[digest.hex(), _label_name(label), _label_name(base), packed, self.log_max],
+                client=pipe,
+            )
+        results = pipe.execute()
+        changes = [
+            transition(_label_value(old.decode() if isinstance(old, bytes) else old), label)
+            for (_, _, label), (old, _id) in zip(items, results, strict=True)
+        ]
+        self.sync()
+        return changes
+
+    def snapshot(self) -> None:
+        """Store the model as of the last applied entry: where a new host (or a trimmed log) starts."""
+        self.sync()
+        self.model.meta["log_id"] = self.last_id
+        self.redis.set(self.snap_key, self.model.to_bytes())
+
+    # -- signatures --------------------------------------------------------------------------
+
+    def store_signature(
+        self, digest: bytes, buckets: np.ndarray, ttl_seconds: int, client: Any = None
+    ) -> str:
+        """Keep a classified message's digest and buckets for `ttl_seconds`; return its id."""
+        sig_id = secrets.token_hex(10)
+        key = self.prefix + "sig:" + sig_id
+        target = client if client is not None else self.redis
+        target.hset(
+            key,
+            mapping={
+                "d": digest.hex(),
+                "n": str(self.model.counts.n_features),
+                "b": np.unique(buckets).astype("<u4").tobytes(),
+            },
+        )
+        target.expire(key, ttl_seconds)
+        return sig_id
+
+    def signature(self, sig_id: str) -> Signature | None:
+        if not sig_id or not all(c in "0123456789abcdef" for c in sig_id.lower()):
+            return None
+        fields = self.redis.hgetall(self.prefix + "sig:" + sig_id.lower())
+        if not fields:
+            return None
+        return Signature(
+            digest=bytes.fromhex(fields[b"d"].decode()),
+            buckets=np.frombuffer(fields[b"b"], dtype="<u4").astype(np.int64),
+            n_features=int(fields[b"n"]),
+        )
+
+
+def _id_tuple(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
