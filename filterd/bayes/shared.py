@@ -23,8 +23,8 @@ Training goes through one Lua script (`_TRAIN`), so two hosts training the same 
 cannot both count it: the script reads the record, and only when the class really changes does it
 write the new record and append the log entry, atomically.
 
-When the stream is trimmed (`log_max` entries) past what a host has applied, the host reloads the
-snapshot; `filterctl train` writes a snapshot after every run, so a trimmed stream always has a
+The log is trimmed to `log_max` entries when a snapshot is written.  When it was trimmed past what a
+host has applied, the host reloads the snapshot (entries are counted with Redis 7's entries-added, so a gap is seen, not guessed); `filterctl train` writes a snapshot after every run, so a trimmed stream always has a
 snapshot newer than what it dropped.
 """
 
@@ -48,7 +48,7 @@ if old == ARGV[2] then return {old, ''} end
 local ds = (ARGV[2] == 'spam' and 1 or 0) - (old == 'spam' and 1 or 0)
 local dh = (ARGV[2] == 'ham' and 1 or 0) - (old == 'ham' and 1 or 0)
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*',
+local id = redis.call('XADD', KEYS[2], '*',
                       'd', ARGV[1], 'l', ARGV[2], 's', ds, 'h', dh, 'b', ARGV[4])
 return {old, id}
 """
@@ -84,6 +84,8 @@ class SharedModel:
         self.seed = seed
         self.model = seed
         self.last_id = "0-0"
+        self.ordinal = 0  # how many log entries (from the first ever) the model includes
+        self._snapshot_ordinal = 0
         self._train = redis.register_script(_TRAIN)
         self.loaded = False
 
@@ -92,8 +94,7 @@ class SharedModel:
     def load(self) -> None:
         """Start from the snapshot if there is a usable one, else from the seed model."""
         data = self.redis.get(self.snap_key)
-        model = self.seed
-        last_id = "0-0"
+        model = None
         if data is not None:
             try:
                 snap = Model.from_bytes(data, f"redis {self.snap_key}")
@@ -101,18 +102,21 @@ class SharedModel:
                 log.warning("ignoring the shared snapshot: %s", exc)
             else:
                 if snap.counts.n_features == self.seed.counts.n_features:
-                    model, last_id = snap, str(snap.meta.get("log_id", "0-0"))
+                    model = snap
                 else:
                     log.warning(
                         "ignoring the shared snapshot: %d buckets, the seed model has %d",
                         snap.counts.n_features,
                         self.seed.counts.n_features,
                     )
-        if model is self.seed:
-            model = Model.from_bytes(self.seed.to_bytes())  # the seed stays pristine for a reload
-        self.model, self.last_id = model, last_id
+        if model is None:
+            model = Model.from_bytes(self.seed.to_bytes())  # a copy: the seed stays pristine for a reload
+            model.meta["log_id"], model.meta["log_ordinal"] = "0-0", 0
+        self.model = model
+        self.last_id = str(model.meta.get("log_id", "0-0"))
+        self.ordinal = self._snapshot_ordinal = int(model.meta.get("log_ordinal", 0))
         self.loaded = True
-        if self._trimmed_past():
+        if self._gap():
             log.warning(
                 "the shared log was trimmed past entry %s and no newer snapshot exists: "
                 "run `filterctl train` once to write one",
@@ -125,7 +129,7 @@ class SharedModel:
         if not self.loaded:
             self.load()
             return 0
-        if self._trimmed_past():
+        if self._gap():
             log.info("the shared log was trimmed past entry %s: reloading the snapshot", self.last_id)
             self.load()
             return 0
@@ -142,21 +146,24 @@ class SharedModel:
             if len(entries) < batch:
                 break
         if applied:
-            self.model.meta["log_id"] = self.last_id
+            self.ordinal += applied
+            self.model.meta["log_id"], self.model.meta["log_ordinal"] = self.last_id, self.ordinal
         return applied
 
-    def _trimmed_past(self) -> bool:
-        """Whether entries after the last applied one were trimmed (or deleted) from the log."""
+    def _gap(self) -> bool:
+        """Whether entries after the last applied one were trimmed from the log.
+
+        Log entries are numbered 1, 2, ... in the order they were added (Redis 7 counts them:
+        XINFO STREAM's entries-added); we know the number of the last one we applied (`ordinal`),
+        and the first entry still in the stream is number entries-added - length + 1."""
         try:
             info = self.redis.xinfo_stream(self.log_key)
-        except Exception as exc:  # no such key yet: nothing was trimmed
+        except Exception as exc:
             if "no such key" in str(exc).lower():
                 return False
             raise
-        deleted = info.get("max-deleted-entry-id")
-        if isinstance(deleted, bytes):
-            deleted = deleted.decode()
-        return bool(deleted) and _id_tuple(str(deleted)) > _id_tuple(self.last_id)
+        first_kept = int(info["entries-added"]) - int(info["length"]) + 1
+        return first_kept > self.ordinal + 1
 
     def _apply(self, fields: dict[bytes, bytes]) -> None:
         digest = bytes.fromhex(fields[b"d"].decode())
@@ -176,7 +183,7 @@ class SharedModel:
             packed = np.unique(buckets).astype("<u4").tobytes()
             self._train(
                 keys=[self.rec_key, self.log_key],
-                args=[digest.hex(), _label_name(label), _label_name(base), packed, self.log_max],
+                args=[digest.hex(), _label_name(label), _label_name(base), packed],
                 client=pipe,
             )
         results = pipe.execute()
@@ -185,13 +192,20 @@ class SharedModel:
             for (_, _, label), (old, _id) in zip(items, results, strict=True)
         ]
         self.sync()
+        if self.ordinal - self._snapshot_ordinal >= max(self.log_max // 2, 1):
+            self.snapshot()  # filterd training by itself (teft, autolearn) keeps the log bounded too
         return changes
 
     def snapshot(self) -> None:
-        """Store the model as of the last applied entry: where a new host (or a trimmed log) starts."""
+        """Store the model as of the last applied entry, where a new host (or one left behind by a
+        trimmed log) starts; then trim the log to `log_max` entries.  Trimming only here means an
+        entry leaves the log only after a snapshot includes it (unless more than `log_max` entries
+        were added by others in the moment between the two)."""
         self.sync()
-        self.model.meta["log_id"] = self.last_id
+        self.model.meta["log_id"], self.model.meta["log_ordinal"] = self.last_id, self.ordinal
         self.redis.set(self.snap_key, self.model.to_bytes())
+        self._snapshot_ordinal = self.ordinal
+        self.redis.xtrim(self.log_key, maxlen=self.log_max, approximate=False)
 
     # -- signatures --------------------------------------------------------------------------
 
@@ -224,8 +238,3 @@ class SharedModel:
             buckets=np.frombuffer(fields[b"b"], dtype="<u4").astype(np.int64),
             n_features=int(fields[b"n"]),
         )
-
-
-def _id_tuple(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)

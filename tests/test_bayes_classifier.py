@@ -1,0 +1,97 @@
+"""The statistics on small examples whose answers are worked out by hand (or by scipy)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy.special import gammaincc
+from sklearn.feature_extraction import FeatureHasher
+
+from filterd.bayes.classifier import (
+    Hasher,
+    Params,
+    TokenCounts,
+    chi2_spamicity,
+    classify,
+    log_chi2_sf,
+    token_probabilities,
+)
+
+
+def test_robinson_probability_by_hand() -> None:
+    params = Params(robs=1.0, robx=0.5)
+    # a token in 3 of 10 spam and 1 of 20 ham: p = 0.3 / (0.3 + 0.05) = 6/7; n = 4
+    # f = (1 * 0.5 + 4 * 6/7) / (1 + 4)
+    f = token_probabilities(np.array([3]), np.array([1]), 10, 20, params)
+    assert f[0] == pytest.approx((0.5 + 4 * 6 / 7) / 5)
+    # never seen: f is the prior x
+    assert token_probabilities(np.array([0]), np.array([0]), 10, 20, params)[0] == 0.5
+    # seen only in ham, often: f tends to 0 but never reaches it while s > 0
+    f = token_probabilities(np.array([0]), np.array([1000]), 1000, 1000, params)[0]
+    assert 0 < f < 0.001
+
+
+def test_log_chi2_survival_matches_scipy_and_survives_underflow() -> None:
+    for n, x in [(1, 0.5), (3, 2.0), (40, 60.0), (300, 700.0)]:
+        assert math.exp(log_chi2_sf(x, n)) == pytest.approx(gammaincc(n, x / 2), rel=1e-9)
+    assert log_chi2_sf(0.0, 5) == 0.0
+    # gammaincc underflows to exactly 0 here; the log keeps going
+    assert gammaincc(10, 5000.0) == 0.0
+    lq = log_chi2_sf(10000.0, 10)
+    assert -5000.0 < lq < -4900.0
+
+
+def test_chi2_combining() -> None:
+    spamicity, ratio = chi2_spamicity(np.array([0.99] * 10))
+    assert spamicity > 0.99 and ratio > 0
+    spamicity, ratio = chi2_spamicity(np.array([0.01] * 10))
+    assert spamicity < 0.01 and ratio < 0
+    assert chi2_spamicity(np.array([])) == (0.5, 0.0)
+    # strong evidence both ways: unsure
+    spamicity, _ = chi2_spamicity(np.array([0.99] * 10 + [0.01] * 10))
+    assert spamicity == pytest.approx(0.5, abs=1e-6)
+    # exact 0 and 1 are clipped, not log(0)
+    assert 0.0 <= chi2_spamicity(np.array([0.0, 1.0, 1.0]))[0] <= 1.0
+
+
+def test_hasher_matches_feature_hasher() -> None:
+    tokens = ["free", "subject:free", "bi:click here", "cjk:免费", "url:dom:example.com"]
+    hasher = Hasher(2**20)
+    fh = FeatureHasher(n_features=2**20, input_type="string", alternate_sign=False)
+    expected = sorted(fh.transform([tokens]).indices)
+    assert sorted(hasher.buckets(tokens)) == expected
+    assert sorted(hasher.buckets(tokens)) == expected  # from the cache now
+    X = hasher.matrix([tokens, tokens[:2]])
+    assert X.shape == (2, 2**20) and set(X.data) == {1.0}
+
+
+def test_partial_fit_and_unlearn() -> None:
+    hasher = Hasher(1024)
+    counts = TokenCounts(1024)
+    X = hasher.matrix([["a", "b"], ["b", "c"], ["c"]])
+    counts.partial_fit(X, [1, 0, 0])
+    a, b, c = (hasher.bucket(t) for t in "abc")
+    assert (counts.spam[a], counts.spam[b], counts.ham[b], counts.ham[c]) == (1, 1, 1, 2)
+    assert (counts.nspam, counts.nham) == (1, 2)
+    counts.partial_fit(X[2:], [0], sample_weight=[-1])
+    assert counts.ham[c] == 1 and counts.nham == 1
+    counts.add(np.array([c, c]), 0, -5)  # more than was learned: clipped at zero
+    assert counts.ham[c] == 0 and counts.nham == 0
+
+
+def test_classify_returns_evidence() -> None:
+    hasher = Hasher(4096)
+    counts = TokenCounts(4096)
+    spam = [["viagra", "cheap", "hello"]] * 20
+    ham = [["meeting", "agenda", "hello"]] * 20
+    counts.partial_fit(hasher.matrix(spam + ham), [1] * 20 + [0] * 20)
+    tokens = ["viagra", "cheap", "hello", "unknownword"]
+    result = classify(counts, hasher.buckets(tokens), tokens, Params())
+    assert result.spamicity > 0.99
+    assert {c.token for c in result.clues} == {"viagra", "cheap"}  # neutral and unknown are not clues
+    assert result.clues[0].spam == 20 and result.clues[0].ham == 0
+    tokens = ["meeting", "agenda"]
+    assert classify(counts, hasher.buckets(tokens), tokens, Params()).spamicity < 0.01
+    assert classify(counts, hasher.buckets(["x"]), ["x"], Params()).spamicity == 0.5
