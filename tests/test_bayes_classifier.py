@@ -21,16 +21,30 @@ from filterd.bayes.classifier import (
 
 
 def test_robinson_probability_by_hand() -> None:
-    params = Params(robs=1.0, robx=0.5)
-    # a token in 3 of 10 spam and 1 of 20 ham: p = 0.3 / (0.3 + 0.05) = 6/7; n = 4
-    # f = (1 * 0.5 + 4 * 6/7) / (1 + 4)
+    params = Params(robs=1.0, robx=0.5, prior_messages=1.0, prior_rate=0.03)
+    # a token in 3 of 10 spam and 1 of 20 ham:
+    # rs = (3 + 0.03) / 11, rh = (1 + 0.03) / 21, p = rs / (rs + rh); n = 4; f = (1 * 0.5 + 4 p) / 5
+    rs, rh = 3.03 / 11, 1.03 / 21
     f = token_probabilities(np.array([3]), np.array([1]), 10, 20, params)
+    assert f[0] == pytest.approx((0.5 + 4 * rs / (rs + rh)) / 5)
+    # with a vanishing class prior it is Graham's ratio: p = 0.3 / (0.3 + 0.05) = 6/7
+    graham = Params(robs=1.0, robx=0.5, prior_messages=1e-12)
+    f = token_probabilities(np.array([3]), np.array([1]), 10, 20, graham)
     assert f[0] == pytest.approx((0.5 + 4 * 6 / 7) / 5)
     # never seen: f is the prior x
     assert token_probabilities(np.array([0]), np.array([0]), 10, 20, params)[0] == 0.5
-    # seen only in ham, often: f tends to 0 but never reaches it while s > 0
+    # seen only in ham, often: f tends to 0 but never reaches it
     f = token_probabilities(np.array([0]), np.array([1000]), 1000, 1000, params)[0]
     assert 0 < f < 0.001
+
+
+def test_a_class_seen_little_is_weak_evidence() -> None:
+    """200 spam and 2 ham: a word in 40 spam and neither ham is spammy, but far from certain."""
+    params = Params()
+    early = token_probabilities(np.array([40]), np.array([0]), 200, 2, params)[0]
+    assert 0.9 < early < 0.96  # without the class prior: 0.9996
+    late = token_probabilities(np.array([40]), np.array([0]), 200, 2000, params)[0]
+    assert late > 0.99
 
 
 def test_log_chi2_survival_matches_scipy_and_survives_underflow() -> None:

@@ -10,5 +10,7 @@ from dataclasses import dataclass
 class Params:
     robs: float = 0.0178  # Robinson's s: how many messages the prior x is worth
     robx: float = 0.52  # Robinson's x: the spam probability of a token never seen
-    min_dev: float = 0.375  # tokens with |f - 0.5| below this are not evidence
+    min_dev: float = 0.4  # tokens with |f - 0.5| below this are not evidence
     max_clues: int = 500  # at most this many of the strongest tokens are combined
+    prior_messages: float = 1.0  # k: how many messages the prior token rate r0 is worth, per class
+    prior_rate: float = 0.03  # r0: the rate of a token in a class before any message of it is seen

@@ -164,6 +164,7 @@ class Trainer:
 
 def count_messages(files: tuple[str, ...], mboxes: tuple[str, ...], maildirs: tuple[str, ...]) -> int | None:
     """How many messages the sources hold (for the progress bar); None when stdin is among them."""
+    _check_mailboxes(mboxes, maildirs)
     if "-" in files:
         return None
     total = 0
@@ -181,15 +182,21 @@ def count_messages(files: tuple[str, ...], mboxes: tuple[str, ...], maildirs: tu
 
 def mailbox_messages(mboxes: tuple[str, ...], maildirs: tuple[str, ...]) -> Iterator[tuple[str, bytes]]:
     """(name, raw bytes) of every message in the mbox files and Maildir folders."""
+    _check_mailboxes(mboxes, maildirs)
     for path in mboxes:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"{path}: no such mbox file")
         box = mailbox.mbox(path, create=False)
         for key in box.iterkeys():
             yield f"{path}#{key}", box.get_bytes(key)
     for path in maildirs:
-        if not (Path(path) / "cur").is_dir():
-            raise FileNotFoundError(f"{path}: not a Maildir (no cur/ folder)")
         md = mailbox.Maildir(path, factory=None, create=False)
         for key in md.iterkeys():
             yield f"{path}/{key}", md.get_bytes(key)
+
+
+def _check_mailboxes(mboxes: tuple[str, ...], maildirs: tuple[str, ...]) -> None:
+    for path in mboxes:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{path}: no such mbox file")
+    for path in maildirs:
+        if not (Path(path) / "cur").is_dir():
+            raise FileNotFoundError(f"{path}: not a Maildir (no cur/ folder)")

@@ -126,6 +126,17 @@ class BayesSettings(CheckSettings):
     max_clues: int = setting(
         Params.max_clues, "at most this many of the strongest tokens decide", check_positive
     )
+    prior_messages: float = setting(
+        Params.prior_messages, "how many messages the prior token rate is worth, per class", check_positive
+    )
+    prior_rate: float = setting(
+        Params.prior_rate, "a token's rate in a class before any of its messages", check_unit
+    )
+
+
+def params_of(settings: BayesSettings) -> Params:
+    s = settings
+    return Params(s.robs, s.robx, s.min_dev, s.max_clues, s.prior_messages, s.prior_rate)
 
 
 class Bayes(Check):
@@ -157,7 +168,7 @@ class Bayes(Check):
             )
         if settings.ham_cutoff > settings.spam_cutoff:
             raise ConfigError("checks.bayes.ham_cutoff", "must not be above spam_cutoff")
-        self.params = Params(settings.robs, settings.robx, settings.min_dev, settings.max_clues)
+        self.params = params_of(settings)
         try:
             self.holder = ModelHolder(
                 model_path(settings.model),

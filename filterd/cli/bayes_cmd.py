@@ -81,9 +81,9 @@ def train(
     from redis import RedisError
 
     from filterd.bayes.model import ModelError
-    from filterd.bayes.params import Params
     from filterd.bayes.store import ModelHolder, model_path
     from filterd.bayes.training import Trainer, count_messages, mailbox_messages
+    from filterd.checks.bayes import params_of
     from filterd.services import Services
 
     cfg = load(ctx)
@@ -102,7 +102,7 @@ def train(
                 label,
                 unlearn=unlearn,
                 mode=mode or s.train_mode,
-                params=Params(s.robs, s.robx, s.min_dev, s.max_clues),
+                params=params_of(s),
                 spam_cutoff=s.spam_cutoff,
                 ham_cutoff=s.ham_cutoff,
                 mature_after=s.mature_after,
@@ -204,7 +204,7 @@ def eval_(
     a hash of the file name and (b) a TREC-style online run in date order.
     """
     from filterd.bayes.evaluate import default_corpus, render, run_eval
-    from filterd.bayes.params import Params
+    from filterd.checks.bayes import params_of
 
     cfg = load(ctx)
     s = cfg.check_settings("bayes")
@@ -215,7 +215,7 @@ def eval_(
         raise click.BadParameter("must be 1 or more", param_hint="--online-batch")
     report = run_eval(
         corpus,
-        params=Params(s.robs, s.robx, s.min_dev, s.max_clues),
+        params=params_of(s),
         spam_cutoff=s.spam_cutoff,
         ham_cutoff=s.ham_cutoff,
         bogofilter=not no_bogofilter,

@@ -1,0 +1,132 @@
+"""How long the bayes check takes inside the milter, per message, and its throughput on one core.
+
+    python bench/bayes_bench.py [--messages N] [--model PATH]
+
+Runs the check the way the milter does (`Check.run` on a `Transaction` at end of message) on a
+sample of the SpamAssassin public corpus, one message at a time in one process, and prints:
+
+- the baseline measured in the same run: parsing the message and extracting its text
+  (`Message.text`/`urls`/`parts`), work every content check shares and the rules check pays anyway;
+- the check on a message whose text is already extracted (its own cost in the milter): median, p90;
+- the check from raw bytes (parse + extract + tokenize + score), without and with Redis storing
+  the signature (a private redis-server on a free port);
+- throughput of each as msgs/s on one core, and the ratios to the baseline.
+
+Goal (issue 6): the median of the check inside the milter at most 1 ms; scoring >= 1000 msgs/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from filterd.bayes.evaluate import default_corpus, load_corpus  # noqa: E402
+from filterd.config import parse_config  # noqa: E402
+from filterd.message import Message  # noqa: E402
+from filterd.pipeline import Pipeline  # noqa: E402
+from filterd.transaction import Session, Transaction  # noqa: E402
+from tests.harness.redis import RedisServer  # noqa: E402
+
+
+def transaction(raw: bytes) -> Transaction:
+    tx = Transaction(session=Session(client_addr="192.0.2.1"))
+    tx.raw_message = raw
+    tx.size = len(raw)
+    return tx
+
+
+def run_check(check, raws: list[bytes], warm: bool) -> list[float]:  # type: ignore[no-untyped-def]
+    times = []
+    for raw in raws:
+        tx = transaction(raw)
+        if warm:  # the text was extracted by the checks before this one
+            m = tx.message
+            m.text, m.urls, m.parts, m.headers  # noqa: B018
+        t0 = time.perf_counter()
+        list(check.run(tx))
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def baseline(raws: list[bytes]) -> list[float]:
+    times = []
+    for raw in raws:
+        t0 = time.perf_counter()
+        m = Message(raw)
+        m.text, m.urls, m.parts, m.headers  # noqa: B018
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def line(name: str, times: list[float], base: list[float] | None = None) -> str:
+    median = statistics.median(times) * 1000
+    p90 = sorted(times)[int(len(times) * 0.9)] * 1000
+    rate = len(times) / sum(times)
+    ratio = f"  {sum(times) / sum(base):5.2f}x baseline" if base else ""
+    return f"{name:<52} median {median:6.3f} ms  p90 {p90:6.3f} ms  {rate:7.0f} msgs/s{ratio}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--messages", type=int, default=1500, help="corpus messages to time (default 1500)")
+    parser.add_argument("--model", default="", help="model file (default: the shipped models/bayes.npz)")
+    args = parser.parse_args()
+    items = load_corpus(default_corpus(), args.messages)
+    raws = [i.path.read_bytes() for i in items]
+    print(f"{len(raws)} messages from {default_corpus()}, one process, pid {os.getpid()}")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        server = RedisServer(Path(tmp) / "redis")
+        server.start()
+        try:
+            results = []
+            for label, signature in (
+                ("without Redis (signature off)", False),
+                ("storing the signature in Redis", True),
+            ):
+                config = parse_config(
+                    {
+                        "redis": {"url": server.url, "key_prefix": "bench:"},
+                        "checks": {"bayes": {"model": args.model, "storage": "file", "signature": signature}},
+                    }
+                )
+                pipeline = Pipeline.from_config(config)
+                check = next(c for c in pipeline.checks if c.name == "bayes")
+                run_check(check, raws[:200], warm=True)  # warm the hash cache and the Redis connection
+                results.append((label, check, pipeline))
+            base = baseline(raws)
+            print(line("baseline: parse + extract text (shared by checks)", base))
+            for label, check, _ in results:
+                print(
+                    line(
+                        f"bayes check, text already extracted, {label.split(' (')[0]}",
+                        run_check(check, raws, True),
+                        base,
+                    )
+                )
+            for label, check, _ in results:
+                print(
+                    line(
+                        f"bayes check from raw bytes, {label.split(' (')[0]}",
+                        run_check(check, raws, False),
+                        base,
+                    )
+                )
+            for _, _, pipeline in results:
+                pipeline.close()
+        finally:
+            server.stop()
+
+
+if __name__ == "__main__":
+    main()
