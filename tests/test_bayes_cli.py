@@ -167,3 +167,21 @@ def test_eval_side_by_side(corpus, tmp_path) -> None:
     assert any(line.startswith("split    bogofilter") for line in lines)
     assert any(line.startswith("online   bogofilter") for line in lines)
     assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_one_trainer_at_a_time_per_model_file(tmp_path, file_config) -> None:
+    import fcntl
+    import os
+
+    config, model = file_config
+    model.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(model.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        code, out = run(["train", "spam", "-"], config, input=spam_message(1))
+        assert code == 1 and "being trained by another filterctl" in out
+    finally:
+        os.close(fd)
+    code, out = run(["train", "spam", "-"], config, input=spam_message(1))
+    assert code == 0 and "1 learned as spam" in out
+    assert sorted(p.name for p in model.parent.iterdir()) == ["bayes.npz"]

@@ -19,16 +19,22 @@ from filterd.cli.common import load, read_messages
 
 @contextlib.contextmanager
 def _file_lock(model: Path) -> Iterator[None]:
-    """One `filterctl train` at a time per model file: two would each save and one would be lost."""
+    """One `filterctl train` at a time per model folder: two would each save and one would be lost.
+
+    The lock is on the folder (flock works on a directory's descriptor), so no lock file is left
+    beside the model."""
     model.parent.mkdir(parents=True, exist_ok=True)
-    with open(model.with_name(model.name + ".lock"), "w") as lock:
+    fd = os.open(model.parent, os.O_RDONLY)
+    try:
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise click.ClickException(
                 f"{model} is being trained by another filterctl; try again later"
             ) from None
         yield
+    finally:
+        os.close(fd)
 
 
 @click.command()
