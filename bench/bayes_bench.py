@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from filterd.bayes.evaluate import default_corpus, load_corpus  # noqa: E402
-from filterd.config import parse_config  # noqa: E402
+from filterd.config import parse_config, registered_checks  # noqa: E402
 from filterd.message import Message  # noqa: E402
 from filterd.pipeline import Pipeline  # noqa: E402
 from filterd.transaction import Session, Transaction  # noqa: E402
@@ -97,7 +97,10 @@ def main() -> None:
                 config = parse_config(
                     {
                         "redis": {"url": server.url, "key_prefix": "bench:"},
-                        "checks": {"bayes": {"model": args.model, "storage": "file", "signature": signature}},
+                        "checks": {
+                            **{c.name: {"enabled": False} for c in registered_checks() if c.name != "bayes"},
+                            "bayes": {"model": args.model, "storage": "file", "signature": signature},
+                        },
                     }
                 )
                 pipeline = Pipeline.from_config(config)

@@ -68,6 +68,10 @@ class MilterSettings:
     socket_mode: str = setting(
         "0660", "file mode of the unix socket; the postfix user must be able to write it", check_mode
     )
+    socket_group: str = setting(
+        "postfix",
+        "group given the unix socket so Postfix can write it; empty or a missing group: left as created",
+    )
     workers: int = setting(
         0, "worker processes sharing the socket; 0 means one per CPU core", check_not_negative
     )

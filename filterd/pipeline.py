@@ -150,6 +150,8 @@ class Pipeline:
                 tx.findings.append(out)
             elif isinstance(out, AddHeader):
                 tx.add_headers.append(out)
+            elif isinstance(out, Quarantine) and check.stage is not Stage.EOM:
+                tx.held = out  # a message can only be held once it is whole: carried to the end
             else:
                 return out
         return None
@@ -169,6 +171,7 @@ class Pipeline:
             symbols=symbols,
             add_headers=list(tx.add_headers),
         )
+        decision = decision or tx.held
         if decision is not None:
             verdict.decision = decision
             verdict.action = _action_of(decision)

@@ -89,3 +89,10 @@ R550_CLIENT_DENIED = Reply(550, "5.7.1", "Client host is on this site's deny lis
 R550_SENDER_DENIED = Reply(550, "5.7.1", "Sender address is on this site's deny list")
 R550_RECIPIENT_DENIED = Reply(550, "5.7.1", "Recipient address is on this site's deny list")
 R552_MESSAGE_TOO_BIG = Reply(552, "5.3.4", "Message size exceeds the limit of this site's content filter")
+# Sender authentication (enhanced codes from RFC 7372).
+R550_SPF_FAIL = Reply(550, "5.7.23", "SPF validation failed")
+R550_SPF_PERMERROR = Reply(550, "5.7.24", "SPF validation error")
+R451_SPF_TEMPERROR = Reply(451, "4.7.24", "SPF validation error, please try again later")
+R451_SPF_DEFERRED = Reply(451, "4.7.1", "SPF validation failed, please try again later")
+R550_DMARC_REJECT = Reply(550, "5.7.26", "Rejected by the DMARC policy of the From domain")
+R550_FROM_AMBIGUOUS = Reply(550, "5.7.1", "Message has From addresses of several domains")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
+from filterd.auth.results import AR_HEADER, authserv_id_of
 from filterd.check import Stage
 from filterd.pipeline import Verdict
 from filterd.transaction import Transaction
@@ -16,8 +19,19 @@ REPORT_HEADER = "X-Spam-Report"
 FORGEABLE_PREFIXES = ("x-spam-", "x-filterd-")
 
 
-def is_forgeable(name: str) -> bool:
-    return name.lower().startswith(FORGEABLE_PREFIXES)
+def is_forgeable(name: str, value: str = "", authserv_ids: Collection[str] = ()) -> bool:
+    """True for an incoming header that must be removed before ours are added.
+
+    Besides the X-Spam-* family, that is an Authentication-Results header claiming one of our
+    `authserv_ids` (RFC 8601 section 5): only we may speak for our authserv-id.  The milter
+    passes the header's value and ``(configured_authserv_id(config),)``."""
+    lname = name.lower()
+    if lname.startswith(FORGEABLE_PREFIXES):  # str.startswith with a tuple: one C call
+        return True
+    if lname == AR_HEADER.lower() and authserv_ids:
+        claimed = authserv_id_of(value).lower()
+        return bool(claimed) and claimed in {a.lower() for a in authserv_ids}
+    return False
 
 
 def verdict_headers(verdict: Verdict) -> list[tuple[str, str]]:

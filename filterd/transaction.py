@@ -10,9 +10,11 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 
 from filterd.check import AddHeader, Direction, Finding, Stage
 from filterd.message import Message
+from filterd.replies import Quarantine
 
 
 @dataclass
@@ -56,8 +58,12 @@ class Transaction:
     oversized: bool = False  # the body passed max_scan_bytes and was not kept
     findings: list[Finding] = field(default_factory=list)
     add_headers: list[AddHeader] = field(default_factory=list)
+    held: Quarantine | None = None  # a quarantine decided before end of message, applied at the end
     timings: dict[Stage, float] = field(default_factory=dict)
     raw_message: bytes | None = None  # set when the message came whole (an offline scan)
+    # SPF/DKIM/DMARC/ARC results by method, for DMARC and the Authentication-Results header
+    # (keys and types in filterd.auth.results)
+    auth_results: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def start(cls, session: Session) -> Transaction:

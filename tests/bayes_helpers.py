@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 from filterd.bayes.model import Model, message_digest
+from filterd.config import registered_checks
 from filterd.message import Message
 
 _counter = itertools.count()
@@ -71,3 +73,10 @@ def trained_model(n: int = 30) -> Model:
             _, buckets = model.features(msg)
             model.train(message_digest(msg), buckets, label)
     return model
+
+
+def only_bayes(bayes: dict[str, Any], *also: str) -> dict[str, Any]:
+    """[checks] with every check but bayes (and `also`) off: no DNS lookups from the bayes tests."""
+    checks: dict[str, Any] = {c.name: {"enabled": False} for c in registered_checks() if c.name not in also}
+    checks["bayes"] = bayes
+    return checks

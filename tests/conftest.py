@@ -10,6 +10,7 @@ import pytest
 
 from tests.harness.dns import LocalDns
 from tests.harness.redis import RedisServer
+from tests.harness.stack import Stack
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = Path(os.environ.get("FILTERD_CORPUS", ROOT.parent / "shared" / "corpus"))
@@ -38,3 +39,14 @@ def local_dns() -> Iterator[LocalDns]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def stack(local_dns: LocalDns) -> Iterator[Stack]:
+    """Postfix -> filterd -> sink, started once; tests use `stack.configured({...})` for other settings.
+
+    filterd's DNS is the local server, so SPF/DKIM/DMARC lookups never depend on the host's resolver."""
+    s = Stack({"dns": {"nameservers": ["127.0.0.1"], "port": local_dns.port, "timeout": 0.5}})
+    s.start()
+    yield s
+    s.stop()

@@ -15,7 +15,7 @@ from filterd.check import AddHeader
 from filterd.config import parse_config
 from filterd.pipeline import Action, Pipeline, Verdict, scan
 from filterd.settings import ConfigError
-from tests.bayes_helpers import ham_message, make_message, spam_message, trained_model
+from tests.bayes_helpers import ham_message, make_message, only_bayes, spam_message, trained_model
 from tests.harness.net import free_port
 
 
@@ -38,7 +38,7 @@ def pipeline_for(
         {
             "redis": {"url": redis_url, "key_prefix": prefix, "timeout": 0.3},
             "scores": scores or {},
-            "checks": {"bayes": bayes},
+            "checks": only_bayes(bayes, "header_sanity"),
         }
     )
     return Pipeline.from_config(config)
@@ -169,7 +169,7 @@ def test_learning_inside_filterd_needs_redis_storage(model_file) -> None:
     for bayes in ({"train_mode": "teft"}, {"autolearn": True}):
         with pytest.raises(ConfigError, match="storage"):
             Pipeline.from_config(
-                parse_config({"checks": {"bayes": {"storage": "file", "model": str(model_file), **bayes}}})
+                parse_config({"checks": only_bayes({"storage": "file", "model": str(model_file), **bayes})})
             )
 
 
@@ -177,7 +177,7 @@ def test_damaged_model_stops_the_start(tmp_path) -> None:
     bad = tmp_path / "bad.npz"
     bad.write_bytes(b"not a model")
     with pytest.raises(ConfigError, match=r"checks\.bayes\.model: .*not a filterd model"):
-        Pipeline.from_config(parse_config({"checks": {"bayes": {"model": str(bad)}}}))
+        Pipeline.from_config(parse_config({"checks": only_bayes({"model": str(bad)})}))
 
 
 def test_model_file_is_reloaded_when_it_changes(redis_server, tmp_path, prefix) -> None:

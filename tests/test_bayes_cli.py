@@ -13,7 +13,7 @@ from filterd.bayes.model import Model
 from filterd.cli.filterctl import cli
 from filterd.config import parse_config
 from filterd.pipeline import Pipeline, scan
-from tests.bayes_helpers import ham_message, spam_message, trained_model
+from tests.bayes_helpers import ham_message, only_bayes, spam_message, trained_model
 
 
 def write_dir(path: Path, messages: list[bytes]) -> Path:
@@ -120,7 +120,7 @@ def test_signature_retrain_through_redis(redis_server, tmp_path) -> None:
         parse_config(
             {
                 "redis": {"url": redis_server.url, "key_prefix": prefix},
-                "checks": {"bayes": {"model": str(seed)}},
+                "checks": only_bayes({"model": str(seed)}),
             }
         )
     )

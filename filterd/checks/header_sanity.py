@@ -81,9 +81,27 @@ class HeaderSanity(Check):
             return
         if len(values) > 1:
             yield Finding("DUPLICATE_FROM", f"{len(values)} From headers")
-        addresses = [a for _, a in email.utils.getaddresses([values[0]]) if a]
+        addresses = _addresses(values[0])
         if not addresses or not all(_is_address(a) for a in addresses):
             yield Finding("INVALID_FROM", f"From has no valid address: {values[0][:60]!r}")
+
+
+_BRACKETED = re.compile(r"<([^<>]*)>")
+
+
+def _addresses(value: str) -> list[str]:
+    """The addr-specs of a From value.
+
+    email.utils.getaddresses is a full RFC 5322 parser and costs ~0.3 ms a call here, most of the
+    pipeline's time on a typical message; the common shapes -- ``Name <a@b>`` and a bare ``a@b`` --
+    are read with a regex, and only values with quotes or comments go to the full parser.
+    """
+    if '"' in value or "(" in value:
+        return [a for _, a in email.utils.getaddresses([value]) if a]
+    bracketed = _BRACKETED.findall(value)
+    if bracketed:
+        return [a.strip() for a in bracketed if a.strip()]
+    return [a.strip() for a in value.split(",") if a.strip()]
 
 
 def _is_address(address: str) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from filterd.cli import bayes_cmd, config_cmd, scan_cmd
+from filterd.cli import bayes_cmd, config_cmd, dkim_cmd, dns_cmd, scan_cmd
 from filterd.cli.common import config_path_default
 
 
@@ -28,6 +28,8 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
 cli.add_command(config_cmd.config)
 cli.add_command(config_cmd.symbols)
 cli.add_command(scan_cmd.scan)
+cli.add_command(dkim_cmd.dkim)
+cli.add_command(dns_cmd.dns)
 cli.add_command(bayes_cmd.train)
 cli.add_command(bayes_cmd.eval_)
 

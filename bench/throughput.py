@@ -1,0 +1,279 @@
+"""Throughput of the whole mail path, with and without filterd, measured side by side in one run.
+
+    .venv/bin/python bench/throughput.py [--messages 2000] [--sessions 20] [--rounds 3] [--auth] [--json]
+
+A fixed sample of real messages from the SpamAssassin public corpus (ham and spam, chosen by a hash
+of the file name) is sent by --sessions concurrent SMTP sessions into a private Postfix that
+relays to smtp-sink.  Two Postfix instances run at once: one with no milter (the baseline) and one
+wired to filterd on its default configuration over a unix socket.  Rounds alternate between them
+and the medians are reported, since this machine is noisy: compare the ratio, not the absolute
+figures.  Reported for filterd: messages/s and the ratio to no milter, filterd's CPU time per
+message (all its processes), its peak RSS (sum over processes), and the time per message inside
+filterd's pipeline (p50/p99, from its log lines).
+
+filterd's DNS is a local authoritative server (the tests' `LocalDns`), never the host's resolver,
+so runs do not depend on the network.  With --auth every message is rewritten to come From a test
+domain and DKIM-signed twice (RSA 2048 and Ed25519), and the server publishes that domain's SPF
+(passing for 127.0.0.1), DKIM keys and DMARC p=reject: SPF, two DKIM verifications and DMARC all
+run and pass for every message.  bench/auth_speed.py gives the time of each check on its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import shutil
+import smtplib
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.harness.dns import LocalDns  # noqa: E402
+from tests.harness.filterd import Filterd  # noqa: E402
+from tests.harness.net import free_port, port_open, wait_for  # noqa: E402
+from tests.harness.postfix import Postfix  # noqa: E402
+from tests.harness.stack import private_dir  # noqa: E402
+
+CORPUS = Path(os.environ.get("FILTERD_CORPUS", ROOT.parent / "shared" / "corpus"))
+_TIME = re.compile(r" time=(\S+)")
+
+
+def sample(count: int) -> list[bytes]:
+    """`count` corpus messages, half ham and half spam, chosen by a hash of the path (stable)."""
+    base = CORPUS / "spamassassin-public"
+    manifest = base / "manifest.csv"
+    if not manifest.exists():
+        sys.exit(
+            f"corpus not found at {base}: set FILTERD_CORPUS to the shared/corpus folder "
+            "(the SpamAssassin public corpus, https://spamassassin.apache.org/old/publiccorpus/)"
+        )
+    rows = [line.split(",", 2)[:2] for line in manifest.read_text().splitlines()[1:]]
+    by_label: dict[str, list[str]] = {"ham": [], "spam": []}
+    for path, label in rows:
+        by_label.setdefault(label, []).append(path)
+    chosen: list[str] = []
+    for label in ("ham", "spam"):
+        paths = sorted(by_label[label], key=lambda p: hashlib.sha256(p.encode()).hexdigest())
+        chosen += paths[: count // 2 if label == "ham" else count - count // 2]
+    chosen.sort(key=lambda p: hashlib.sha256(p.encode()).hexdigest())
+    return [(base / p).read_bytes() for p in chosen]
+
+
+MAIL_FROM = "bench@example.org"  # --auth: an address at the signing domain, whose SPF passes
+
+
+def send_all(port: int, messages: list[bytes], sessions: int) -> float:
+    """Send every message over `sessions` concurrent SMTP sessions; return the seconds it took."""
+    shares = [messages[i::sessions] for i in range(sessions)]
+    errors: list[BaseException] = []
+
+    def session(share: list[bytes]) -> None:
+        try:
+            with smtplib.SMTP("127.0.0.1", port, timeout=120) as smtp:
+                for data in share:
+                    smtp.sendmail(MAIL_FROM, ["rcpt@example.net"], data)
+        except BaseException as exc:
+            errors.append(exc)
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=session, args=(s,)) for s in shares]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise RuntimeError(f"{len(errors)} sessions failed, first: {errors[0]!r}")
+    return time.perf_counter() - started
+
+
+def delivered(postfix: Postfix) -> int:
+    try:
+        return postfix.maillog.read_text(errors="replace").count("status=sent")
+    except FileNotFoundError:
+        return 0
+
+
+def run_round(postfix: Postfix, messages: list[bytes], sessions: int) -> float:
+    """Messages/s from the first SMTP connection until the sink has accepted all of them."""
+    before = delivered(postfix)
+    started = time.perf_counter()
+    send_all(postfix.port, messages, sessions)
+    wait_for(lambda: delivered(postfix) >= before + len(messages), 600, "all messages at the sink", 0.02)
+    return len(messages) / (time.perf_counter() - started)
+
+
+def process_tree(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return [pid, *(int(p) for p in out)]
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+        except (FileNotFoundError, IndexError):
+            pass
+    return total
+
+
+def peak_rss_mib(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1])
+        except FileNotFoundError:
+            pass
+    return total / 1024
+
+
+def pipeline_times_ms(log: str) -> list[float]:
+    times = []
+    for m in _TIME.finditer(log):
+        stages = [
+            float(part.split(":")[1].removesuffix("ms")) for part in m.group(1).split(",") if ":" in part
+        ]
+        times.append(sum(stages))
+    return times
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+def signed_messages(dns: LocalDns, messages: list[bytes]) -> list[bytes]:
+    """Each message From the test domain, signed with its RSA and Ed25519 keys (records published)."""
+    global MAIL_FROM
+    from bench.auth_speed import Domain
+
+    domain = Domain(dns, "auth.bench.test", client="127.0.0.1")
+    MAIL_FROM = f"bench@{domain.name}"
+    out = []
+    for n, raw in enumerate(messages):
+        raw = raw.replace(b"\r\n", b"\n")
+        sep = raw.find(b"\n\n")
+        body = raw[sep + 2 :] if sep >= 0 else raw
+        out.append(domain.message(body.replace(b"\n", b"\r\n"), n))
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--messages", type=int, default=2000)
+    parser.add_argument("--sessions", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--config", type=Path, help="filterd configuration to merge over the defaults (TOML)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument(
+        "--auth", action="store_true", help="DKIM-signed messages; SPF, DKIM and DMARC records served locally"
+    )
+    args = parser.parse_args()
+    if shutil.which("smtp-sink") is None and not Path("/usr/sbin/smtp-sink").exists():
+        sys.exit("smtp-sink (Debian package postfix) is needed")
+
+    messages = sample(args.messages)
+    dns = LocalDns()
+    dns.start()
+    if args.auth:
+        messages = signed_messages(dns, messages)
+    workdir = private_dir("filterd-bench-")
+    sink_port = free_port()
+    sink = subprocess.Popen(
+        [
+            shutil.which("smtp-sink") or "/usr/sbin/smtp-sink",
+            "-u",
+            "nobody",
+            f"127.0.0.1:{sink_port}",
+            "1000",
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    wait_for(lambda: port_open(sink_port), 10, "smtp-sink")
+    filterd = Filterd(workdir, workdir / "filterd.sock")
+    extra = args.config.read_text() if args.config else ""
+    filterd.configure({"dns": {"nameservers": ["127.0.0.1"], "port": dns.port}})
+    if extra:
+        filterd.config_path.write_text(filterd.config_path.read_text() + "\n" + extra)
+    filterd.config_path.write_text(filterd.config_path.read_text().replace("workers = 2", "workers = 0"))
+    baseline = Postfix(workdir / "postfix-plain", "", sink_port, with_milter=False)
+    filtered = Postfix(workdir / "postfix-filterd", f"unix:{filterd.socket_path}", sink_port)
+    results: dict[str, list[float]] = {"no_milter": [], "filterd": []}
+    try:
+        filterd.start()
+        baseline.start()
+        filtered.start()
+        warm = messages[: min(100, len(messages))]
+        run_round(baseline, warm, args.sessions)
+        run_round(filtered, warm, args.sessions)
+        assert filterd.proc is not None
+        pids = process_tree(filterd.proc.pid)
+        log_offset = len(filterd.log())
+        cpu_before = cpu_seconds(pids)
+        for _ in range(args.rounds):
+            results["no_milter"].append(run_round(baseline, messages, args.sessions))
+            results["filterd"].append(run_round(filtered, messages, args.sessions))
+        cpu = cpu_seconds(pids) - cpu_before
+        rss = peak_rss_mib(pids)
+        times = pipeline_times_ms(filterd.log()[log_offset:])
+    finally:
+        filtered.stop()
+        baseline.stop()
+        filterd.stop()
+        sink.terminate()
+        sink.wait()
+        dns.stop()
+    plain = statistics.median(results["no_milter"])
+    with_filterd = statistics.median(results["filterd"])
+    report: dict[str, Any] = {
+        "case": "dkim-signed, SPF/DKIM/DMARC pass" if args.auth else "corpus as is",
+        "messages": args.messages,
+        "sessions": args.sessions,
+        "rounds": args.rounds,
+        "no_milter_msgs_per_s": round(plain, 1),
+        "filterd_msgs_per_s": round(with_filterd, 1),
+        "ratio": round(with_filterd / plain, 3),
+        "filterd_cpu_ms_per_msg": round(1000 * cpu / (args.messages * args.rounds), 3),
+        "filterd_peak_rss_mib": round(rss, 1),
+        "pipeline_ms_p50": round(percentile(times, 0.5), 3),
+        "pipeline_ms_p99": round(percentile(times, 0.99), 3),
+        "rounds_no_milter": [round(r, 1) for r in results["no_milter"]],
+        "rounds_filterd": [round(r, 1) for r in results["filterd"]],
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(
+            f"{args.messages} corpus messages ({report['case']}), {args.sessions} sessions, median of {args.rounds} rounds"
+        )
+        print(f"{'path':<22}{'msgs/s':>10}{'ratio':>8}")
+        print(f"{'Postfix, no milter':<22}{plain:>10.1f}{1.0:>8.2f}")
+        print(f"{'Postfix + filterd':<22}{with_filterd:>10.1f}{report['ratio']:>8.2f}")
+        print(f"filterd CPU per message: {report['filterd_cpu_ms_per_msg']} ms (all processes)")
+        print(f"filterd peak RSS: {report['filterd_peak_rss_mib']} MiB (sum over processes)")
+        print(
+            f"time inside filterd's pipeline per message: p50 {report['pipeline_ms_p50']} ms, "
+            f"p99 {report['pipeline_ms_p99']} ms"
+        )
+        print(f"rounds (msgs/s): no milter {report['rounds_no_milter']}, filterd {report['rounds_filterd']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

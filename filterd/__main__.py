@@ -1,0 +1,3 @@
+from filterd.daemon import main
+
+main()

@@ -1,0 +1,42 @@
+"""The DNS function dkimpy is given: our resolver, and a memory of what went wrong.
+
+dkimpy's `verify` returns False alike for a bad signature, a missing key and a DNS timeout (it
+catches its own `DnsTimeoutError` inside `verify_sig`).  To report temperror and "no key" apart
+from fail, each verification gets a fresh `KeyLookup`; after the call, `temp_error` and
+`missing` say what the key lookup met.
+"""
+
+from __future__ import annotations
+
+import dkim
+
+from filterd.dns import DnsTempError, Resolver
+
+
+class KeyLookup:
+    """``dnsfunc(name: bytes, timeout=5) -> bytes | None`` for dkimpy, over `Resolver.txt`."""
+
+    def __init__(self, resolver: Resolver) -> None:
+        self.resolver = resolver
+        self.temp_error = ""  # set when a lookup failed in a way that may go away
+        self.missing = ""  # set to the name when a key record does not exist
+        self.looked_up: list[str] = []
+
+    def __call__(self, name: bytes, timeout: float = 5) -> bytes | None:
+        qname = name.decode("ascii", "replace").rstrip(".")
+        self.looked_up.append(qname)
+        try:
+            records = self.resolver.txt(qname)
+        except DnsTempError as exc:
+            self.temp_error = str(exc)
+            raise dkim.DnsTimeoutError(str(exc)) from exc
+        except ValueError:  # a malformed name or answer: there is no usable key
+            records = []
+        if not records:
+            self.missing = qname
+            return None
+        # Several TXT records at one key name are a publishing mistake; take the one that holds a key.
+        for record in records:
+            if "p=" in record:
+                return record.encode("utf-8", "replace")
+        return records[0].encode("utf-8", "replace")

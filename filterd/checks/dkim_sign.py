@@ -1,0 +1,210 @@
+"""DKIM signing of outbound mail (authenticated senders and internal networks).
+
+The key table maps a signing domain to its selectors and their private key files::
+
+    [checks.dkim_sign.keys."example.com"]
+    rsa2024 = "/etc/filterd/dkim/example.com.rsa2024.key"
+    ed2024 = "/etc/filterd/dkim/example.com.ed2024.key"
+
+A message is signed with every key of the domain of its From address (two keys of different
+types is dual signing: RSA for every receiver, Ed25519 for those that know RFC 8463).  A From
+subdomain uses its parent's keys when ``subdomains`` is on (the signature still aligns for
+DMARC in relaxed mode); a From domain with no key uses ``default_domain``'s keys when one is set,
+and is otherwise not signed.  Canonicalisation is relaxed/relaxed, which survives the header
+refolding and trailing-space changes MTAs make on the way.  The headers in ``oversign`` are
+signed once more than they occur, so nobody can add one (a second From) without breaking the
+signature.
+
+Every key is read and checked when the pipeline is built: a missing, unparsable, too short or
+world-readable key stops filterd from starting, with the key table entry named.
+
+The signature goes on with `AddHeader`: libmilter appends it at the end of the header block.
+Where the DKIM-Signature header sits does not matter to a verifier (it is not one of the signed
+headers), and relaxed header canonicalisation ignores how Postfix refolds it.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import re
+import types
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import dkim
+
+from filterd.auth.keys import SigningKey, load_signing_key
+from filterd.check import AddHeader, Check, CheckSettings, Direction, Finding, Output, Stage
+from filterd.config import Config
+from filterd.services import Services
+from filterd.settings import ConfigError, setting
+from filterd.transaction import Transaction
+
+DEFAULT_HEADERS = (
+    "from",
+    "sender",
+    "reply-to",
+    "subject",
+    "date",
+    "message-id",
+    "to",
+    "cc",
+    "mime-version",
+    "content-type",
+    "content-transfer-encoding",
+    "content-id",
+    "content-description",
+    "in-reply-to",
+    "references",
+    "list-id",
+    "list-help",
+    "list-unsubscribe",
+    "list-unsubscribe-post",
+    "list-subscribe",
+    "list-post",
+    "list-owner",
+    "list-archive",
+    "resent-date",
+    "resent-from",
+    "resent-to",
+    "resent-cc",
+    "resent-message-id",
+)
+_SELECTOR = re.compile(
+    r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+)
+_NEVER_SIGN = frozenset(h.decode() for h in dkim.DKIM.SHOULD_NOT)
+
+
+def _check_headers(values: tuple[str, ...]) -> str | None:
+    bad = sorted({v.lower() for v in values} & _NEVER_SIGN)
+    if bad:
+        return f"{', '.join(bad)} must not be signed (RFC 6376 5.4.1: they change in transit)"
+    if any(not v or ":" in v or " " in v for v in values):
+        return "each entry is one header name"
+    return None
+
+
+@dataclass(frozen=True)
+class DkimSignSettings(CheckSettings):
+    keys: Mapping[str, Mapping[str, str]] = setting(
+        types.MappingProxyType({}),
+        'signing domain -> selector -> private key file, e.g. keys."example.com".sel1 = "/etc/filterd/dkim/k"',
+    )
+    default_domain: str = setting(
+        "", "sign mail whose From domain has no key with this domain's keys (empty: leave it unsigned)"
+    )
+    subdomains: bool = setting(True, "a From subdomain (mail.example.com) uses its parent domain's keys")
+    headers: tuple[str, ...] = setting(
+        DEFAULT_HEADERS, "headers signed when present (From is always signed)", _check_headers
+    )
+    oversign: tuple[str, ...] = setting(
+        ("from",), "headers signed once more than they occur, so none can be added", _check_headers
+    )
+    key_dir: str = setting(
+        "/etc/filterd/dkim", "where `filterctl dkim keygen` writes a key not yet in the key table"
+    )
+
+
+class DkimSign(Check):
+    name = "dkim_sign"
+    stage = Stage.EOM
+    directions = frozenset({Direction.OUTBOUND})
+    description = "DKIM-sign outbound mail with the From domain's keys (RSA, Ed25519 or both)"
+    needs_body = True
+    symbols = {"DKIM_SIGNED": 0.0, "DKIM_NOT_SIGNED": 0.0}
+    Settings = DkimSignSettings
+
+    def __init__(self, settings: DkimSignSettings, config: Config, services: Services) -> None:
+        super().__init__(settings, config, services)
+        self.sign_settings = settings
+        self.table = load_key_table(settings)
+        self.headers = tuple(dict.fromkeys(["from", *(h.lower() for h in settings.headers)]))
+        self.oversign = frozenset(h.lower() for h in settings.oversign)
+
+    def keys_for(self, from_domain: str) -> list[SigningKey]:
+        """The keys that sign mail from `from_domain` (empty: it is not signed)."""
+        domain = from_domain.lower().rstrip(".")
+        if domain in self.table:
+            return self.table[domain]
+        if self.sign_settings.subdomains:
+            labels = domain.split(".")
+            for i in range(1, len(labels) - 1):
+                parent = ".".join(labels[i:])
+                if parent in self.table:
+                    return self.table[parent]
+        return self.table.get(self.sign_settings.default_domain.lower(), [])
+
+    def run(self, tx: Transaction) -> Iterable[Output]:
+        if not self.table:
+            return
+        addresses = [a for _, a in email.utils.getaddresses(tx.header_values("From")) if "@" in a]
+        domains = {a.rpartition("@")[2].lower().rstrip(".") for a in addresses}
+        if len(domains) != 1:
+            why = "no From address" if not domains else f"From addresses of {len(domains)} domains"
+            yield Finding("DKIM_NOT_SIGNED", f"{why}: not signed")
+            return
+        from_domain = domains.pop()
+        keys = self.keys_for(from_domain)
+        if not keys:
+            yield Finding("DKIM_NOT_SIGNED", f"no signing key for From domain {from_domain}")
+            return
+        raw = tx.message.raw
+        signer = dkim.DKIM(raw)
+        include = self.include_headers(signer.headers)
+        for key in keys:
+            header = signer.sign(
+                key.selector.encode(),
+                key.domain.encode(),
+                key.private,
+                signature_algorithm=key.algorithm,
+                canonicalize=(b"relaxed", b"relaxed"),
+                include_headers=include,
+            )
+            yield AddHeader("DKIM-Signature", signature_value(header))
+        names = ", ".join(f"s={k.selector} ({k.key_type})" for k in keys)
+        yield Finding("DKIM_SIGNED", f"signed for d={keys[0].domain}: {names}")
+
+    def include_headers(self, headers: list[tuple[bytes, Any]]) -> list[bytes]:
+        """h= of a new signature: each listed header as often as it occurs, oversigned ones once more."""
+        present: dict[str, int] = {}
+        for raw_name, _ in headers:
+            key = raw_name.decode("ascii", "replace").lower()
+            present[key] = present.get(key, 0) + 1
+        out: list[bytes] = []
+        for name in self.headers:
+            count = present.get(name, 0) + (1 if name in self.oversign else 0)
+            out.extend([name.encode()] * count)
+        return out
+
+
+def signature_value(header: bytes) -> str:
+    """The value of a DKIM-Signature line dkimpy made, folded with "\\n\\t" as a milter adds headers."""
+    value = header.split(b":", 1)[1].strip()
+    return value.decode("ascii").replace("\r\n", "\n")
+
+
+def load_key_table(settings: DkimSignSettings) -> dict[str, list[SigningKey]]:
+    """Every key of the table, read and checked now (ConfigError names the bad entry)."""
+    table: dict[str, list[SigningKey]] = {}
+    for domain, selectors in settings.keys.items():
+        d = domain.lower().rstrip(".")
+        if not d or "." not in d:
+            raise ConfigError(f"checks.dkim_sign.keys.{domain}", "expected a domain name such as example.com")
+        if not selectors:
+            raise ConfigError(f"checks.dkim_sign.keys.{domain}", "no selector: give selector = key file")
+        for selector, path in selectors.items():
+            if not _SELECTOR.match(selector):
+                raise ConfigError(
+                    f"checks.dkim_sign.keys.{domain}.{selector}", "not a valid selector (DNS labels)"
+                )
+            table.setdefault(d, []).append(
+                load_signing_key(d, selector, path, f"checks.dkim_sign.keys.{domain}.{selector}")
+            )
+    default = settings.default_domain.lower().rstrip(".")
+    if default and default not in table:
+        raise ConfigError(
+            "checks.dkim_sign.default_domain", f"{default!r} has no keys in checks.dkim_sign.keys"
+        )
+    return table

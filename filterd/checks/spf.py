@@ -1,0 +1,203 @@
+"""SPF (RFC 7208): may the client send mail for the MAIL FROM domain, and for its HELO name?
+
+Runs at MAIL FROM, so a `fail` is refused before any data is sent.  The MAIL FROM identity gives
+the SPF_* symbols; the HELO identity gives SPF_HELO_* symbols and is scored on its own.  The HELO
+identity is checked when the sender is null ``<>`` (RFC 7208 2.4: it then stands in for MAIL FROM)
+and, with ``helo_identity = "always"``, for every message.
+
+Each result maps to an action: "score" (the symbol's score counts), "reject" (5xx now) or
+"tempfail" (4xx now).  By default only `fail` rejects, with ``550 5.7.23`` and the SPF explanation;
+`temperror` (a DNS failure) is scored, never rejected, so a broken resolver cannot lose mail.
+Mail from trusted forwarders (their networks listed) and outbound mail are not checked: a
+forwarder's address is never in the original sender's SPF record.
+
+pyspf does the evaluation.  Its DNS goes through dnspython's default resolver, which
+`Services.resolver` points at our resolver (same servers, same TTL cache), and ``max_time`` bounds
+the whole evaluation (pyspf's querytime): past it the result is temperror.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+import spf
+
+from filterd.auth.results import SPF, SPF_HELO, SpfResult
+from filterd.check import AddHeader, Check, CheckSettings, Finding, Output, Stage
+from filterd.config import Config, check_networks
+from filterd.replies import (
+    R451_SPF_DEFERRED,
+    R451_SPF_TEMPERROR,
+    R550_SPF_FAIL,
+    R550_SPF_PERMERROR,
+    Reject,
+    TempFail,
+)
+from filterd.services import Services
+from filterd.settings import setting
+from filterd.transaction import Transaction
+
+log = logging.getLogger("filterd.checks.spf")
+
+Action = Literal["score", "reject", "tempfail"]
+RESULTS = ("pass", "fail", "softfail", "neutral", "none", "temperror", "permerror")
+
+# A host name as HELO should give it: letters, digits, hyphens, at least two labels.
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)(?:[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z0-9-]{1,63}\.?$"
+)
+
+
+def _positive(value: float) -> str | None:
+    return None if value > 0 else "expected a number greater than zero"
+
+
+@dataclass(frozen=True)
+class SpfSettings(CheckSettings):
+    on_fail: Action = setting(
+        "reject", 'MAIL FROM result "fail": "reject" (550 5.7.23), "score" or "tempfail"'
+    )
+    on_softfail: Action = setting("score", 'MAIL FROM result "softfail"')
+    on_neutral: Action = setting("score", 'MAIL FROM result "neutral"')
+    on_none: Action = setting("score", 'MAIL FROM result "none" (no SPF record)')
+    on_permerror: Action = setting(
+        "score", 'MAIL FROM result "permerror" (a broken record): reject is 550 5.7.24'
+    )
+    on_temperror: Literal["score", "tempfail"] = setting(
+        "score", 'MAIL FROM result "temperror" (DNS failure): "score", or "tempfail" (451 4.7.24)'
+    )
+    helo_identity: Literal["null_sender", "always", "never"] = setting(
+        "null_sender", 'check the HELO name: "null_sender" (only when MAIL FROM is <>), "always" or "never"'
+    )
+    helo_on_fail: Action = setting("score", 'HELO result "fail"')
+    trusted_forwarders: tuple[str, ...] = setting(
+        (),
+        "networks of forwarders (secondary MX, list servers) whose mail is not SPF-checked",
+        check_networks,
+    )
+    max_time: float = setting(
+        10.0, "seconds one SPF evaluation may take in all; past it the result is temperror", _positive
+    )
+    received_spf: bool = setting(True, "add a Received-SPF header (RFC 7208 9.1) for each identity checked")
+
+
+class Spf(Check):
+    name = "spf"
+    stage = Stage.MAIL_FROM
+    description = "SPF of the MAIL FROM and HELO identities (RFC 7208)"
+    symbols = {
+        "SPF_PASS": -0.5,
+        "SPF_FAIL": 3.0,
+        "SPF_SOFTFAIL": 1.5,
+        "SPF_NEUTRAL": 0.0,
+        "SPF_NONE": 0.0,  # no record says nothing (as rspamd R_SPF_NA)
+        "SPF_TEMPERROR": 0.5,
+        "SPF_PERMERROR": 1.0,
+        "SPF_HELO_PASS": -0.1,
+        "SPF_HELO_FAIL": 2.0,
+        "SPF_HELO_SOFTFAIL": 1.0,
+        "SPF_HELO_NEUTRAL": 0.0,
+        "SPF_HELO_NONE": 0.0,
+        "SPF_HELO_TEMPERROR": 0.0,
+        "SPF_HELO_PERMERROR": 0.5,
+        "SPF_TRUSTED_FORWARDER": 0.0,
+    }
+    Settings = SpfSettings
+
+    def __init__(self, settings: SpfSettings, config: Config, services: Services) -> None:
+        super().__init__(settings, config, services)
+        self.spf_settings = settings
+        self.forwarders = [ipaddress.ip_network(n, strict=False) for n in settings.trusted_forwarders]
+        self.receiver = config.network.hostname or "unknown"
+        services.resolver  # noqa: B018 -- made now, it points dnspython's default resolver (pyspf's) at ours
+        self.per_lookup = min(settings.max_time, config.dns.timeout * config.dns.attempts)
+
+    def run(self, tx: Transaction) -> Iterable[Output]:
+        ip = tx.session.client_ip
+        if ip is None:
+            return  # a local submission or an offline scan without --client-ip: nothing to check
+        for net in self.forwarders:
+            if ip.version == net.version and ip in net:
+                yield Finding(
+                    "SPF_TRUSTED_FORWARDER", f"client {ip} is a trusted forwarder ({net}): SPF not checked"
+                )
+                return
+        s = self.spf_settings
+        helo = (tx.session.helo or "").strip()
+        sender = (tx.mail_from or "").strip().strip("<>")
+        if s.helo_identity == "always" or (not sender and s.helo_identity == "null_sender"):
+            yield from self._helo(tx, str(ip), helo)
+        if sender:
+            yield from self._mail_from(tx, str(ip), sender, helo)
+
+    def _helo(self, tx: Transaction, ip: str, helo: str) -> Iterable[Output]:
+        if not _HOSTNAME.match(helo):
+            shown = helo[:60] or "(none)"
+            yield Finding("SPF_HELO_NONE", f"HELO {shown!r} is not a host name: no HELO identity to check")
+            return
+        result, header = self._evaluate(ip, "", helo, "helo")
+        tx.auth_results[SPF_HELO] = result
+        action = self.spf_settings.helo_on_fail if result.result == "fail" else "score"
+        yield from self._outputs(result, header, ip, "SPF_HELO", action)
+
+    def _mail_from(self, tx: Transaction, ip: str, sender: str, helo: str) -> Iterable[Output]:
+        result, header = self._evaluate(ip, sender, helo or "unknown", "mailfrom")
+        tx.auth_results[SPF] = result
+        action: str = getattr(self.spf_settings, f"on_{result.result}", "score")
+        yield from self._outputs(result, header, ip, "SPF", action)
+
+    def _evaluate(
+        self, ip: str, sender: str, helo: str, identity: Literal["mailfrom", "helo"]
+    ) -> tuple[SpfResult, str]:
+        """The SPF result of one identity, and the Received-SPF value pyspf writes for it."""
+        q = spf.query(
+            i=ip,
+            s=sender,
+            h=helo,
+            receiver=self.receiver,
+            querytime=self.spf_settings.max_time,
+        )
+        # pyspf sets the per-lookup timeout to querytime; put ours back, so one silent server
+        # costs one lookup's time ([dns] timeout x attempts), while querytime still bounds the whole.
+        q.timeout = self.per_lookup
+        result, _code, explanation = q.check()
+        domain = helo.lower().rstrip(".") if identity == "helo" else sender.rpartition("@")[2].lower()
+        checked = q.s if identity == "helo" else sender
+        try:
+            header = q.get_header(result, self.receiver)
+        except (AttributeError, KeyError, ValueError):  # pyspf's header needs state a failed query lacks
+            header = f"{result.capitalize()} ({self.receiver}: {explanation}) identity={identity}"
+        return SpfResult(result, identity, domain, checked, str(explanation or "")), header
+
+    def _outputs(self, r: SpfResult, header: str, ip: str, prefix: str, action: str) -> Iterable[Output]:
+        ident = "HELO " + r.domain if r.identity == "helo" else f"<{r.sender}>"
+        reason = f"{ident} from [{ip}]: {r.result}"
+        if r.explanation and r.result != "pass":
+            reason += f" ({r.explanation})"
+        if self.spf_settings.received_spf:
+            yield AddHeader("Received-SPF", header)
+        yield Finding(f"{prefix}_{r.result.upper()}", reason)
+        if action == "reject":
+            reply = R550_SPF_PERMERROR if r.result == "permerror" else R550_SPF_FAIL
+            yield Reject(reply.with_text(_reply_text(r, ip)), f"SPF {r.result} for {ident}")
+        elif action == "tempfail":
+            reply = R451_SPF_TEMPERROR if r.result == "temperror" else R451_SPF_DEFERRED
+            yield TempFail(reply.with_text(_reply_text(r, ip)), f"SPF {r.result} for {ident}")
+
+
+def _reply_text(r: SpfResult, ip: str) -> str:
+    """The reply text: the SPF result and the explanation (the domain's exp= text when it has one).
+
+    The explanation is text from the sender's DNS: only printable ASCII is kept.  (libmilter
+    ignores a reply text holding a single '%'; doubling it is the milter's job, where it calls
+    setreply, so it is left alone here.)"""
+    who = f"HELO {r.domain}" if r.identity == "helo" else f"<{r.sender}>"
+    text = f"SPF {r.result} for {who} from [{ip}]"
+    if r.explanation:
+        text += f": {r.explanation}"
+    return "".join(c if " " <= c <= "~" else " " for c in text)[:300]

@@ -1,0 +1,383 @@
+"""The pymilter adapter: one method per milter callback, each handing its stage to the pipeline.
+
+libmilter calls these methods from its own threads, one connection per thread, holding the GIL
+(so one worker process uses about one core; the daemon forks several on one socket).  Nothing
+here may raise into libmilter: every callback ends in a milter return code, and anything
+unexpected tempfails the message (4xx) so that the client retries and nothing is lost.
+
+Postfix quirks handled here:
+- Macros beyond Postfix's default set ({client_addr} at connect, {auth_authen} at MAIL) must be
+  asked for; pymilter's `setsymlist()` is broken on Python 3, so `negotiate()` calls the
+  context's `setsymlist` directly.  contrib/postfix/main.cf asks for them too.
+- P_HDR_LEADSPC is negotiated so that header values arrive with their leading white space and
+  folding intact: DKIM verification needs the exact bytes.  The same option means the values we
+  add must carry their own leading space.
+- The queue id macro `i` first exists at DATA, so it is read again at end of headers.
+- A reject at CONNECT reaches the client as Postfix's own "554 ... not accepting connections",
+  whatever text the milter set.  So a decision at CONNECT or HELO is held and given at MAIL FROM
+  (as Postfix's smtpd_delay_reject does): the client then sees filterd's reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import Milter
+import milter
+
+from filterd.auth.results import configured_authserv_id
+from filterd.check import Direction, Stage
+from filterd.pipeline import Action, Pipeline, Verdict
+from filterd.replies import R451_CHECK_FAILED, Decision, Discard, Reject, TempFail
+from filterd.report import is_forgeable, log_line, verdict_headers
+from filterd.transaction import Session, Transaction
+
+log = logging.getLogger("filterd")
+
+MACROS = {
+    Milter.M_CONNECT: "j {daemon_name} {client_addr} {client_port} {client_name} {client_ptr}",
+    Milter.M_ENVFROM: "i {auth_type} {auth_authen} {mail_addr}",
+    Milter.M_ENVRCPT: "i {rcpt_addr}",
+    Milter.M_EOH: "i",
+    Milter.M_EOM: "i",
+}
+
+
+class PipelineHolder:
+    """The worker's current pipeline, rebuilt when the daemon's reload generation moves on.
+
+    The daemon (the parent process) validates a new configuration on SIGHUP and only then bumps a
+    shared counter; each worker notices at the next MAIL FROM and builds its own pipeline.  A
+    message already in flight keeps the pipeline it started with.
+    """
+
+    def __init__(self, build: Callable[[], Pipeline], generation: Callable[[], int] = lambda: 0) -> None:
+        self._build = build
+        self._generation = generation
+        self._lock = threading.Lock()
+        self._seen = generation()
+        self._pipeline = build()
+        self.active = 0  # messages between MAIL FROM and their end, for a graceful stop
+
+    def current(self) -> Pipeline:
+        gen = self._generation()
+        if gen != self._seen:
+            with self._lock:
+                if gen != self._seen:
+                    try:
+                        new = self._build()
+                    except Exception as exc:  # keep serving with the old pipeline
+                        log.error("reload failed, keeping the previous configuration: %s", exc)
+                        self._seen = gen
+                        return self._pipeline
+                    old, self._pipeline, self._seen = self._pipeline, new, gen
+                    log.info("configuration reloaded (generation %d)", gen)
+                    threading.Timer(60, old.close).start()  # let messages in flight finish with it
+        return self._pipeline
+
+    def message_started(self) -> None:
+        with self._lock:
+            self.active += 1
+
+    def message_ended(self) -> None:
+        with self._lock:
+            self.active -= 1
+
+
+holder: PipelineHolder | None = None  # set by the worker before libmilter starts
+
+
+def _fail_safe(method: Callable[..., int]) -> Callable[..., int]:
+    """No exception reaches libmilter: log it and tempfail, so the client keeps the message."""
+
+    def wrapper(self: FilterdMilter, *args: Any) -> int:
+        try:
+            return method(self, *args)
+        except Exception:
+            log.exception("%s: internal error in %s, tempfailing", self.queue_id, method.__name__)
+            self._setreply(TempFail(R451_CHECK_FAILED, "internal error"))
+            self._end_message()
+            return Milter.TEMPFAIL
+
+    wrapper.__name__ = method.__name__
+    wrapper.__doc__ = method.__doc__
+    return wrapper
+
+
+class FilterdMilter(Milter.Base):
+    def __init__(self) -> None:
+        assert holder is not None, "the worker sets filterd.milter.holder before serving"
+        self.holder = holder
+        self.pipeline = holder.current()
+        self.session = Session()
+        self.tx: Transaction | None = None
+        self.session_decision: Decision | None = None  # decided at CONNECT/HELO, given at MAIL FROM
+        self.forged: list[tuple[str, int]] = []  # (header name, index among that name) to remove
+        self._name_counts: dict[str, int] = {}
+        self._authserv_ids: tuple[str, ...] = ()  # A-R headers claiming these are forged
+        self._header_rc = self._body_rc = Milter.CONTINUE
+
+    # -- negotiation ----------------------------------------------------------------------------
+
+    def negotiate(self, opts: list[int]) -> int:
+        rc: int = super().negotiate(opts)
+        # With the no-reply options negotiated, header and body callbacks answer NOREPLY.
+        self._header_rc = Milter.NOREPLY if self._protocol & Milter.P_NR_HDR else Milter.CONTINUE
+        self._body_rc = Milter.NOREPLY if self._protocol & Milter.P_NR_BODY else Milter.CONTINUE
+        for stage, macros in MACROS.items():
+            try:
+                self._ctx.setsymlist(stage, macros)
+            except Exception:  # an MTA without SETSYMLIST: contrib/postfix/main.cf asks for them too
+                log.debug("setsymlist not supported by the MTA")
+                break
+        return rc
+
+    @property
+    def queue_id(self) -> str:
+        return (self.tx.queue_id if self.tx else None) or "NOQUEUE"
+
+    # -- connection stages ----------------------------------------------------------------------
+
+    @_fail_safe
+    def connect(self, hostname: str, family: int, hostaddr: Any) -> int:
+        s = self.session
+        if family in (socket.AF_INET, socket.AF_INET6) and hostaddr:
+            s.client_addr, s.client_port = str(hostaddr[0]), int(hostaddr[1])
+        s.macros["j"] = self.getsymval("j") or ""
+        name = self.getsymval("{client_name}") or hostname
+        # Postfix says "unknown" (or gives "[addr]") when the client has no verified reverse DNS
+        s.client_name = None if not name or name == "unknown" or name.startswith("[") else name
+        return self._session_stage(Stage.CONNECT)
+
+    @_fail_safe
+    def hello(self, helo: str) -> int:
+        self.session.helo = helo
+        return self._session_stage(Stage.HELO)
+
+    def _session_stage(self, stage: Stage) -> int:
+        if self.session_decision is not None:
+            return Milter.CONTINUE  # already decided: no more work on this connection
+        probe = Transaction(
+            session=self.session, findings=self.session.findings, timings=self.session.timings
+        )
+        self.session_decision = self.pipeline.run_stage(stage, probe)
+        return Milter.CONTINUE
+
+    # -- message stages -------------------------------------------------------------------------
+
+    @_fail_safe
+    def envfrom(self, mail_from: str, *params: str) -> int:
+        self._end_message()  # a new MAIL FROM without an end (RSET): start over
+        self.pipeline = self.holder.current()
+        tx = self.tx = Transaction.start(self.session)
+        self.holder.message_started()
+        tx.mail_from = mail_from.strip().removeprefix("<").removesuffix(">")
+        tx.auth_user = self.getsymval("{auth_authen}") or None
+        tx.queue_id = self.getsymval("i") or None
+        tx.direction = self.pipeline.direction_of(tx)
+        self.forged, self._name_counts = [], {}
+        self._authserv_ids = (configured_authserv_id(self.pipeline.config),)
+        if self.session_decision is not None:
+            log.info(log_line(tx, self.pipeline.verdict(tx, self.session_decision)))
+            rc = self._decide(self.session_decision)
+            self._end_message()
+            return rc
+        return self._stage(Stage.MAIL_FROM)
+
+    @_fail_safe
+    def envrcpt(self, rcpt: str, *params: str) -> int:
+        tx = self._tx()
+        tx.rcpts.append(rcpt.strip().removeprefix("<").removesuffix(">"))
+        decision = self.pipeline.run_stage(Stage.RCPT, tx)
+        if decision is None:
+            return Milter.CONTINUE
+        # A decision at RCPT refuses this recipient only; the message goes on for the others.
+        log.info(log_line(tx, self.pipeline.verdict(tx, decision)))
+        tx.rcpts.pop()
+        return self._reply_code(decision)
+
+    @Milter.noreply
+    def header(self, name: str, value: str) -> int:
+        """Declared for protocol negotiation only (no reply wanted); `on_header` does the work."""
+        return Milter.CONTINUE
+
+    def on_header(self, name: str, value: bytes) -> int:
+        """Called straight from libmilter for each header: the hot path, kept to a few lines."""
+        tx = self.tx
+        if tx is not None:
+            text = value.decode("utf-8", "surrogateescape")
+            tx.raw_headers.append((name, text))
+            tx.size += len(name) + len(value) + 3
+            key = name.lower()
+            count = self._name_counts[key] = self._name_counts.get(key, 0) + 1
+            if is_forgeable(key, text, self._authserv_ids):
+                self.forged.append((name, count))
+        return self._header_rc
+
+    @_fail_safe
+    def eoh(self) -> int:
+        tx = self._tx()
+        tx.queue_id = self.getsymval("i") or tx.queue_id
+        return self._stage(Stage.HEADERS)
+
+    @Milter.noreply
+    def body(self, chunk: bytes) -> int:
+        """Declared for protocol negotiation only (no reply wanted); `on_body` does the work."""
+        return Milter.CONTINUE
+
+    def on_body(self, chunk: bytes) -> int:
+        tx = self.tx
+        if tx is not None:
+            tx.size += len(chunk)
+            if not tx.oversized:
+                if tx.size > self.pipeline.config.milter.max_scan_bytes:
+                    tx.oversized = True  # stop keeping the body: memory stays bounded per message
+                    tx.body_chunks.clear()
+                else:
+                    tx.body_chunks.append(chunk)
+        return self._body_rc
+
+    @_fail_safe
+    def eom(self) -> int:
+        tx = self._tx()
+        tx.queue_id = self.getsymval("i") or tx.queue_id
+        try:
+            decision = self.pipeline.run_stage(Stage.EOM, tx)
+            verdict = self.pipeline.verdict(tx, decision)
+            rc = self._apply(tx, verdict)
+            log.info(log_line(tx, verdict))
+            return rc
+        finally:
+            self._end_message()
+
+    def abort(self) -> int:
+        self._end_message()
+        return Milter.CONTINUE
+
+    def close(self) -> int:
+        self._end_message()
+        return Milter.CONTINUE
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _tx(self) -> Transaction:
+        if self.tx is None:  # a callback out of order: never seen from Postfix, but never crash
+            raise RuntimeError("no transaction in progress")
+        return self.tx
+
+    def _end_message(self) -> None:
+        if self.tx is not None:
+            self.tx = None
+            self.holder.message_ended()
+
+    def _stage(self, stage: Stage) -> int:
+        tx = self._tx()
+        decision = self.pipeline.run_stage(stage, tx)
+        if decision is None:
+            return Milter.CONTINUE
+        log.info(log_line(tx, self.pipeline.verdict(tx, decision)))
+        rc = self._decide(decision)
+        self._end_message()
+        return rc
+
+    def _decide(self, decision: Decision) -> int:
+        """A decision before end of message (the pipeline holds back a Quarantine until then)."""
+        if isinstance(decision, Discard):
+            return Milter.DISCARD
+        return self._reply_code(decision)
+
+    def _reply_code(self, decision: Reject | TempFail | Decision) -> int:
+        if isinstance(decision, Reject):
+            self._setreply(decision)
+            return Milter.REJECT
+        if isinstance(decision, TempFail):
+            self._setreply(decision)
+            return Milter.TEMPFAIL
+        return Milter.CONTINUE
+
+    def _setreply(self, decision: Reject | TempFail) -> None:
+        r = decision.reply
+        try:
+            self.setreply(str(r.code), r.dsn, r.text.replace("%", "%%"))
+        except Exception:  # the default reply of the return code still goes out
+            log.warning("could not set the SMTP reply %s", r)
+
+    def _apply(self, tx: Transaction, verdict: Verdict) -> int:
+        """Carry out the verdict at end of message."""
+        action = verdict.action
+        if isinstance(verdict.decision, Reject | TempFail):
+            return self._reply_code(verdict.decision)
+        if action is Action.DISCARD:
+            return Milter.DISCARD
+        for name, index in reversed(self.forged):
+            self.chgheader(name, index, None)
+        if action is Action.QUARANTINE:
+            self.quarantine(verdict.decision.reason if verdict.decision else f"score {verdict.score}")
+        headers = [(h.name, h.value) for h in verdict.add_headers]
+        if tx.direction is Direction.INBOUND:
+            headers += verdict_headers(verdict)
+        for name, value in headers:
+            self.addheader(name, " " + value)  # P_HDR_LEADSPC: we supply the leading space
+        if action is Action.REWRITE_SUBJECT:
+            self._rewrite_subject(tx)
+        return Milter.ACCEPT
+
+    def _rewrite_subject(self, tx: Transaction) -> None:
+        tag = self.pipeline.config.actions.subject_tag
+        subjects = [v for n, v in tx.raw_headers if n.lower() == "subject"]
+        if subjects:
+            self.chgheader("Subject", 1, f" {tag} {subjects[0].lstrip()}")
+        else:
+            self.addheader("Subject", f" {tag}")
+
+
+def install_callbacks(timeout: int) -> None:
+    """Register FilterdMilter's methods with libmilter (what pymilter's runmilter does, minus running)."""
+    Milter.factory = FilterdMilter
+    milter.set_connect_callback(Milter.connect_callback)
+    milter.set_helo_callback(lambda ctx, host: ctx.getpriv().hello(host))
+    milter.set_envfrom_callback(lambda ctx, *b: ctx.getpriv().envfrom_bytes(*b))
+    milter.set_envrcpt_callback(lambda ctx, *b: ctx.getpriv().envrcpt_bytes(*b))
+    milter.set_header_callback(lambda ctx, f, v: ctx.getpriv().on_header(f, v))
+    milter.set_eoh_callback(lambda ctx: ctx.getpriv().eoh())
+    milter.set_body_callback(lambda ctx, chunk: ctx.getpriv().on_body(chunk))
+    milter.set_eom_callback(lambda ctx: ctx.getpriv().eom())
+    milter.set_abort_callback(lambda ctx: ctx.getpriv().abort())
+    milter.set_close_callback(Milter.close_callback)
+    milter.settimeout(timeout)
+    milter.register(
+        "filterd",
+        data=lambda ctx: ctx.getpriv().data(),
+        unknown=lambda ctx, cmd: ctx.getpriv().unknown(cmd),
+        negotiate=Milter.negotiate_callback,
+    )
+
+
+def start_drain_watcher(should_stop: Callable[[], bool], grace: float) -> threading.Thread:
+    """Exit the worker once told to stop and its messages in flight are done (or `grace` ran out).
+
+    The worker must not return from libmilter's main loop to stop: after that pymilter cannot run
+    callbacks for connections still open, and their messages would hang (see filterd.daemon).
+    """
+
+    def watch() -> None:
+        while not should_stop():
+            time.sleep(0.1)
+        deadline = time.monotonic() + grace
+        while holder is not None and holder.active > 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        logging.shutdown()
+        os._exit(0)
+
+    thread = threading.Thread(target=watch, name="drain-watcher", daemon=True)
+    thread.start()
+    return thread
+
+
+Milter.enable_protocols(FilterdMilter, Milter.P_HDR_LEADSPC)  # sets the class's protocol mask

@@ -1,0 +1,147 @@
+"""The quick start's local stack: redis-server, filterd on its defaults, a private Postfix, a sink.
+
+    scripts/up      start everything (after scripts/install), print where to look
+    scripts/down    stop what `up` started
+
+State lives in run/ at the repository root.  Postfix listens on 127.0.0.1:2525 and relays to
+smtp-sink, which writes every delivered message into run/mail/ so the verdict headers can be read.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from filterd.config import load_config  # noqa: E402
+from tests.harness.net import port_open, wait_for  # noqa: E402
+from tests.harness.postfix import Postfix  # noqa: E402
+
+RUN = ROOT / "run"
+SMTP_PORT = 2525
+SINK_PORT = 2526
+
+
+def _start_detached(name: str, argv: list[str]) -> None:
+    log = (RUN / f"{name}.log").open("ab")
+    proc = subprocess.Popen(
+        argv,
+        stdout=log,
+        stderr=log,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
+    (RUN / f"{name}.pid").write_text(str(proc.pid))
+
+
+def _stop_pid(name: str, sig: int = signal.SIGTERM) -> None:
+    pid_file = RUN / f"{name}.pid"
+    if not pid_file.exists():
+        return
+    try:
+        pid = int(pid_file.read_text().strip())
+        os.kill(pid, sig)
+        for _ in range(300):
+            os.kill(pid, 0)
+            time.sleep(0.1)
+    except (ProcessLookupError, ValueError):
+        pass
+    pid_file.unlink(missing_ok=True)
+
+
+def up() -> int:
+    if port_open(SMTP_PORT):
+        print(f"something already listens on 127.0.0.1:{SMTP_PORT}: run scripts/down first", file=sys.stderr)
+        return 1
+    RUN.mkdir(exist_ok=True)
+    mail = RUN / "mail"
+    mail.mkdir(exist_ok=True)
+    os.chmod(RUN, 0o755)
+    os.chmod(mail, 0o777)  # smtp-sink writes as nobody
+    config = load_config(None)
+
+    redis_port = 6379
+    if port_open(redis_port):
+        print(f"redis:    using the redis-server already listening on 127.0.0.1:{redis_port}")
+    else:
+        _start_detached(
+            "redis",
+            [
+                "redis-server",
+                "--port",
+                str(redis_port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(RUN),
+            ],
+        )
+        wait_for(lambda: port_open(redis_port), 10, "redis-server")
+        print(f"redis:    started on 127.0.0.1:{redis_port}")
+
+    socket_path = Path(config.milter.socket.split(":", 1)[1])
+    _start_detached("filterd", [sys.executable, "-m", "filterd"])
+    wait_for(lambda: socket_path.exists(), 20, f"filterd's socket {socket_path}")
+    print(f"filterd:  running on its default configuration, socket {config.milter.socket}")
+
+    sink = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
+    _start_detached(
+        "sink", [sink, "-u", "nobody", "-d", f"{mail}/%Y%m%d-%H%M%S.", f"127.0.0.1:{SINK_PORT}", "100"]
+    )
+    wait_for(lambda: port_open(SINK_PORT), 10, "smtp-sink")
+
+    postfix = Postfix(RUN / "postfix", config.milter.socket, SINK_PORT, port=SMTP_PORT)
+    postfix.start()
+    print(
+        f"postfix:  listening on 127.0.0.1:{SMTP_PORT}, milter {config.milter.socket}, relaying to the sink"
+    )
+    print(f"""
+Send a message, e.g.:
+  swaks --server 127.0.0.1:{SMTP_PORT} --from alice@example.org --to bob@example.net
+  python3 -c "import smtplib; smtplib.SMTP('127.0.0.1', {SMTP_PORT}).sendmail('a@example.org', ['b@example.net'],
+      b'From: a@example.org\\r\\nSubject: hi\\r\\n\\r\\nhello\\r\\n')"
+Delivered messages, with the X-Spam-* verdict headers:  {mail}/
+filterd's log (one line per message):                   {RUN / "filterd.log"}
+Postfix's log:                                          {postfix.maillog}
+Scan a stored message offline:  .venv/bin/filterctl scan FILE
+Stop everything:                scripts/down""")
+    return 0
+
+
+def down() -> int:
+    postfix_dir = RUN / "postfix" / "etc"
+    if postfix_dir.exists():
+        subprocess.run(["postfix", "-c", str(postfix_dir), "stop"], capture_output=True)
+    for name in ("filterd", "sink", "redis"):
+        _stop_pid(name)
+    print("stopped; run/ keeps the logs and delivered mail")
+    return 0
+
+
+def main() -> int:
+    command = sys.argv[1] if len(sys.argv) > 1 else ""
+    if command == "up":
+        return up()
+    if command == "down":
+        return down()
+    print("usage: localstack.py up|down", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    socket.setdefaulttimeout(30)
+    sys.exit(main())
