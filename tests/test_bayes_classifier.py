@@ -81,6 +81,23 @@ def test_hasher_matches_feature_hasher() -> None:
     assert X.shape == (2, 2**20) and set(X.data) == {1.0}
 
 
+def test_pairs_are_hashed_from_their_words_and_named_on_demand() -> None:
+    from filterd.bayes.classifier import Features
+    from filterd.bayes.tokenizer import Tokens
+
+    hasher = Hasher(2**20)
+    pairs, at = hasher.pair_buckets(["click", "here", "", "click", "here", "now"])
+    assert list(at) == [0, 3, 4]  # no pair across the break
+    assert pairs[0] == pairs[1] != pairs[2]  # the same pair, the same bucket
+    reverse, _ = hasher.pair_buckets(["here", "click"])
+    assert reverse[0] != pairs[0]
+    assert all(0 <= b < 2**20 for b in pairs)
+    found = Features(Tokens(["click", "subject:hi"], ["click", "here", "click", "here"]), hasher)
+    names = sorted(found[i] for i in range(len(found)))
+    assert names == ["bi:click here", "bi:here click", "click", "subject:hi"]
+    assert len(set(found.buckets)) == len(found)  # distinct
+
+
 def test_partial_fit_and_unlearn() -> None:
     hasher = Hasher(1024)
     counts = TokenCounts(1024)

@@ -57,11 +57,13 @@ def test_cjk_text_becomes_character_bigrams() -> None:
 
 
 def test_long_words_become_skip_tokens_and_work_is_bounded(monkeypatch) -> None:
-    raw = make_message("x", "a" * 40 + " normal " + " ".join(f"w{i}x" for i in range(5000)))
+    raw = make_message("x", "a" * 40 + " normal " + " ".join(f"w{i}x" for i in range(7000)))
     toks = tokens_of(raw)
     assert "skip:a 40" in toks
+    assert "bi:a normal" not in toks and "normal" in toks  # the long word broke the chain
     assert not [t for t in toks if "aaaaaaaaaa" in t]
-    assert len(toks) == tokenizer.MAX_TOKENS
+    bounded = tokenizer.tokens(Message(raw))
+    assert len(bounded.names) == tokenizer.MAX_TOKENS and len(bounded.words) == tokenizer.MAX_TOKENS
     monkeypatch.setattr(tokenizer, "MAX_TEXT_CHARS", 100)
     assert len(tokens_of(raw)) < 100
 

@@ -4,8 +4,8 @@ Stored as one `.npz` file (numpy arrays, written with `allow_pickle=False` and r
 so loading a model can never run code) whose `meta` entry is a JSON document: format version,
 tokenizer version, bucket count, scoring parameters, when and from what it was trained.  Only the
 non-zero counts are stored, as sorted bucket numbers (delta-encoded, so they compress to about a
-byte each) and their values; a 2**22-bucket model trained on the 6,046 corpus messages is about
-2 MB.  Files are replaced atomically (write a temporary file, fsync, rename), so a filterd that
+byte each) and their values; a 2**23-bucket model trained on the 6,046 corpus messages is about
+1 MB.  Files are replaced atomically (write a temporary file, fsync, rename), so a filterd that
 reloads on a change never reads half a model.
 
 Training records make training idempotent (DSPAM's rule): for every trained message the model
@@ -22,14 +22,23 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from filterd.bayes.classifier import DEFAULT_N_FEATURES, Hasher, Params, Result, TokenCounts, classify
-from filterd.bayes.tokenizer import TOKENIZER_VERSION, tokenize
+from filterd.bayes.classifier import (
+    DEFAULT_N_FEATURES,
+    Features,
+    Hasher,
+    Params,
+    Result,
+    TokenCounts,
+    classify,
+)
+from filterd.bayes.tokenizer import TOKENIZER_VERSION, tokens
 from filterd.message import Message
 
 MODEL_FORMAT = 1
@@ -104,17 +113,19 @@ class Model:
 
     # -- classifying -------------------------------------------------------------------------
 
-    def features(self, msg: Message) -> tuple[list[str], np.ndarray]:
-        """The message's tokens and their bucket numbers."""
-        tokens = tokenize(msg)
-        return tokens, self.hasher.buckets(tokens)
+    def features(self, msg: Message) -> tuple[Features, np.ndarray]:
+        """The message's distinct bucket numbers, and what names the token of each."""
+        found = Features(tokens(msg), self.hasher)
+        return found, found.buckets
 
     def classify(self, msg: Message, params: Params | None = None) -> Result:
-        tokens, buckets = self.features(msg)
-        return classify(self.counts, buckets, tokens, params or self.params)
+        names, buckets = self.features(msg)
+        return classify(self.counts, buckets, names, params or self.params)
 
-    def classify_tokens(self, tokens: list[str], buckets: np.ndarray, params: Params | None = None) -> Result:
-        return classify(self.counts, buckets, tokens, params or self.params)
+    def classify_tokens(
+        self, names: Sequence[str], buckets: np.ndarray, params: Params | None = None
+    ) -> Result:
+        return classify(self.counts, buckets, names, params or self.params)
 
     # -- training ----------------------------------------------------------------------------
 

@@ -215,8 +215,8 @@ class SharedModel:
         """Keep a classified message's digest and buckets for `ttl_seconds`; return its id."""
         sig_id = secrets.token_hex(10)
         key = self.prefix + "sig:" + sig_id
-        target = client if client is not None else self.redis
-        target.hset(
+        pipe = (client if client is not None else self.redis).pipeline(transaction=False)
+        pipe.hset(
             key,
             mapping={
                 "d": digest.hex(),
@@ -224,7 +224,8 @@ class SharedModel:
                 "b": np.unique(buckets).astype("<u4").tobytes(),
             },
         )
-        target.expire(key, ttl_seconds)
+        pipe.expire(key, ttl_seconds)
+        pipe.execute()  # one round trip
         return sig_id
 
     def signature(self, sig_id: str) -> Signature | None:

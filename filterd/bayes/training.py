@@ -17,7 +17,7 @@ A message already trained as the other class is always retrained (a correction),
 from __future__ import annotations
 
 import mailbox
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -121,7 +121,7 @@ class Trainer:
             return
         self._add(sig.digest, sig.buckets, None)
 
-    def _add(self, digest: bytes, buckets: np.ndarray, tokens: list[str] | None) -> None:
+    def _add(self, digest: bytes, buckets: np.ndarray, tokens: Sequence[str] | None) -> None:
         before = self.current.records.get(digest)
         if self.unlearn:
             if before != self.label:
@@ -134,7 +134,7 @@ class Trainer:
             return
         self._train(digest, buckets, self.label)
 
-    def _worth_training(self, buckets: np.ndarray, tokens: list[str] | None) -> bool:
+    def _worth_training(self, buckets: np.ndarray, tokens: Sequence[str] | None) -> bool:
         model = self.current
         mode = self.mode
         if mode == "tum":
