@@ -91,6 +91,7 @@ def test_signatures_round_trip_with_ttl(client, prefix) -> None:
     digest, buckets, _ = item(shared.model, spam_message(9), None)
     sig_id = shared.store_signature(digest, buckets, ttl_seconds=3600)
     assert 0 < client.ttl(f"{prefix}bayes:sig:{sig_id}") <= 3600
+    assert shared.signature(sig_id[:-1] + "x") is None
     sig = shared.signature(sig_id)
     assert sig is not None and sig.digest == digest
     assert np.array_equal(sig.buckets, np.unique(buckets))

@@ -63,13 +63,18 @@ class ModelHolder:
     def model(self) -> Model:
         return self.shared.model if self.shared is not None and self.shared.loaded else self.seed
 
-    def connect(self) -> SharedModel:
-        """The shared model (storage = "redis"), loading it on first use.  Raises Redis errors."""
+    def client(self) -> SharedModel:
+        """The shared model's Redis side, not loaded: enough for signatures."""
         if self.shared is None:
             self.shared = SharedModel(self._redis(), self._key_prefix, self.seed, self._log_max)
-        if not self.shared.loaded:
-            self.shared.load()
         return self.shared
+
+    def connect(self) -> SharedModel:
+        """The shared model (storage = "redis"), loading it on first use.  Raises Redis errors."""
+        shared = self.client()
+        if not shared.loaded:
+            shared.load()
+        return shared
 
     def refresh(self, follow_shared: bool = True, force: bool = False) -> None:
         """At most every `sync_interval` s: reload a changed file, and (storage = "redis",

@@ -239,17 +239,16 @@ class Bayes(Check):
         untrained: bool,
     ) -> list[Output]:
         out: list[Output] = []
-        shared = self.holder.connect()
         label, why = self._learn_label(tx, model, result, untrained)
         if label is not None:
-            change = shared.train([(digest, buckets, label)])[0]
+            change = self.holder.connect().train([(digest, buckets, label)])[0]
             state = f"learned as {label}" if change.changed else f"already trained as {change.before}"
             out.append(Finding("BAYES_AUTOLEARN", f"{state} ({why})"))
         elif why:
             out.append(Finding("BAYES_AUTOLEARN", why))
         if self.settings.signature:
             ttl = int(self.settings.signature_days * 86400)
-            sig_id = shared.store_signature(digest, buckets, ttl)
+            sig_id = self.holder.client().store_signature(digest, buckets, ttl)
             out.append(AddHeader(SIGNATURE_HEADER, sig_id))
         return out
 
