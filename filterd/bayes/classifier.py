@@ -20,10 +20,11 @@ ways of hashing the word pairs (different salts, all with the same number of col
 hang on which few tokens of the top-scoring ham collide.  At 2**23 the same four gave 0.022-0.025
 and 3.2-4.0%, at 2**24 0.021-0.023 and 3.1-4.0%.  2**23 it is: 64 MB of counts per process.
 
-Training is `partial_fit(X, y)` in scikit-learn's sense: X is the binary (n_messages, n_features)
-sparse matrix of a batch, y the labels, and the counts grow by X' * onehot(y) -- so training on a
-batch costs one sparse matrix product, and a model can be trained in any number of increments.
-Unlearning is the same with weight -1.
+Training is incremental, in scikit-learn's `partial_fit` sense: `TokenCounts.partial_fit(X, y)`
+takes the binary (n_messages, n_features) sparse matrix of a batch and grows the counts by
+X' * onehot(y) (unlearning: weight -1), and `TokenCounts.add` is the same for one message, which is
+how `filterctl train` and filterd use it (each message is checked against its training record
+first).
 
 Token probability (Robinson, with a prior on each class's rate)
 ------------------------------------------------------------------
@@ -131,7 +132,6 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.sparse import csr_matrix
 from scipy.special import gammaln
-from sklearn.feature_extraction import FeatureHasher
 from sklearn.utils import murmurhash3_32
 
 from filterd.bayes.params import Params
@@ -148,13 +148,13 @@ MAX_REPORTED = 10  # clues a Result names
 
 
 class Hasher:
-    """Token strings to bucket numbers, exactly as `FeatureHasher(n_features, alternate_sign=False)`
-    (word pairs: see `pair_buckets`).
+    """Token strings to bucket numbers, exactly as scikit-learn's `FeatureHasher(n_features,
+    alternate_sign=False)` would put them (its MurmurHash3, which the tests compare); word pairs:
+    see `pair_buckets`.
 
-    One message is hashed token by token with `murmurhash3_32` through a bounded cache (most tokens
-    of a message were seen in earlier messages: a dict lookup is about half the cost of a hash); a
-    batch goes through `FeatureHasher.transform` in one call.  Both give the same bucket, which the
-    tests check.
+    Tokens are hashed one by one through a bounded cache: most tokens of a message were seen in
+    earlier messages, and a dict lookup is a fifth of the cost of a hash.  (`FeatureHasher.transform`
+    itself costs ~150 us a call in input checks, more than hashing a whole message this way.)
     """
 
     CACHE_SIZE = 400_000
@@ -162,7 +162,6 @@ class Hasher:
     def __init__(self, n_features: int = DEFAULT_N_FEATURES) -> None:
         self.n_features = n_features
         self._cache: dict[str, int] = {}
-        self._hasher = FeatureHasher(n_features=n_features, input_type="string", alternate_sign=False)
 
     def bucket(self, token: str) -> int:
         return abs(murmurhash3_32(token, seed=0)) % self.n_features
@@ -201,10 +200,16 @@ class Hasher:
         return (z % np.uint64(self.n_features)).astype(np.int64), keep
 
     def matrix(self, messages: Sequence[Sequence[str]]) -> csr_matrix:
-        """The binary (n_messages, n_features) matrix of a batch: 1 where a message has a token."""
-        X = self._hasher.transform(messages)
-        X.data[:] = 1.0  # two tokens in one bucket still count once for that message
-        return csr_matrix(X)
+        """The binary (n_messages, n_features) matrix of a batch of named tokens, for `partial_fit`."""
+        return bucket_matrix([self.buckets(tokens) for tokens in messages], self.n_features)
+
+
+def bucket_matrix(messages: Sequence[np.ndarray], n_features: int) -> csr_matrix:
+    """The binary (n_messages, n_features) matrix of a batch given each message's buckets."""
+    rows = [np.unique(b) for b in messages]
+    indptr = np.concatenate([[0], np.cumsum([len(r) for r in rows])])
+    indices = np.concatenate(rows) if rows else np.empty(0, dtype=np.int64)
+    return csr_matrix((np.ones(len(indices)), indices, indptr), shape=(len(rows), n_features))
 
 
 class Features(Sequence[str]):
