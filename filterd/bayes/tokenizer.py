@@ -37,12 +37,13 @@ Work is bounded: `MAX_TEXT_CHARS` characters of text and `MAX_TOKENS` distinct t
 
 from __future__ import annotations
 
+import email.message
 import itertools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from filterd.message import Message, decode_words
+from filterd.message import MAX_PARTS, Message, decode_words
 
 TOKENIZER_VERSION = 2  # stored in the model: a model is only valid with the tokenizer it was trained by
 
@@ -256,9 +257,27 @@ def _html_tokens(msg: Message) -> Iterable[str]:
 
 
 def _part_tokens(msg: Message) -> Iterable[str]:
-    parts = msg.parts
-    yield f"part:count:{min(len(parts), 10)}"
-    for part in parts[:20]:
-        yield "part:ct:" + part.content_type
-        if part.filename:
-            yield "part:ext:" + part.filename.rpartition(".")[2].lower()[:10]
+    # The MIME leaves' types and file names, read from the parsed tree.  Not `Message.parts`: it
+    # decodes every payload (a base64 attachment in full) for its size, which cost 6% of the whole
+    # classification here and says nothing the type and the name do not.
+    leaves = 0
+    for i, part in enumerate(msg.email.walk()):
+        if i >= MAX_PARTS:
+            break
+        if part.is_multipart():
+            continue
+        leaves += 1
+        if leaves <= 20:
+            yield "part:ct:" + part.get_content_type()
+            name = _filename(part)
+            if name:
+                yield "part:ext:" + name.rpartition(".")[2].lower()[:10]
+    yield f"part:count:{min(leaves, 10)}"
+
+
+def _filename(part: email.message.Message) -> str | None:
+    try:
+        name = part.get_filename()
+    except (ValueError, LookupError, AssertionError):  # a broken RFC 2231 parameter
+        return None
+    return decode_words(name) if name else None
