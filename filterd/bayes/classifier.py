@@ -180,7 +180,9 @@ class Hasher:
                     found[i] = cache[token] = abs(murmurhash3_32(token, seed=0)) % n
         return np.array(found, dtype=np.int64)
 
-    def pair_buckets(self, words: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    def pair_buckets(
+        self, words: Sequence[str], word_buckets: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Buckets of the adjacent pairs of `words` ("" breaks the chain), and each pair's position.
 
         A pair's bucket is mixed from its two words' buckets (a 64-bit multiply-xorshift, as the
@@ -190,7 +192,7 @@ class Hasher:
         its string).  Order matters: (a, b) and (b, a) are different pairs."""
         if len(words) < 2:
             return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
-        w = self.buckets(words).astype(np.uint64)
+        w = (self.buckets(words) if word_buckets is None else word_buckets).astype(np.uint64)
         present = np.fromiter(map(bool, words), dtype=bool, count=len(words))
         keep = np.flatnonzero(present[:-1] & present[1:])
         z = w[:-1][keep] * _MIX1 ^ (w[1:][keep] + _MIX2)
@@ -213,12 +215,17 @@ def bucket_matrix(messages: Sequence[np.ndarray], n_features: int) -> csr_matrix
 
 
 class Features(Sequence[str]):
-    """A message's distinct buckets; item i names the token of bucket i (built only when asked)."""
+    """A message's distinct buckets; item i names the token of bucket i (built only when asked).
+
+    The words are hashed once and serve twice: as word tokens and as the inputs of the pairs."""
 
     def __init__(self, tokens: Tokens, hasher: Hasher) -> None:
         names = hasher.buckets(tokens.names)
-        pairs, self._pair_at = hasher.pair_buckets(tokens.words)
-        self.buckets, self._first = np.unique(np.concatenate([names, pairs]), return_index=True)
+        words = hasher.buckets(tokens.words)
+        self._word_at = np.flatnonzero(np.fromiter(map(bool, tokens.words), dtype=bool, count=len(words)))
+        pairs, self._pair_at = hasher.pair_buckets(tokens.words, words)
+        found = np.concatenate([names, words[self._word_at], pairs])
+        self.buckets, self._first = np.unique(found, return_index=True)
         self._tokens = tokens
 
     def __len__(self) -> int:
@@ -226,11 +233,13 @@ class Features(Sequence[str]):
 
     def __getitem__(self, i: int) -> str:  # type: ignore[override]
         j = int(self._first[i])
-        names = self._tokens.names
+        names, words = self._tokens.names, self._tokens.words
         if j < len(names):
             return names[j]
-        at = int(self._pair_at[j - len(names)])
-        words = self._tokens.words
+        j -= len(names)
+        if j < len(self._word_at):
+            return words[int(self._word_at[j])]
+        at = int(self._pair_at[j - len(self._word_at)])
         return f"bi:{words[at]} {words[at + 1]}"
 
 

@@ -95,7 +95,8 @@ _SECOND_LEVEL = frozenset({"co", "com", "net", "org", "ac", "gov", "edu", "ne", 
 
 @dataclass(frozen=True)
 class Tokens:
-    """A message's tokens: the distinct named ones, and the body words whose adjacent pairs are tokens.
+    """A message's tokens: the distinct named ones, and the body words, each a token and each adjacent
+    pair of them a token too.
 
     Word pairs are not made into strings here: they are most of a message's distinct tokens and
     nearly all of them new, so the classifier hashes them from the hashes of their two words
@@ -104,12 +105,16 @@ class Tokens:
     names: list[str]
     words: list[str]  # body words in order; "" where the chain breaks (no pair across it)
 
+    def word_names(self) -> list[str]:
+        return [w for w in self.words if w]
+
     def pair_names(self) -> list[str]:
         return ["bi:" + a + " " + b for a, b in itertools.pairwise(self.words) if a and b]
 
 
 def tokens(msg: Message) -> Tokens:
-    """The message's tokens, at most `MAX_TOKENS` names and `MAX_TOKENS` words."""
+    """The message's tokens, at most `MAX_TOKENS` names and `MAX_TOKENS` words (words may repeat:
+    the classifier counts each bucket once)."""
     names = list(_header_tokens(msg))
     body_names, words = _body(msg)
     names += body_names
@@ -119,7 +124,7 @@ def tokens(msg: Message) -> Tokens:
 def tokenize(msg: Message) -> list[str]:
     """Every distinct token of `msg` as a string, pairs included (`bi:w1 w2`): for reading and tests."""
     t = tokens(msg)
-    return list(dict.fromkeys(t.names + t.pair_names()))
+    return list(dict.fromkeys(t.names + t.word_names() + t.pair_names()))
 
 
 def _header_tokens(msg: Message) -> Iterable[str]:
@@ -214,9 +219,6 @@ def _body(msg: Message) -> tuple[list[str], list[str]]:
         # a long word (base64, a hash) becomes a skip: token and breaks the chain of pairs
         names += [f"skip:{w[0]} {len(w) // 10 * 10}" for w in words if len(w) > MAX_WORD]
         words = [w if len(w) <= MAX_WORD else "" for w in words]
-        names += [w for w in words if w]
-    else:
-        names += words
     names += _url_tokens(msg.urls)
     if msg.html:
         names += _html_tokens(msg)
