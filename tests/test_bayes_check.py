@@ -85,6 +85,13 @@ def test_bands_and_cutoffs_are_configurable(redis_server, model_file, prefix) ->
     assert bayes_symbols(verdict)["BAYES_SPAM"][0] == 7.0
     _, verdict = scan(pipeline, ham_message(501))
     assert bayes_symbols(verdict)["BAYES_UNSURE"][0] == -0.5  # nothing is below ham_cutoff 0
+    pipeline.close()
+    fixed = pipeline_for(
+        redis_server.url, prefix, scores={"BAYES_SPAM": 9.0}, model=str(model_file), signature=False
+    )
+    _, verdict = scan(fixed, spam_message(501))
+    assert bayes_symbols(verdict)["BAYES_SPAM"][0] == 9.0  # [scores] names it: the band does not apply
+    pipeline = fixed
     assert signature_of(verdict) is None
     pipeline.close()
     with pytest.raises(ConfigError, match=r"checks\.bayes\.bands"):

@@ -223,7 +223,10 @@ class Bayes(Check):
         s = self.settings
         p = result.spamicity
         symbol = "BAYES_SPAM" if p >= s.spam_cutoff else "BAYES_HAM" if p < s.ham_cutoff else "BAYES_UNSURE"
-        score = next(score for low, score in reversed(s.bands) if p >= low)
+        # the band's score, unless [scores] names the symbol: then the admin's fixed score applies
+        score = (
+            None if symbol in self.config.scores else next(sc for low, sc in reversed(s.bands) if p >= low)
+        )
         clues = ", ".join(f"{c.token}={c.prob:.3f}" for c in result.clues[:6])
         return Finding(
             symbol, f"spamicity {p:.4f} from {result.n_tokens} tokens; strongest: {clues}", score=score
