@@ -190,3 +190,11 @@ def test_one_trainer_at_a_time_per_model_file(tmp_path, file_config) -> None:
     code, out = run(["train", "spam", "-"], config, input=spam_message(1))
     assert code == 0 and "1 learned as spam" in out
     assert sorted(p.name for p in model.parent.iterdir()) == ["bayes.npz"]
+
+
+def test_toe_trains_everything_while_the_model_is_untrained(tmp_path) -> None:
+    config = tmp_path / "filterd.toml"
+    config.write_text(f'[checks.bayes]\nstorage = "file"\nmodel = "{tmp_path}/m.npz"\ntrain_mode = "toe"\n')
+    spam_dir = write_dir(tmp_path / "spam", [spam_message(i) for i in range(25)])
+    code, out = run(["train", "spam", str(spam_dir)], config)
+    assert code == 0 and "25 learned as spam" in out  # no ham yet: no verdict to trust

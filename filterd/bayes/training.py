@@ -11,6 +11,10 @@ The training modes decide which messages are trained:
            above ham_cutoff (train on error; a mature model then changes only where it must)
     tum    teft until the model has `mature_after` messages of each class, then toe
 
+Until the model has `min_learned` messages of each class every mode trains everything: the verdict
+of a model that has seen two spam and no ham is "spam" for everything, and train-on-error would
+then never learn more spam.
+
 A message already trained as the other class is always retrained (a correction), whatever the mode.
 """
 
@@ -82,6 +86,7 @@ class Trainer:
         ham_cutoff: float = 0.45,
         mature_after: int = 1000,
         signatures: SharedModel | None = None,
+        min_learned: int = 20,
     ) -> None:
         """Train into `shared` (the Redis log) when given, else into `model`; look signatures up in
         `signatures` (default: `shared`)."""
@@ -96,6 +101,7 @@ class Trainer:
         self.spam_cutoff = spam_cutoff
         self.ham_cutoff = ham_cutoff
         self.mature_after = mature_after
+        self.min_learned = min_learned
         self.signatures = signatures or shared
         self.tally = Tally()
         self._pending: list[tuple[bytes, np.ndarray, str | None]] = []
@@ -139,8 +145,8 @@ class Trainer:
         mode = self.mode
         if mode == "tum":
             mode = "toe" if min(model.nspam, model.nham) >= self.mature_after else "teft"
-        if mode == "teft":
-            return True
+        if mode == "teft" or min(model.nspam, model.nham) < self.min_learned:
+            return True  # an untrained model's verdict says nothing: "right" would be luck
         names = tokens if tokens is not None else [str(b) for b in buckets]
         spamicity = model.classify_tokens(names, buckets, self.params).spamicity
         if self.label == SPAM:

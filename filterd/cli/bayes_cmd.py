@@ -113,6 +113,7 @@ def train(
                 ham_cutoff=s.ham_cutoff,
                 mature_after=s.mature_after,
                 signatures=shared,
+                min_learned=s.min_learned,
             )
             total = count_messages(sources, mboxes, maildirs)
             with _progress(quiet, total, f"training {label}") as advance:
