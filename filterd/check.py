@@ -29,6 +29,7 @@ from filterd.settings import setting
 
 if TYPE_CHECKING:
     from filterd.config import Config
+    from filterd.pipeline import Verdict
     from filterd.services import Services
     from filterd.transaction import Transaction
 
@@ -89,12 +90,15 @@ class Check:
     """Base class of every check.  Subclasses set the class attributes and implement `run`."""
 
     name: ClassVar[str]
-    stage: ClassVar[Stage]
+    stage: Stage  # a class attribute; a check whose stage depends on its settings sets it in __init__
     symbols: ClassVar[Mapping[str, float]]
     directions: ClassVar[frozenset[Direction]] = frozenset({Direction.INBOUND})
     Settings: ClassVar[type[CheckSettings]] = CheckSettings
     description: ClassVar[str] = ""
     needs_body: ClassVar[bool] = False  # True: skipped when the message is over max_scan_bytes
+    # True: runs after the other checks of its stage, so it sees their findings and the score so
+    # far (a content-gated greylist at end of message).
+    after_scoring: ClassVar[bool] = False
 
     def __init__(self, settings: CheckSettings, config: Config, services: Services) -> None:
         self.settings = settings
@@ -104,6 +108,12 @@ class Check:
     def run(self, tx: Transaction) -> Iterable[Output]:
         """Look at the transaction and yield findings, headers or one decision."""
         raise NotImplementedError
+
+    def after_verdict(self, tx: Transaction, verdict: Verdict) -> None:
+        """Called once the final verdict of a message is known (reputation counters learn here).
+
+        The pipeline calls it for the checks of the message's direction, after the action was
+        chosen; an exception here is logged and never changes the verdict."""
 
     def close(self) -> None:
         """Release what the check holds (connections, files) when the pipeline is replaced."""

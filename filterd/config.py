@@ -21,7 +21,8 @@ from typing import Any, Literal
 
 from filterd.check import Check
 from filterd.dns import DnsSettings
-from filterd.settings import ConfigError, build, render_section, section, setting
+from filterd.quarantine import QuarantineSettings
+from filterd.settings import ConfigError, build, internal, render_section, section, setting
 
 DEFAULT_CONFIG_PATH = Path("/etc/filterd/filterd.toml")
 
@@ -97,6 +98,9 @@ class NetworkSettings:
         check_networks,
     )
     hostname: str = setting("", "this host's name, used in headers; empty means the system's FQDN")
+    local_domains: tuple[str, ...] = setting(
+        (), "the mail domains this site receives for (HELO and From imitation heuristics)"
+    )
 
 
 @dataclass(frozen=True)
@@ -183,11 +187,13 @@ class Config:
     actions: ActionSettings = section(ActionSettings, "Score thresholds for each action")
     redis: RedisSettings = section(RedisSettings, "Redis, where state shared by several filterd hosts lives")
     dns: DnsSettings = section(DnsSettings, "The DNS resolver every lookup goes through")
+    quarantine: QuarantineSettings = section(QuarantineSettings, "Where quarantined messages are kept")
     scores: Mapping[str, float] = setting(
         types.MappingProxyType({}), "score overrides, SYMBOL = score (see `filterctl symbols`)"
     )
-    checks: Any = None  # ChecksSettings, built from the registered checks
-    path: str = ""  # where this configuration was read from ("" for the built-in defaults)
+    # Not read from the file's top level: the registered checks' sections, and where the file was.
+    checks: Any = internal(None)  # ChecksSettings, one field per registered check
+    path: str = internal("")  # "" for the built-in defaults
 
     def score_of(self, symbol: str) -> float:
         if symbol in self.scores:
@@ -204,32 +210,13 @@ def parse_config(data: Mapping[str, Any], path: str = "") -> Config:
     checks_data = data.pop("checks", {})
     if not isinstance(checks_data, dict):
         raise ConfigError("checks", "expected a table of [checks.NAME] sections")
-    top = build(_TopLevel, data)
+    config = build(Config, data)
     checks: Any = build(checks_settings_class(), checks_data, "checks")
     symbols = known_symbols()
-    for name in top.scores:
+    for name in config.scores:
         if name not in symbols:
             raise ConfigError(f"scores.{name}", "unknown symbol (see `filterctl symbols` for the list)")
-    return Config(
-        milter=top.milter,
-        network=top.network,
-        actions=top.actions,
-        redis=top.redis,
-        dns=top.dns,
-        scores=top.scores,
-        checks=checks,
-        path=path,
-    )
-
-
-@dataclass(frozen=True)
-class _TopLevel:
-    milter: MilterSettings = section(MilterSettings, "")
-    network: NetworkSettings = section(NetworkSettings, "")
-    actions: ActionSettings = section(ActionSettings, "")
-    redis: RedisSettings = section(RedisSettings, "")
-    dns: DnsSettings = section(DnsSettings, "")
-    scores: Mapping[str, float] = setting(types.MappingProxyType({}), "")
+    return dataclasses.replace(config, checks=checks, path=path)
 
 
 def load_config(path: Path | str | None) -> Config:
@@ -261,7 +248,7 @@ def render_defaults() -> str:
         "",
     ]
     for field in dataclasses.fields(Config):
-        if field.name in ("checks", "path", "scores"):
+        if field.metadata.get("internal") or field.name == "scores":
             continue
         out.extend(render_section(getattr(config, field.name), field.name, field.metadata["help"]))
         out.append("")

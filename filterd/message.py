@@ -127,6 +127,11 @@ class Message:
         return "\n".join(plain), "\n".join(markup)
 
     @cached_property
+    def plain(self) -> str:
+        """The text/plain parts, concatenated, as decoded."""
+        return self._texts[0]
+
+    @cached_property
     def html(self) -> str:
         """The HTML text parts, concatenated, as markup."""
         return self._texts[1]

@@ -34,6 +34,7 @@ import milter
 from filterd.auth.results import configured_authserv_id
 from filterd.check import Direction, Stage
 from filterd.pipeline import Action, Pipeline, Verdict
+from filterd.quarantine import QuarantineError, QuarantineStore, meta_from
 from filterd.replies import R451_CHECK_FAILED, Decision, Discard, Reject, TempFail
 from filterd.report import is_forgeable, log_line, verdict_headers
 from filterd.transaction import Session, Transaction
@@ -252,6 +253,7 @@ class FilterdMilter(Milter.Base):
             verdict = self.pipeline.verdict(tx, decision)
             rc = self._apply(tx, verdict)
             log.info(log_line(tx, verdict))
+            self.pipeline.after_verdict(tx, verdict)  # reputation learns the final verdict
             return rc
         finally:
             self._end_message()
@@ -315,18 +317,37 @@ class FilterdMilter(Milter.Base):
             return self._reply_code(verdict.decision)
         if action is Action.DISCARD:
             return Milter.DISCARD
-        for name, index in reversed(self.forged):
-            self.chgheader(name, index, None)
-        if action is Action.QUARANTINE:
-            self.quarantine(verdict.decision.reason if verdict.decision else f"score {verdict.score}")
         headers = [(h.name, h.value) for h in verdict.add_headers]
         if tx.direction is Direction.INBOUND:
             headers += verdict_headers(verdict)
+        held = action is Action.QUARANTINE
+        if held and self.pipeline.config.quarantine.mode == "store" and not tx.oversized:
+            return self._store_quarantined(tx, verdict, headers)
+        for name, index in reversed(self.forged):
+            self.chgheader(name, index, None)
+        if held:
+            # mode "hold", or a body too large to have been kept: Postfix's hold queue keeps it all
+            self.quarantine(verdict.decision.reason if verdict.decision else f"score {verdict.score}")
         for name, value in headers:
             self.addheader(name, " " + value)  # P_HDR_LEADSPC: we supply the leading space
         if action is Action.REWRITE_SUBJECT:
             self._rewrite_subject(tx)
         return Milter.ACCEPT
+
+    def _store_quarantined(self, tx: Transaction, verdict: Verdict, headers: list[tuple[str, str]]) -> int:
+        """Keep the message in filterd's quarantine, and only once it is on disk discard it.
+
+        If it cannot be stored (disk full, read-only, permissions) the message is tempfailed:
+        the client keeps it and retries, so nothing is lost."""
+        store = QuarantineStore(self.pipeline.config.quarantine)
+        try:
+            qid = store.put(tx.message.raw, headers, meta_from(tx, verdict))
+        except QuarantineError as exc:
+            log.error("%s: quarantine failed, tempfailing: %s", self.queue_id, exc)
+            self._setreply(TempFail(R451_CHECK_FAILED, f"quarantine failed: {exc}"))
+            return Milter.TEMPFAIL
+        log.info("%s: quarantined as %s in %s", self.queue_id, qid, store.dir)
+        return Milter.DISCARD
 
     def _rewrite_subject(self, tx: Transaction) -> None:
         tag = self.pipeline.config.actions.subject_tag

@@ -82,6 +82,8 @@ class Pipeline:
         self.by_stage: dict[Stage, list[Check]] = {s: [] for s in Stage}
         for check in self.checks:
             self.by_stage[check.stage].append(check)
+        for stage_checks in self.by_stage.values():
+            stage_checks.sort(key=lambda c: c.after_scoring)  # stable: registry order otherwise
         self.internal_networks = [
             ipaddress.ip_network(n, strict=False) for n in config.network.internal_networks
         ]
@@ -157,7 +159,27 @@ class Pipeline:
         return None
 
     def score(self, finding: Finding) -> float:
-        return finding.score if finding.score is not None else self.config.score_of(finding.symbol)
+        return finding_score(self.config, finding)
+
+    def after_verdict(self, tx: Transaction, verdict: Verdict) -> None:
+        """Tell the checks the final verdict (called by the milter once the action is taken).
+
+        Checks that learn from verdicts (reputation) update their state here.  A failure is
+        logged and never reaches the caller: the message's fate is already decided."""
+        for check in self.checks:
+            if tx.direction not in check.directions:
+                continue
+            try:
+                check.after_verdict(tx, verdict)
+            except Exception as exc:
+                log.warning(
+                    "%s: after_verdict of %s failed: %s: %s",
+                    tx.queue_id or "NOQUEUE",
+                    check.name,
+                    type(exc).__name__,
+                    exc,
+                    exc_info=log.isEnabledFor(logging.DEBUG),
+                )
 
     def verdict(self, tx: Transaction, decision: Decision | None = None) -> Verdict:
         """Add up the findings and choose the action (or report the decision a check took)."""
@@ -190,6 +212,16 @@ class Pipeline:
         elif verdict.action is Action.GREYLIST:
             verdict.decision = TempFail(R451_GREYLISTED, f"score {total} >= {actions.greylist}")
         return verdict
+
+
+def finding_score(config: Config, finding: Finding) -> float:
+    """A finding's score: its own when the check computed one, else the score table's."""
+    return finding.score if finding.score is not None else config.score_of(finding.symbol)
+
+
+def score_so_far(config: Config, tx: Transaction) -> float:
+    """The total of the findings made so far (what a check with `after_scoring` reads)."""
+    return round(sum(finding_score(config, f) for f in tx.findings), 3)
 
 
 def _action_of(decision: Decision) -> Action:

@@ -84,6 +84,11 @@ Decision = Reject | TempFail | Discard | Quarantine
 # knows the class of the answer without looking it up.
 R451_CHECK_FAILED = Reply(451, "4.3.0", "Temporary failure in the content filter, please try again later")
 R451_GREYLISTED = Reply(451, "4.7.1", "Message scored as suspicious, please try again later")
+R451_VIRUS_SCAN_FAILED = Reply(451, "4.3.0", "Virus scanner unavailable, please try again later")
+R452_TOO_BIG_TO_SCAN = Reply(452, "4.3.4", "Message too large for the virus scanner, please try again later")
+R554_VIRUS_FOUND = Reply(554, "5.7.1", "Message rejected: virus found")
+R451_GREYLIST_DEFERRED = Reply(451, "4.7.1", "Greylisted: first attempt deferred, please try again later")
+R451_RATE_LIMITED = Reply(451, "4.7.1", "Too many messages from you, please try again later")
 R550_SPAM = Reply(550, "5.7.1", "Message rejected as spam")
 R550_CLIENT_DENIED = Reply(550, "5.7.1", "Client host is on this site's deny list")
 R550_SENDER_DENIED = Reply(550, "5.7.1", "Sender address is on this site's deny list")

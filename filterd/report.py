@@ -16,7 +16,7 @@ REPORT_HEADER = "X-Spam-Report"
 
 # Incoming headers with these prefixes are removed before ours are added: an upstream verdict is
 # forgeable by anyone who can send mail, and a user's Sieve rule must only ever see ours.
-FORGEABLE_PREFIXES = ("x-spam-", "x-filterd-")
+FORGEABLE_PREFIXES = ("x-spam-", "x-filterd-", "x-virus-")
 
 
 def is_forgeable(name: str, value: str = "", authserv_ids: Collection[str] = ()) -> bool:

@@ -44,6 +44,11 @@ def section(cls: type[T], help: str) -> Any:
     return dataclasses.field(default_factory=cls, metadata={"help": help, "check": None})
 
 
+def internal(default: Any) -> Any:
+    """A dataclass field filled in by code, never read from the file (unknown there)."""
+    return dataclasses.field(default=default, metadata={"internal": True})
+
+
 def help_of(field: dataclasses.Field[Any]) -> str:
     return str(field.metadata.get("help", ""))
 
@@ -119,7 +124,7 @@ def convert(tp: Any, value: Any, key: str) -> Any:
 def build(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
     """Build dataclass `cls` from a TOML table, validating every key."""
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}  # type: ignore[arg-type]
     unknown = sorted(set(data) - set(fields))
     if unknown:
         where = f"[{prefix}]" if prefix else "the top level"

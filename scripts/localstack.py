@@ -1,10 +1,12 @@
-"""The quick start's local stack: redis-server, filterd on its defaults, a private Postfix, a sink.
+"""The quick start's local stack: redis-server, clamd, filterd, a private Postfix, a sink.
 
     scripts/up      start everything (after scripts/install), print where to look
     scripts/down    stop what `up` started
 
 State lives in run/ at the repository root.  Postfix listens on 127.0.0.1:2525 and relays to
 smtp-sink, which writes every delivered message into run/mail/ so the verdict headers can be read.
+filterd runs on its defaults plus the antivirus check (run/filterd.toml), against a clamd that loads
+only the test signatures in tests/clamav/; production uses the system clamd with the official ones.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from filterd.config import load_config  # noqa: E402
+from tests.harness.clamd import ClamdServer  # noqa: E402
 from tests.harness.net import port_open, wait_for  # noqa: E402
 from tests.harness.postfix import Postfix  # noqa: E402
 
@@ -68,8 +71,6 @@ def up() -> int:
     mail.mkdir(exist_ok=True)
     os.chmod(RUN, 0o755)
     os.chmod(mail, 0o777)  # smtp-sink writes as nobody
-    config = load_config(None)
-
     redis_port = 6379
     if port_open(redis_port):
         print(f"redis:    using the redis-server already listening on 127.0.0.1:{redis_port}")
@@ -93,10 +94,28 @@ def up() -> int:
         wait_for(lambda: port_open(redis_port), 10, "redis-server")
         print(f"redis:    started on 127.0.0.1:{redis_port}")
 
+    # clamd on the test signatures (tests/clamav/: EICAR and ClamAV's test file) -- a production
+    # server uses the system clamd with the official signatures (docs/antivirus.md)
+    clamd = ClamdServer(RUN / "clamd")
+    clamd_conf = clamd.write_config()
+    _start_detached(
+        "clamd", [shutil.which("clamd") or "/usr/sbin/clamd", "--foreground", "-c", str(clamd_conf)]
+    )
+    wait_for(clamd.answers_ping, 60, "clamd")
+    print(f"clamd:    running on the test signatures in tests/clamav/, socket {clamd.socket_path}")
+
+    # filterd's defaults, plus the antivirus check on that clamd and a quarantine under run/
+    postfix = Postfix(RUN / "postfix", load_config(None).milter.socket, SINK_PORT, port=SMTP_PORT)
+    config_path = RUN / "filterd.toml"
+    config_path.write_text(
+        f'[checks.antivirus]\nenabled = true\nsockets = ["{clamd.unix_address}"]\n\n'
+        f'[quarantine]\ndirectory = "{RUN / "quarantine"}"\nrelease_via = "127.0.0.1:{postfix.reinject_port}"\n'
+    )
+    config = load_config(config_path)
     socket_path = Path(config.milter.socket.split(":", 1)[1])
-    _start_detached("filterd", [sys.executable, "-m", "filterd"])
+    _start_detached("filterd", [sys.executable, "-m", "filterd", "--config", str(config_path)])
     wait_for(lambda: socket_path.exists(), 20, f"filterd's socket {socket_path}")
-    print(f"filterd:  running on its default configuration, socket {config.milter.socket}")
+    print(f"filterd:  running on {config_path} (defaults + antivirus), socket {config.milter.socket}")
 
     sink = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
     _start_detached(
@@ -104,7 +123,6 @@ def up() -> int:
     )
     wait_for(lambda: port_open(SINK_PORT), 10, "smtp-sink")
 
-    postfix = Postfix(RUN / "postfix", config.milter.socket, SINK_PORT, port=SMTP_PORT)
     postfix.start()
     print(
         f"postfix:  listening on 127.0.0.1:{SMTP_PORT}, milter {config.milter.socket}, relaying to the sink"
@@ -117,7 +135,10 @@ Send a message, e.g.:
 Delivered messages, with the X-Spam-* verdict headers:  {mail}/
 filterd's log (one line per message):                   {RUN / "filterd.log"}
 Postfix's log:                                          {postfix.maillog}
-Scan a stored message offline:  .venv/bin/filterctl scan FILE
+Scan a stored message offline:  .venv/bin/filterctl --config {config_path} scan FILE
+Try the virus scanner with the EICAR test file (rejected with 554 5.7.1 naming it):
+  swaks --server 127.0.0.1:{SMTP_PORT} --to bob@example.net --attach - <<< 'X5O!P%@AP[4\\PZX54(P^)7CC)7}}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*'
+clamd and the result cache:     .venv/bin/filterctl --config {config_path} antivirus status
 Stop everything:                scripts/down""")
     return 0
 
@@ -126,7 +147,7 @@ def down() -> int:
     postfix_dir = RUN / "postfix" / "etc"
     if postfix_dir.exists():
         subprocess.run(["postfix", "-c", str(postfix_dir), "stop"], capture_output=True)
-    for name in ("filterd", "sink", "redis"):
+    for name in ("filterd", "clamd", "sink", "redis"):
         _stop_pid(name)
     print("stopped; run/ keeps the logs and delivered mail")
     return 0

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness.clamd import ClamdServer
 from tests.harness.dns import LocalDns
 from tests.harness.redis import RedisServer
 from tests.harness.stack import Stack
@@ -50,3 +51,12 @@ def stack(local_dns: LocalDns) -> Iterator[Stack]:
     s.start()
     yield s
     s.stop()
+
+
+@pytest.fixture(scope="session")
+def clamd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClamdServer]:
+    """clamd on the shipped test signatures (tests/clamav/); tests must not stop or pause it."""
+    server = ClamdServer(tmp_path_factory.mktemp("clamd"))
+    server.start()
+    yield server
+    server.stop()

@@ -155,16 +155,18 @@ def test_dmarc_quarantine_holds_the_message(auth: Auth) -> None:
     publish_txt(auth.dns, f"_dmarc.{domain}", "v=DMARC1; p=quarantine")
     msg, marker = make_message("dmarc quarantine", sender=f"x@{domain}")
     assert auth.send(msg, f"a@{auth.spf_ok}") == {}
-    hold = auth.stack.postfix.queue_dir / "hold"
-    deadline = time.monotonic() + 10
+    qdir = auth.stack.quarantine_dir  # [quarantine] mode = "store", the default: filterd keeps it
     held: list[Path] = []
+    deadline = time.monotonic() + 10
     while time.monotonic() < deadline and not held:
-        held = [p for p in hold.rglob("*") if p.is_file() and marker.encode() in p.read_bytes()]
+        held = [p for p in qdir.glob("*.eml") if marker.encode() in p.read_bytes()] if qdir.exists() else []
         time.sleep(0.1)
-    assert held, "the message is not in Postfix's hold queue"
+    assert held, "the message is not in filterd's quarantine"
+    assert "dmarc" in held[0].with_suffix(".json").read_text().lower()
     assert auth.stack.sink.count(marker) == 0
     for p in held:
         p.unlink()
+        p.with_suffix(".json").unlink()
 
 
 def test_outbound_is_signed_and_verifies_when_it_comes_back(auth: Auth) -> None:

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import click
 
-from filterd.cli import bayes_cmd, config_cmd, dkim_cmd, dns_cmd, scan_cmd
+from filterd.cli import (
+    antivirus_cmd,
+    bayes_cmd,
+    config_cmd,
+    dkim_cmd,
+    dns_cmd,
+    quarantine_cmd,
+    reputation_cmd,
+    rules_cmd,
+    scan_cmd,
+)
 from filterd.cli.common import config_path_default
 
 
@@ -30,6 +40,10 @@ cli.add_command(config_cmd.symbols)
 cli.add_command(scan_cmd.scan)
 cli.add_command(dkim_cmd.dkim)
 cli.add_command(dns_cmd.dns)
+cli.add_command(reputation_cmd.reputation)
+cli.add_command(quarantine_cmd.quarantine)
+cli.add_command(antivirus_cmd.antivirus)
+cli.add_command(rules_cmd.rules)
 cli.add_command(bayes_cmd.train)
 cli.add_command(bayes_cmd.eval_)
 

@@ -55,10 +55,19 @@ def private_dir(prefix: str) -> Path:
 class Stack:
     def __init__(self, base_config: dict[str, Any] | None = None) -> None:
         self.dir = private_dir("filterd-stack-")
-        self.base_config = base_config or {}
         self.sink = Sink()
         self.filterd = Filterd(self.dir, self.dir / "filterd.sock")
         self.postfix = Postfix(self.dir / "postfix", f"unix:{self.filterd.socket_path}", self.sink.port)
+        # quarantined mail stays in the stack's dir (never /var/lib/filterd) and is released
+        # through this Postfix's milter-less listener
+        self.quarantine_dir = self.dir / "quarantine"
+        self.base_config = {
+            "quarantine": {
+                "directory": str(self.quarantine_dir),
+                "release_via": f"127.0.0.1:{self.postfix.reinject_port}",
+            },
+            **(base_config or {}),
+        }
 
     def start(self) -> None:
         self.sink.start()

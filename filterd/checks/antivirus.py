@@ -1,0 +1,280 @@
+"""Antivirus: the whole message goes to clamd (INSTREAM), which decodes MIME and archives itself.
+
+Replaces clamav-milter.  What happens in each case, and why:
+
+- infected -> ``on_infected``: ``reject`` (554 5.7.1 naming the virus; the default: the sender
+  learns, nothing is stored), ``quarantine`` (kept for review, see filterd/quarantine.py) or
+  ``discard`` (accepted and dropped).  CLAM_VIRUS names the virus in the report either way.
+- clean -> ``X-Virus-Scanned`` and ``X-Virus-Status: Clean`` on the delivered message.  Incoming
+  X-Virus-* headers are removed first (report.FORGEABLE_PREFIXES): a sender must not be able to
+  mark its own mail clean.
+- clamd unreachable, too slow, or answering ERROR (every listed socket tried) ->
+  ``on_unavailable``: ``tempfail`` (451, Postfix keeps the message and the client retries; like
+  clamav-milter's OnFail Defer, the default) or ``accept`` with ``X-Virus-Status: Not scanned``.
+- larger than ``max_size`` (or than [milter] max_scan_bytes, past which the body is not kept) ->
+  ``on_oversize``: ``accept`` with a Not-scanned header (the default, as clamav-milter does past
+  MaxFileSize), ``tempfail`` or ``reject``.  That is why `needs_body` stays False here: the
+  pipeline skips needs_body checks on oversized messages, and this check must still say what it
+  did with them.
+- Redis (the result cache) failing never stops a scan: the message is scanned as if the cache
+  were off, and CLAM_CACHE_FAIL says so in the report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+from filterd.check import AddHeader, Check, CheckSettings, Direction, Finding, Output, Stage
+from filterd.clamd import ClamdError, ClamdPool, ClamdTooLarge, ScanResult, check_address
+from filterd.config import Config
+from filterd.replies import (
+    R451_VIRUS_SCAN_FAILED,
+    R452_TOO_BIG_TO_SCAN,
+    R552_MESSAGE_TOO_BIG,
+    R554_VIRUS_FOUND,
+    Discard,
+    Quarantine,
+    Reject,
+    TempFail,
+)
+from filterd.scancache import ScanCache
+from filterd.services import Services
+from filterd.settings import setting
+from filterd.transaction import Transaction
+
+log = logging.getLogger("filterd.checks.antivirus")
+
+SCANNED_HEADER = "X-Virus-Scanned"
+STATUS_HEADER = "X-Virus-Status"
+VERSION_REFRESH = 60.0  # seconds a clamd VERSION answer (part of the cache key) is reused
+# After a Redis failure the cache is skipped this long, so a Redis that times out costs one
+# [redis] timeout per CACHE_RETRY_AFTER seconds, not one per message.
+CACHE_RETRY_AFTER = 10.0
+
+
+def _addresses(values: tuple[str, ...]) -> str | None:
+    if not values:
+        return "list at least one clamd socket"
+    for v in values:
+        problem = check_address(v)
+        if problem:
+            return problem
+    return None
+
+
+def _positive(value: float) -> str | None:
+    return None if value > 0 else "expected a number greater than zero"
+
+
+def _not_negative(value: float) -> str | None:
+    return None if value >= 0 else "expected zero or more"
+
+
+@dataclass(frozen=True)
+class AntivirusSettings(CheckSettings):
+    # Off by default: with no clamd running, the default tempfail policy would refuse all mail.
+    enabled: bool = setting(False, "run this check (start clamd first: every message waits for it)")
+    on_error: Literal["open", "closed"] = setting(
+        "closed", "when the check itself fails (a bug): closed tempfails (4xx), open skips it"
+    )
+    sockets: tuple[str, ...] = setting(
+        ("unix:/run/clamav/clamd.ctl",),
+        'clamd sockets, "unix:/path" or "inet:PORT@HOST", tried in order: the next is used when one fails',
+        _addresses,
+    )
+    timeout: float = setting(30.0, "seconds one clamd has for one scan, sending included", _positive)
+    connect_timeout: float = setting(2.0, "seconds to connect to one clamd", _positive)
+    retry_after: float = setting(
+        10.0, "seconds a clamd that failed is tried last instead of first", _not_negative
+    )
+    on_infected: Literal["reject", "quarantine", "discard"] = setting(
+        "reject", 'a virus found: "reject" (554 naming it), "quarantine" or "discard"'
+    )
+    on_unavailable: Literal["tempfail", "accept"] = setting(
+        "tempfail",
+        'no clamd answered: "tempfail" (451, the client retries) or "accept" with X-Virus-Status: Not scanned',
+    )
+    max_size: int = setting(
+        0,
+        "messages larger than this many bytes are not scanned (0: [milter] max_scan_bytes); "
+        "keep it below clamd's StreamMaxLength",
+        _not_negative,
+    )
+    on_oversize: Literal["accept", "tempfail", "reject"] = setting(
+        "accept", 'a message over max_size: "accept" with X-Virus-Status: Not scanned, "tempfail" or "reject"'
+    )
+    cache_ttl: int = setting(
+        3600,
+        "seconds a scan result is kept in Redis, keyed by a hash of the body (0: no cache)",
+        _not_negative,
+    )
+    cache_headers: tuple[str, ...] = setting(
+        ("Content-Type", "Content-Transfer-Encoding", "MIME-Version"),
+        "headers whose values are part of the cache key besides the body (they decide how clamd decodes it)",
+    )
+
+
+class Antivirus(Check):
+    name = "antivirus"
+    stage = Stage.EOM
+    description = "ClamAV (clamd) scan of the whole message, with a Redis result cache"
+    symbols = {
+        "CLAM_VIRUS": 20.0,
+        "CLAM_VIRUS_FAIL": 0.0,
+        "CLAM_SKIPPED_SIZE": 0.0,
+        "CLAM_CACHE_FAIL": 0.0,
+    }
+    Settings = AntivirusSettings
+    needs_body = False  # on purpose: see the module docstring (oversized messages)
+    # outbound too: a virus sent by a compromised account must not leave either (clamav-milter scans both)
+    directions = frozenset({Direction.INBOUND, Direction.OUTBOUND})
+
+    def __init__(self, settings: AntivirusSettings, config: Config, services: Services) -> None:
+        super().__init__(settings, config, services)
+        self.s = settings
+        self.pool = ClamdPool(
+            settings.sockets, settings.timeout, settings.connect_timeout, settings.retry_after
+        )
+        self.max_size = settings.max_size or config.milter.max_scan_bytes
+        # gethostname, not getfqdn: getfqdn may block on DNS while the daemon starts
+        self.hostname = config.network.hostname or socket.gethostname()
+        self._version: tuple[float, str] | None = None
+        self._version_lock = threading.Lock()
+        self._cache_down_until = 0.0
+        try:
+            log.info("antivirus: clamd %s", self.engine_version())
+        except ClamdError as exc:
+            # not fatal (clamd may still be loading its signatures), but loud: mail waits for it
+            log.warning(
+                "antivirus: no clamd answers (%s); messages get on_unavailable=%s until one does",
+                exc,
+                settings.on_unavailable,
+            )
+
+    # -- the cache ---------------------------------------------------------------------------
+
+    def _cache(self) -> ScanCache | None:
+        if not self.s.cache_ttl:
+            return None
+        return ScanCache(
+            self.services.redis, self.config.redis.key_prefix, self.s.cache_ttl, self.s.cache_headers
+        )
+
+    def engine_version(self) -> str:
+        """clamd's VERSION, asked at most once a minute per process; raises ClamdError."""
+        now = time.monotonic()
+        with self._version_lock:
+            if self._version is not None and now - self._version[0] < VERSION_REFRESH:
+                return self._version[1]
+        version = self.pool.version()
+        with self._version_lock:
+            self._version = (now, version)
+        return version
+
+    # -- the check ---------------------------------------------------------------------------
+
+    def run(self, tx: Transaction) -> Iterable[Output]:
+        if tx.oversized:
+            yield from self._too_large(tx.size, "over [milter] max_scan_bytes")
+            return
+        message = tx.message
+        if len(message.raw) > self.max_size:
+            yield from self._too_large(len(message.raw), f"over {self.max_size} bytes")
+            return
+        findings: list[Output] = []
+        try:
+            result, version = self._scan(tx, findings)
+        except ClamdTooLarge as exc:
+            yield from findings
+            yield from self._too_large(len(message.raw), f"over clamd's StreamMaxLength ({exc})")
+            return
+        except ClamdError as exc:
+            yield from findings
+            yield from self._unavailable(str(exc))
+            return
+        yield from findings
+        cached = " (cached)" if result.address == "cache" else ""
+        if not result.infected:
+            yield AddHeader(SCANNED_HEADER, f"{version} at {self.hostname}")
+            yield AddHeader(STATUS_HEADER, "Clean")
+            return
+        names = ", ".join(result.viruses)
+        reason = f"virus {names} found by clamd{cached}"
+        yield Finding("CLAM_VIRUS", reason)
+        if self.s.on_infected == "reject":
+            yield Reject(R554_VIRUS_FOUND.with_text(f"Message rejected: virus found: {names}"), reason)
+        elif self.s.on_infected == "discard":
+            yield Discard(reason)
+        else:
+            # the stored copy shows what was found, as the delivered one would have
+            yield AddHeader(SCANNED_HEADER, f"{version} at {self.hostname}")
+            yield AddHeader(STATUS_HEADER, f"Infected ({names})")
+            yield Quarantine(reason)
+
+    def _scan(self, tx: Transaction, findings: list[Output]) -> tuple[ScanResult, str]:
+        """Ask the cache, else clamd; return the result and clamd's version string."""
+        message = tx.message
+        cache = self._cache()
+        version = self.engine_version()
+        key = None
+        if cache is not None and time.monotonic() < self._cache_down_until:
+            findings.append(Finding("CLAM_CACHE_FAIL", "result cache (Redis) skipped: it failed moments ago"))
+            cache = None
+        if cache is not None:
+            try:
+                key = cache.key(version, message)
+                hit = cache.get(key)
+                if hit is not None:
+                    return hit, version
+            except Exception as exc:  # any Redis failure: scan uncached, say so
+                findings.append(self._cache_failed(tx, exc))
+                cache = None
+        try:
+            result = self.pool.scan(message.raw)
+        except ClamdError:
+            if cache is not None:
+                # only a counter: the scan error being raised is what matters
+                with contextlib.suppress(Exception):
+                    cache.count_miss()
+            raise
+        if cache is not None and key is not None:
+            try:
+                cache.put(key, result)
+            except Exception as exc:
+                findings.append(self._cache_failed(tx, exc))
+        return result, version
+
+    def _cache_failed(self, tx: Transaction, exc: Exception) -> Finding:
+        self._cache_down_until = time.monotonic() + CACHE_RETRY_AFTER
+        log.warning(
+            "%s: antivirus cache unavailable, scanning without it: %s: %s",
+            tx.queue_id or "NOQUEUE",
+            type(exc).__name__,
+            exc,
+        )
+        return Finding("CLAM_CACHE_FAIL", f"result cache (Redis) unavailable: {type(exc).__name__}")
+
+    def _unavailable(self, why: str) -> Iterable[Output]:
+        reason = f"clamd unavailable: {why}"
+        yield Finding("CLAM_VIRUS_FAIL", reason)
+        if self.s.on_unavailable == "tempfail":
+            yield TempFail(R451_VIRUS_SCAN_FAILED, reason)
+        else:
+            yield AddHeader(STATUS_HEADER, "Not scanned (virus scanner unavailable)")
+
+    def _too_large(self, size: int, why: str) -> Iterable[Output]:
+        reason = f"message of {size} bytes not scanned for viruses: {why}"
+        yield Finding("CLAM_SKIPPED_SIZE", reason)
+        if self.s.on_oversize == "tempfail":
+            yield TempFail(R452_TOO_BIG_TO_SCAN, reason)
+        elif self.s.on_oversize == "reject":
+            yield Reject(R552_MESSAGE_TOO_BIG.with_text("Message too large for the virus scanner"), reason)
+        else:
+            yield AddHeader(STATUS_HEADER, f"Not scanned (message too large: {size} bytes)")

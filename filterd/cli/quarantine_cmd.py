@@ -1,0 +1,265 @@
+"""`filterctl quarantine list|show|release|delete|purge`: how an admin deals with what was held back.
+
+Training the classifier from a release (`release --train ham`) is not here yet: it comes with the
+classifier (issue 6), which will add the option to `release` and call the classifier's `learn`
+on `entry.original()`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import click
+
+from filterd.cli.common import load
+from filterd.quarantine import (
+    Entry,
+    QuarantineError,
+    QuarantineStore,
+    matches,
+    parse_duration,
+    validate_id,
+)
+
+
+class BadIdError(click.ClickException):
+    exit_code = 2  # the ID is malformed: a usage error, as click's own
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """QuarantineError -> a one-line error and a non-zero exit, never a traceback."""
+    try:
+        yield
+    except QuarantineError as exc:
+        cls = BadIdError if exc.exit_code == 2 else click.ClickException
+        raise cls(str(exc)) from exc
+
+
+def _store(ctx: click.Context) -> QuarantineStore:
+    cfg = load(ctx)
+    if cfg.quarantine.mode == "hold":
+        click.echo(
+            'note: [quarantine] mode is "hold": new quarantined mail is in Postfix\'s hold queue '
+            "(postqueue -p; postsuper -H ID releases); this shows only what filterd stored",
+            err=True,
+        )
+    return QuarantineStore(cfg.quarantine)
+
+
+def _parse_since(value: str) -> float:
+    """`--since`: a duration back from now ("2d", "12h") or a date/time ("2024-05-01", "2024-05-01T10:00")."""
+    try:
+        return dt.datetime.now(dt.UTC).timestamp() - parse_duration(value)
+    except ValueError:
+        pass
+    try:
+        when = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is neither a duration (2d, 12h) nor a date (2024-05-01[T10:00])", param_hint="--since"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return when.timestamp()
+
+
+def _id_arg(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    with _errors():
+        return validate_id(value)
+
+
+def _when(entry: Entry) -> str:
+    return dt.datetime.fromtimestamp(entry.timestamp, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _summary(entry: Entry) -> dict[str, Any]:
+    m = entry.meta
+    return {
+        "id": entry.id,
+        "time": m.get("time"),
+        "queue_id": m.get("queue_id"),
+        "mail_from": m.get("mail_from"),
+        "rcpts": m.get("rcpts") or [],
+        "subject": m.get("subject"),
+        "score": m.get("score"),
+        "reason": m.get("reason"),
+        "released": m.get("released"),
+    }
+
+
+@click.group()
+def quarantine() -> None:
+    """Review quarantined messages: list, show, release, delete, purge."""
+
+
+@quarantine.command("list")
+@click.option(
+    "--since", metavar="WHEN", help="only entries newer than this: 2d, 12h, or 2024-05-01[T10:00] (UTC)"
+)
+@click.option("--reason", metavar="TEXT", help="only entries whose reason contains TEXT (e.g. virus, score)")
+@click.option(
+    "--from", "sender", metavar="ADDR", help="only entries whose sender (envelope or From:) contains ADDR"
+)
+@click.option("--rcpt", metavar="ADDR", help="only entries with a recipient containing ADDR")
+@click.option("--json", "as_json", is_flag=True, help="one JSON object per line")
+@click.pass_context
+def list_(
+    ctx: click.Context,
+    since: str | None,
+    reason: str | None,
+    sender: str | None,
+    rcpt: str | None,
+    as_json: bool,
+) -> None:
+    """List quarantined messages, oldest first."""
+    store = _store(ctx)
+    since_ts = _parse_since(since) if since else None
+    with _errors():
+        found = [e for e in store.entries() if matches(e, since_ts, reason, sender, rcpt)]
+    if as_json:
+        for entry in found:
+            click.echo(json.dumps(_summary(entry), ensure_ascii=False))
+        return
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title=f"Quarantine {store.dir}: {len(found)} message(s)", title_justify="left")
+    for column in ("time (UTC)", "id", "sender", "recipients", "subject", "score", "reason", "status"):
+        # the id is what the admin copies into the next command: never fold it
+        fixed = column in ("time (UTC)", "id", "score", "status")
+        table.add_column(column, overflow="fold", no_wrap=fixed, min_width=None)
+    for entry in found:
+        m = entry.meta
+        score = m.get("score")
+        cells = [
+            _when(entry),
+            entry.id,
+            f"<{m.get('mail_from') or ''}>",
+            ", ".join(m.get("rcpts") or []),
+            str(m.get("subject") or ""),
+            f"{score:.2f}" if isinstance(score, int | float) else "",
+            str(m.get("reason") or ""),
+            "released" if entry.released else "held",
+        ]
+        # Text, not markup: a subject such as "[bold]" comes from the sender and must print as is
+        table.add_row(*(Text(c) for c in cells))
+    Console(width=None if sys.stdout.isatty() else 160).print(table)
+
+
+@quarantine.command()
+@click.argument("qid", metavar="ID", callback=_id_arg)
+@click.option("--raw", is_flag=True, help="print the exact bytes received, nothing else")
+@click.pass_context
+def show(ctx: click.Context, qid: str, raw: bool) -> None:
+    """Show one message: metadata, symbols, headers and its text."""
+    store = _store(ctx)
+    with _errors():
+        entry = store.get(qid)
+        try:
+            data = entry.original()
+        except OSError as exc:
+            raise QuarantineError(f"cannot read {entry.data_path}: {exc.strerror}") from exc
+    if raw:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return
+    from filterd.message import Message
+
+    m = entry.meta
+    lines = [
+        f"id:         {entry.id}",
+        f"time:       {m.get('time')}",
+        f"queue id:   {m.get('queue_id') or '-'}",
+        f"client:     {m.get('client_name') or 'unknown'}[{m.get('client_addr') or '-'}]",
+        f"helo:       {m.get('helo') or '-'}",
+        f"sender:     <{m.get('mail_from') or ''}>",
+        f"recipients: {', '.join(m.get('rcpts') or []) or '-'}",
+        f"score:      {m.get('score')} (required {m.get('required')}), action {m.get('action')}",
+        f"reason:     {m.get('reason')}",
+        f"size:       {m.get('size')} bytes, sha256 {m.get('sha256')}",
+    ]
+    released = entry.released
+    if released:
+        lines.append(f"released:   {released.get('time')} to {', '.join(released.get('to', []))}")
+        for rcpt, why in (released.get("refused") or {}).items():
+            lines.append(f"  refused:  {rcpt}: {why}")
+    lines.append("symbols:")
+    for s in m.get("symbols") or []:
+        lines.append(f"  {s.get('score', 0):6.2f} {s.get('name')}  {s.get('reason', '')}")
+    lines.append("headers filterd would have added:")
+    for name, value in m.get("added_headers") or []:
+        lines.append(f"  {name}: {value}")
+    message = Message(data)
+    lines.append("headers as received:")
+    for name, value in message.headers:
+        lines.append(f"  {name}: {value}")
+    lines.append("")
+    lines.append("text:")
+    lines.append(message.text or "(no text part)")
+    # 8-bit header bytes arrive as surrogate escapes: show them as U+FFFD rather than crash
+    click.echo("\n".join(lines).encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
+
+
+@quarantine.command()
+@click.argument("qid", metavar="ID", callback=_id_arg)
+@click.option(
+    "--to",
+    "to",
+    multiple=True,
+    metavar="ADDR",
+    help="deliver to ADDR instead of the original recipients (repeatable)",
+)
+@click.pass_context
+def release(ctx: click.Context, qid: str, to: tuple[str, ...]) -> None:
+    """Re-inject the message as received to its recipients (or ADDR) and mark it released."""
+    store = _store(ctx)
+    with _errors():
+        entry = store.release(qid, to)
+    released = entry.released or {}
+    click.echo(f"{qid}: released to {', '.join(released.get('to', []))} via {released.get('via')}")
+    refused = released.get("refused") or {}
+    if refused:
+        for rcpt, why in refused.items():
+            click.echo(f"{qid}: refused for {rcpt}: {why}", err=True)
+        ctx.exit(1)
+
+
+@quarantine.command()
+@click.argument("qid", metavar="ID", callback=_id_arg)
+@click.pass_context
+def delete(ctx: click.Context, qid: str) -> None:
+    """Remove one message and its metadata."""
+    store = _store(ctx)
+    with _errors():
+        store.delete(qid)
+    click.echo(f"{qid}: deleted")
+
+
+@quarantine.command()
+@click.option(
+    "--older-than",
+    metavar="AGE",
+    help="remove entries older than AGE (30d, 12h); default: [quarantine] max_age",
+)
+@click.option("--dry-run", is_flag=True, help="only print what would be removed")
+@click.pass_context
+def purge(ctx: click.Context, older_than: str | None, dry_run: bool) -> None:
+    """Remove old messages (data and metadata together) and leftovers of interrupted writes."""
+    store = _store(ctx)
+    try:
+        age = parse_duration(older_than) if older_than else store.settings.max_age_seconds
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--older-than") from None
+    with _errors():
+        removed = store.purge(age, dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    for name in removed:
+        click.echo(f"{verb} {name}")
+    click.echo(f"{verb} {len(removed)} item(s) older than {older_than or store.settings.max_age}")

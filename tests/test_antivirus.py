@@ -1,0 +1,356 @@
+"""The antivirus check through the pipeline, against real clamd and redis-server."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from filterd.checks.antivirus import Antivirus
+from filterd.config import Config, parse_config
+from filterd.pipeline import Action, Pipeline, SmtpContext, Verdict, scan
+from filterd.replies import Reject, TempFail
+from filterd.report import is_forgeable
+from filterd.scancache import ScanCache
+from filterd.services import Services
+from filterd.settings import ConfigError
+from filterd.transaction import Transaction
+from tests.harness import avsamples
+from tests.harness.clamd import ClamdServer
+from tests.harness.net import free_port
+from tests.harness.redis import RedisServer
+
+CTX = SmtpContext(
+    client_addr="192.0.2.10", helo="mx.example.test", mail_from="a@example.test", rcpts=("b@example.test",)
+)
+
+
+def make_config(sockets: list[str], redis_url: str, prefix: str | None = None, **av: Any) -> Config:
+    return parse_config(
+        {
+            "redis": {"url": redis_url, "key_prefix": prefix or f"t{secrets.token_hex(4)}:"},
+            "network": {"hostname": "mx.example.test"},
+            "checks": {"antivirus": {"enabled": True, "sockets": sockets, "timeout": 2.0, **av}},
+        }
+    )
+
+
+@pytest.fixture
+def make_pipeline() -> Iterator[Any]:
+    made: list[Pipeline] = []
+
+    def build(config: Config) -> Pipeline:
+        p = Pipeline.from_config(config)
+        made.append(p)
+        return p
+
+    yield build
+    for p in made:
+        p.close()
+
+
+def run(pipeline: Pipeline, raw: bytes) -> tuple[Transaction, Verdict]:
+    return scan(pipeline, raw, CTX)
+
+
+def headers_of(verdict: Verdict) -> dict[str, str]:
+    return {h.name: h.value for h in verdict.add_headers}
+
+
+def symbols_of(verdict: Verdict) -> dict[str, str]:
+    return {s.name: s.reason for s in verdict.symbols}
+
+
+@pytest.fixture
+def private_clamd(tmp_path: Path) -> Iterator[ClamdServer]:
+    """A clamd this test may stop or pause without disturbing the others."""
+    server = ClamdServer(tmp_path / "clamd")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("make", [avsamples.eicar_plain, avsamples.eicar_base64, avsamples.eicar_zip])
+def test_infected_is_rejected_naming_the_virus(
+    make: Any, clamd_server: ClamdServer, redis_server: RedisServer, make_pipeline: Any
+) -> None:
+    p = make_pipeline(make_config([clamd_server.unix_address], redis_server.url))
+    _, verdict = run(p, make())
+    assert verdict.action is Action.REJECT
+    assert isinstance(verdict.decision, Reject)
+    reply = str(verdict.decision.reply)
+    assert reply.startswith("554 5.7.1 ") and "Eicar-Test-Signature" in reply
+    assert "Eicar-Test-Signature" in symbols_of(verdict)["CLAM_VIRUS"]
+
+
+def test_corpus_malware_is_rejected(
+    corpus: Path, clamd_server: ClamdServer, redis_server: RedisServer, make_pipeline: Any
+) -> None:
+    p = make_pipeline(make_config([clamd_server.tcp_address], redis_server.url))
+    for mail in sorted((corpus / "malware-testmails" / "spam").glob("*.eml")):
+        _, verdict = run(p, mail.read_bytes())
+        assert verdict.action is Action.REJECT, mail.name
+        assert "CLAM_VIRUS" in symbols_of(verdict), mail.name
+
+
+def test_clean_mail_gets_the_headers(
+    clamd_server: ClamdServer, redis_server: RedisServer, make_pipeline: Any
+) -> None:
+    p = make_pipeline(make_config([clamd_server.unix_address], redis_server.url))
+    _, verdict = run(p, avsamples.clean())
+    assert verdict.action is Action.ACCEPT
+    h = headers_of(verdict)
+    assert h["X-Virus-Status"] == "Clean"
+    assert h["X-Virus-Scanned"].startswith("ClamAV ") and h["X-Virus-Scanned"].endswith(" at mx.example.test")
+    assert not [s for s in verdict.symbols if s.name.startswith("CLAM_")]
+
+
+def test_quarantine_and_discard_policies(
+    clamd_server: ClamdServer, redis_server: RedisServer, make_pipeline: Any
+) -> None:
+    q = make_pipeline(make_config([clamd_server.unix_address], redis_server.url, on_infected="quarantine"))
+    _, verdict = run(q, avsamples.eicar_zip())
+    assert verdict.action is Action.QUARANTINE
+    assert headers_of(verdict)["X-Virus-Status"].startswith("Infected (Eicar-Test-Signature")
+    assert "Eicar-Test-Signature" in verdict.decision.reason  # type: ignore[union-attr]
+    d = make_pipeline(make_config([clamd_server.unix_address], redis_server.url, on_infected="discard"))
+    _, verdict = run(d, avsamples.eicar_zip())
+    assert verdict.action is Action.DISCARD
+
+
+def test_clamd_stopped_tempfails_by_default(
+    private_clamd: ClamdServer, redis_server: RedisServer, make_pipeline: Any
+) -> None:
+    p = make_pipeline(make_config([private_clamd.unix_address], redis_server.url, cache_ttl=0))
+    assert run(p, avsamples.clean())[1].action is Action.ACCEPT
+    private_clamd.stop()
+    _, verdict = run(p, avsamples.clean())
+    assert verdict.action is Action.TEMPFAIL
+    assert isinstance(verdict.decision, TempFail)
+    assert str(verdict.decision.reply).startswith("451 4.3.0")
+    assert "CLAM_VIRUS_FAIL" in symbols_of(verdict)
+    private_clamd.start()  # and once it is back, mail flows again
+    assert run(p, avsamples.eicar_plain())[1].action is Action.REJECT
+
+
+def test_clamd_stopped_accept_policy_marks_not_scanned(
+    private_clamd: ClamdServer, redis_server: RedisServer, make_pipeline: Any
+) -> None:
+    p = make_pipeline(
+        make_config([private_clamd.unix_address], redis_server.url, cache_ttl=0, on_unavailable="accept")
+    )
+    private_clamd.stop()
+    _, verdict = run(p, avsamples.eicar_plain())
+    assert verdict.action is Action.ACCEPT
+    assert headers_of(verdict)["X-Virus-Status"].startswith("Not scanned")
+    assert "X-Virus-Scanned" not in headers_of(verdict)
+    assert "clamd unavailable" in symbols_of(verdict)["CLAM_VIRUS_FAIL"]
+
+
+def test_slow_clamd_tempfails_within_the_timeout(
+    private_clamd: ClamdServer, redis_server: RedisServer, make_pipeline: Any
+) -> None:
+    p = make_pipeline(make_config([private_clamd.unix_address], redis_server.url, cache_ttl=0, timeout=0.5))
+    private_clamd.pause()
+    try:
+        tx, verdict = run(p, avsamples.clean())
+    finally:
+        private_clamd.resume()
+    assert verdict.action is Action.TEMPFAIL
+    assert "timed out" in symbols_of(verdict)["CLAM_VIRUS_FAIL"]
+    assert sum(tx.timings.values()) < 2.0
+
+
+def test_second_identical_scan_is_a_cache_hit(
+    private_clamd: ClamdServer, redis_server: RedisServer, make_pipeline: Any
+) -> None:
+    config = make_config([private_clamd.unix_address], redis_server.url)
+    p = make_pipeline(config)
+    check = next(c for c in p.checks if isinstance(c, Antivirus))
+    cache = ScanCache(Services(config).redis, config.redis.key_prefix, 3600, check.s.cache_headers)
+    first = avsamples.clean(to="one@example.test", msgid="<a@x>")
+    assert run(p, first)[1].action is Action.ACCEPT
+    assert cache.counters() == {"hits": 0, "misses": 1}
+    # clamd gone: only the cache can answer.  Another copy of the same bulk mail (other To,
+    # other Message-ID, same body) is a hit; the EICAR message is not, and so tempfails.
+    private_clamd.stop()
+    _, verdict = run(p, avsamples.clean(to="two@example.test", msgid="<b@x>"))
+    assert verdict.action is Action.ACCEPT and headers_of(verdict)["X-Virus-Status"] == "Clean"
+    assert cache.counters() == {"hits": 1, "misses": 1}
+    assert run(p, avsamples.eicar_plain())[1].action is Action.TEMPFAIL
+    assert cache.counters() == {"hits": 1, "misses": 2}
+
+
+def test_infected_results_are_cached_too(
+    clamd_server: ClamdServer, redis_server: RedisServer, make_pipeline: Any
+) -> None:
+    config = make_config([clamd_server.unix_address], redis_server.url)
+    p = make_pipeline(config)
+    check = next(c for c in p.checks if isinstance(c, Antivirus))
+    for _ in range(3):
+        _, verdict = run(p, avsamples.eicar_zip())
+        assert verdict.action is Action.REJECT
+    cache = ScanCache(Services(config).redis, config.redis.key_prefix, 3600, check.s.cache_headers)
+    assert cache.counters() == {"hits": 2, "misses": 1}
+    assert "(cached)" in symbols_of(verdict)["CLAM_VIRUS"]
+
+
+def test_mime_headers_are_part_of_the_cache_key() -> None:
+    """One body, two Content-Types: clamd decodes them differently, so they must not share a result."""
+    from filterd.message import Message
+
+    cache = ScanCache(None, "p:", 60, ("Content-Type",))
+    zipped = avsamples.eicar_zip()
+    relabelled = zipped.replace(b'multipart/mixed; boundary="b0undary"', b"text/plain")
+    other_copy = zipped.replace(b"To: rcpt@example.test", b"To: other@example.test")
+    key = cache.key("ClamAV 1.4.6", Message(zipped))
+    assert cache.key("ClamAV 1.4.6", Message(other_copy)) == key
+    assert cache.key("ClamAV 1.4.6", Message(relabelled)) != key
+    assert cache.key("ClamAV 1.4.6/27000", Message(zipped)) != key  # a signature update
+    assert key.startswith("p:av:")
+
+
+def test_redis_down_does_not_stop_scanning(clamd_server: ClamdServer, make_pipeline: Any) -> None:
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    p = make_pipeline(make_config([clamd_server.unix_address], dead))
+    _, verdict = run(p, avsamples.eicar_base64())
+    assert verdict.action is Action.REJECT
+    assert "CLAM_CACHE_FAIL" in symbols_of(verdict)
+    _, verdict = run(p, avsamples.clean())
+    assert verdict.action is Action.ACCEPT
+    assert headers_of(verdict)["X-Virus-Status"] == "Clean"
+    assert (
+        "skipped: it failed moments ago" in symbols_of(verdict)["CLAM_CACHE_FAIL"]
+    )  # not retried per message
+
+
+def test_redis_that_does_not_answer_costs_one_timeout_not_one_per_message(
+    clamd_server: ClamdServer, make_pipeline: Any
+) -> None:
+    import socket as socketlib
+
+    with socketlib.socket() as silent:  # accepts connections (backlog) but never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)
+        url = f"redis://127.0.0.1:{silent.getsockname()[1]}/0"
+        config = parse_config(
+            {
+                "redis": {"url": url, "timeout": 0.3},
+                "checks": {"antivirus": {"enabled": True, "sockets": [clamd_server.unix_address]}},
+            }
+        )
+        p = make_pipeline(config)
+        started = time.monotonic()
+        verdicts = [run(p, avsamples.clean(msgid=f"<{i}@x>"))[1] for i in range(10)]
+        elapsed = time.monotonic() - started
+    assert all(v.action is Action.ACCEPT for v in verdicts)
+    assert all("CLAM_CACHE_FAIL" in symbols_of(v) for v in verdicts)
+    assert elapsed < 2.0, elapsed  # one 0.3 s timeout, not ten
+
+
+@pytest.mark.parametrize(
+    ("policy", "action", "code"),
+    [
+        ("accept", Action.ACCEPT, None),
+        ("tempfail", Action.TEMPFAIL, "452 4.3.4"),
+        ("reject", Action.REJECT, "552 5.3.4"),
+    ],
+)
+def test_over_max_size(
+    policy: str,
+    action: Action,
+    code: str | None,
+    clamd_server: ClamdServer,
+    redis_server: RedisServer,
+    make_pipeline: Any,
+) -> None:
+    p = make_pipeline(
+        make_config([clamd_server.unix_address], redis_server.url, max_size=200, on_oversize=policy)
+    )
+    _, verdict = run(p, avsamples.eicar_zip())
+    assert verdict.action is action
+    assert "not scanned" in symbols_of(verdict)["CLAM_SKIPPED_SIZE"]
+    if code is None:
+        assert headers_of(verdict)["X-Virus-Status"].startswith("Not scanned (message too large")
+    else:
+        assert str(verdict.decision.reply).startswith(code)  # type: ignore[union-attr]
+
+
+def test_over_milter_max_scan_bytes_still_says_not_scanned(
+    clamd_server: ClamdServer, redis_server: RedisServer, make_pipeline: Any
+) -> None:
+    """Past [milter] max_scan_bytes the body is not kept; the check runs anyway and says so."""
+    config = parse_config(
+        {
+            "milter": {"max_scan_bytes": 300},
+            "redis": {"url": redis_server.url},
+            "checks": {"antivirus": {"enabled": True, "sockets": [clamd_server.unix_address]}},
+        }
+    )
+    p = make_pipeline(config)
+    _, verdict = run(p, avsamples.eicar_zip())
+    assert verdict.action is Action.ACCEPT
+    assert headers_of(verdict)["X-Virus-Status"].startswith("Not scanned")
+
+
+def test_oversized_by_clamd_stream_max_length(
+    tmp_path: Path, redis_server: RedisServer, make_pipeline: Any
+) -> None:
+    small = ClamdServer(tmp_path / "small", {"StreamMaxLength": "1K"})
+    small.start()
+    try:
+        p = make_pipeline(make_config([small.unix_address], redis_server.url, on_oversize="tempfail"))
+        big = avsamples.clean() + b"x" * 5000 + b"\r\n"
+        _, verdict = run(p, big)
+        assert verdict.action is Action.TEMPFAIL
+        assert "StreamMaxLength" in symbols_of(verdict)["CLAM_SKIPPED_SIZE"]
+    finally:
+        small.stop()
+
+
+def test_outbound_mail_is_scanned_too(
+    clamd_server: ClamdServer, redis_server: RedisServer, make_pipeline: Any
+) -> None:
+    p = make_pipeline(make_config([clamd_server.unix_address], redis_server.url))
+    outbound = SmtpContext(auth_user="alice", mail_from="alice@example.test", rcpts=("x@example.org",))
+    _, verdict = scan(p, avsamples.eicar_zip(), outbound)
+    assert verdict.action is Action.REJECT
+    _, verdict = scan(p, avsamples.clean(), outbound)
+    assert headers_of(verdict)["X-Virus-Status"] == "Clean"
+
+
+def test_start_with_no_clamd_is_loud_not_fatal(
+    tmp_path: Path, redis_server: RedisServer, make_pipeline: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    p = make_pipeline(make_config([f"unix:{tmp_path}/none.sock"], redis_server.url))
+    assert "no clamd answers" in caplog.text
+    assert run(p, avsamples.clean())[1].action is Action.TEMPFAIL
+
+
+def test_failover_in_the_check(
+    clamd_server: ClamdServer, redis_server: RedisServer, make_pipeline: Any, tmp_path: Path
+) -> None:
+    p = make_pipeline(
+        make_config([f"unix:{tmp_path}/down.sock", clamd_server.tcp_address], redis_server.url, cache_ttl=0)
+    )
+    assert run(p, avsamples.eicar_plain())[1].action is Action.REJECT
+
+
+def test_disabled_by_default_and_settings_validated() -> None:
+    assert not parse_config({}).check_settings("antivirus").enabled
+    with pytest.raises(ConfigError, match=r"checks\.antivirus\.sockets"):
+        parse_config({"checks": {"antivirus": {"sockets": ["clamd.sock"]}}})
+    with pytest.raises(ConfigError, match=r"checks\.antivirus\.sockets"):
+        parse_config({"checks": {"antivirus": {"sockets": []}}})
+    with pytest.raises(ConfigError, match=r"checks\.antivirus\.on_infected"):
+        parse_config({"checks": {"antivirus": {"on_infected": "bounce"}}})
+
+
+def test_incoming_virus_headers_are_forgeable() -> None:
+    """The milter removes incoming headers that are forgeable before adding ours."""
+    assert is_forgeable("X-Virus-Status") and is_forgeable("x-virus-scanned")
+    assert not is_forgeable("X-Virusfree-Promise")

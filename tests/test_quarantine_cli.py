@@ -1,0 +1,188 @@
+"""`filterctl quarantine ...` and `filterctl antivirus status`, through click's CliRunner."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from filterd.cli.filterctl import cli
+from filterd.quarantine import QuarantineSettings, QuarantineStore
+from tests.harness import avsamples
+from tests.harness.clamd import ClamdServer
+from tests.harness.redis import RedisServer
+from tests.harness.smtpsink import SmtpSink
+
+SYMBOLS = [{"name": "CLAM_VIRUS", "score": 20.0, "reason": "virus Eicar-Test-Signature found by clamd"}]
+
+
+@pytest.fixture
+def sink() -> SmtpSink:
+    with SmtpSink() as s:
+        yield s  # type: ignore[misc]
+
+
+@pytest.fixture
+def setup(tmp_path: Path, sink: SmtpSink) -> tuple[Path, QuarantineStore, list[str]]:
+    qdir = tmp_path / "q"
+    config = tmp_path / "filterd.toml"
+    config.write_text(f'[quarantine]\ndirectory = "{qdir}"\nrelease_via = "{sink.address}"\n')
+    store = QuarantineStore(QuarantineSettings(directory=str(qdir), release_via=sink.address))
+    ids = [
+        store.put(
+            avsamples.eicar_zip(),
+            [("X-Virus-Status", "Infected (Eicar-Test-Signature)")],
+            {
+                "mail_from": "bad@evil.test",
+                "rcpts": ["alice@example.test"],
+                "reason": "virus Eicar-Test-Signature found by clamd",
+                "score": 20.0,
+                "symbols": SYMBOLS,
+                "client_addr": "192.0.2.66",
+                "helo": "evil.test",
+                "queue_id": "4XyZ1",
+            },
+        ),
+        store.put(
+            avsamples.clean(subject="Deal [b]x[/b]"),
+            [("X-Spam-Status", "Yes, score=9.10")],
+            {
+                "mail_from": "promo@shop.test",
+                "rcpts": ["bob@example.test"],
+                "reason": "score 9.1 >= 8.0",
+                "score": 9.1,
+            },
+        ),
+    ]
+    return config, store, ids
+
+
+def run(config: Path, *args: str) -> object:
+    return CliRunner().invoke(cli, ["--config", str(config), *args], catch_exceptions=False)
+
+
+def test_list_table_and_filters(setup: tuple[Path, QuarantineStore, list[str]]) -> None:
+    config, _, (virus, spam) = setup
+    result = run(config, "quarantine", "list")
+    assert result.exit_code == 0, result.output
+    for text in (virus, spam, "bad@evil.test", "alice@example.test", "Deal [b]x[/b]", "20.00", "eicar zip"):
+        assert text in result.output
+    result = run(config, "quarantine", "list", "--json")
+    rows = [json.loads(line) for line in result.output.splitlines()]
+    assert [r["id"] for r in rows] == [virus, spam]
+    assert rows[0]["rcpts"] == ["alice@example.test"] and rows[1]["subject"] == "Deal [b]x[/b]"
+
+    def ids(*filters: str) -> list[str]:
+        out = run(config, "quarantine", "list", "--json", *filters).output
+        return [json.loads(line)["id"] for line in out.splitlines()]
+
+    assert ids("--reason", "virus") == [virus]
+    assert ids("--from", "promo@") == [spam]
+    assert ids("--rcpt", "alice") == [virus]
+    assert ids("--since", "1h") == [virus, spam]
+    assert ids("--since", "2999-01-01") == []
+    bad = run(config, "quarantine", "list", "--since", "last tuesday")
+    assert bad.exit_code == 2 and "neither a duration" in bad.output
+
+
+def test_show_and_show_raw(setup: tuple[Path, QuarantineStore, list[str]]) -> None:
+    config, store, (virus, _) = setup
+    result = run(config, "quarantine", "show", virus)
+    assert result.exit_code == 0
+    for text in (
+        "192.0.2.66",
+        "evil.test",
+        "4XyZ1",
+        "CLAM_VIRUS",
+        "X-Virus-Status: Infected",
+        "Subject: eicar zip",
+        "See the attachment.",
+    ):
+        assert text in result.output, text
+    raw = CliRunner().invoke(cli, ["--config", str(config), "quarantine", "show", "--raw", virus])
+    assert raw.exit_code == 0
+    assert raw.stdout_bytes == avsamples.eicar_zip() == store.get(virus).original()
+
+
+def test_show_eight_bit_headers(tmp_path: Path) -> None:
+    config = tmp_path / "filterd.toml"
+    config.write_text(f'[quarantine]\ndirectory = "{tmp_path / "q"}"\n')
+    store = QuarantineStore(QuarantineSettings(directory=str(tmp_path / "q")))
+    raw = b"Subject: caf\xe9\r\nX-Odd: \xff\xfe\r\n\r\nbody \xe9\r\n"
+    qid = store.put(raw, [], {"rcpts": ["a@example.test"]})
+    shown = run(config, "quarantine", "show", qid)
+    assert shown.exit_code == 0 and "X-Odd: \ufffd\ufffd" in shown.output
+    assert "caf\ufffd" in run(config, "quarantine", "list").output
+
+
+def test_release_then_second_release_refused(
+    setup: tuple[Path, QuarantineStore, list[str]], sink: SmtpSink
+) -> None:
+    config, _, (_, spam) = setup
+    result = run(config, "quarantine", "release", spam)
+    assert result.exit_code == 0 and "released to bob@example.test" in result.output
+    assert [m.data for m in sink.messages] == [avsamples.clean(subject="Deal [b]x[/b]")]
+    again = run(config, "quarantine", "release", spam)
+    assert again.exit_code == 1 and "already released" in again.output
+    assert len(sink.messages) == 1
+    listing = run(config, "quarantine", "list").output
+    assert "released" in listing and "held" in listing
+
+
+def test_release_to(setup: tuple[Path, QuarantineStore, list[str]], sink: SmtpSink) -> None:
+    config, _, (virus, _) = setup
+    assert run(config, "quarantine", "release", virus, "--to", "admin@example.test").exit_code == 0
+    assert sink.messages[0].rcpts == ("admin@example.test",)
+
+
+def test_delete_and_unknown_or_bad_ids(setup: tuple[Path, QuarantineStore, list[str]]) -> None:
+    config, _, (virus, spam) = setup
+    assert run(config, "quarantine", "delete", virus).exit_code == 0
+    for command in ("show", "release", "delete"):
+        gone = run(config, "quarantine", command, virus)
+        assert gone.exit_code == 1 and f"no quarantined message with id {virus}" in gone.output
+        bad = run(config, "quarantine", command, "../../etc/passwd")
+        assert bad.exit_code == 2 and "is not a quarantine id" in bad.output
+    assert [json.loads(x)["id"] for x in run(config, "quarantine", "list", "--json").output.splitlines()] == [
+        spam
+    ]
+
+
+def test_purge(setup: tuple[Path, QuarantineStore, list[str]]) -> None:
+    config, store, (virus, spam) = setup
+    meta_path = store.dir / f"{virus}.json"
+    meta = json.loads(meta_path.read_text())
+    meta["timestamp"] -= 45 * 86400
+    meta_path.write_text(json.dumps(meta))
+    result = run(config, "quarantine", "purge", "--older-than", "30d")
+    assert result.exit_code == 0 and f"removed {virus}" in result.output
+    assert sorted(p.name for p in store.dir.iterdir()) == [f"{spam}.eml", f"{spam}.json"]
+    assert run(config, "quarantine", "purge").exit_code == 0  # default: [quarantine] max_age
+    assert run(config, "quarantine", "purge", "--older-than", "a while").exit_code == 2
+
+
+def test_list_of_an_empty_or_missing_quarantine(tmp_path: Path) -> None:
+    config = tmp_path / "filterd.toml"
+    config.write_text(f'[quarantine]\ndirectory = "{tmp_path / "none"}"\n')
+    result = run(config, "quarantine", "list", "--json")
+    assert result.exit_code == 0 and result.output == ""
+
+
+def test_antivirus_status(tmp_path: Path, clamd_server: ClamdServer, redis_server: RedisServer) -> None:
+    config = tmp_path / "filterd.toml"
+    config.write_text(
+        f'[redis]\nurl = "{redis_server.url}"\nkey_prefix = "status-test:"\n'
+        f'[checks.antivirus]\nenabled = true\nsockets = ["unix:{tmp_path}/down.sock", "{clamd_server.tcp_address}"]\n'
+    )
+    result = run(config, "antivirus", "status", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert [c["ok"] for c in report["clamd"]] == [False, True]
+    assert report["cache"] == {"hits": 0, "misses": 0, "hit_ratio": None, "ttl": 3600}
+    text = run(config, "antivirus", "status").output
+    assert "NOT ANSWERING" in text and "OK, ClamAV" in text and "0 hits, 0 misses" in text
+    config.write_text(f'[checks.antivirus]\nsockets = ["unix:{tmp_path}/down.sock"]\ncache_ttl = 0\n')
+    down = run(config, "antivirus", "status")
+    assert down.exit_code == 1 and "cache: off" in down.output
