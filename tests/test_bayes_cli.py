@@ -140,6 +140,10 @@ def test_signature_retrain_through_redis(redis_server, tmp_path) -> None:
     assert (holder.model.nspam, holder.model.nham) == (31, 30)
     code, out = run(["train", "spam", "--signature", "00000000000000000000"], config)
     assert code == 1 and "1 signatures not found" in out
+    # storage = "file": the signature still comes from Redis, the training goes into the file
+    local = tmp_path / "local.npz"
+    code, out = run(["train", "spam", "--signature", sig, "--storage", "file", "--model", str(local)], config)
+    assert code == 0 and "1 learned as spam" in out and Model.load(local).nspam == 1
     pipeline.close()
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -101,7 +102,8 @@ def train(
     try:
         with lock:
             holder = ModelHolder(path, storage, lambda: services.redis, cfg.redis.key_prefix, s.log_max)
-            shared = holder.connect() if storage == "redis" or signatures else None
+            # storage = "file" needs Redis only to look signatures up: no shared model to load
+            shared = holder.connect() if storage == "redis" else holder.client() if signatures else None
             trainer = Trainer(
                 holder.model if storage == "file" else shared.model,  # type: ignore[union-attr]
                 shared if storage == "redis" else None,
@@ -117,8 +119,8 @@ def train(
             )
             total = count_messages(sources, mboxes, maildirs)
             with _progress(quiet, total, f"training {label}") as advance:
-                messages = _chain(
-                    read_messages(sources) if sources else iter(()), mailbox_messages(mboxes, maildirs)
+                messages = itertools.chain(
+                    read_messages(sources) if sources else (), mailbox_messages(mboxes, maildirs)
                 )
                 for _name, raw in messages:
                     trainer.add_message(raw)
@@ -147,11 +149,6 @@ def train(
     )
     if trainer.tally.missing:
         ctx.exit(1)
-
-
-def _chain(*iterators: Iterator[tuple[str, bytes]]) -> Iterator[tuple[str, bytes]]:
-    for it in iterators:
-        yield from it
 
 
 @contextlib.contextmanager
