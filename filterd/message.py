@@ -16,10 +16,11 @@ import email.message
 import email.parser
 import email.policy
 import html
-import html.parser
 import re
 from dataclasses import dataclass
 from functools import cached_property
+
+from filterd.htmlscan import HtmlScan, scan_html
 
 MAX_TEXT_CHARS = 200_000  # text kept per message for content checks
 MAX_PARTS = 200  # MIME parts looked at
@@ -136,18 +137,24 @@ class Message:
         return self._texts[1]
 
     @cached_property
+    def html_scan(self) -> HtmlScan:
+        """The HTML parts scanned once: their text, links, tags and attributes."""
+        return scan_html(self._texts[1])
+
+    @cached_property
     def text(self) -> str:
         """The readable text: plain parts plus HTML parts reduced to text."""
         plain, markup = self._texts
         if markup:
-            plain = (plain + "\n" + html_to_text(markup)) if plain else html_to_text(markup)
+            text = self.html_scan.text
+            plain = (plain + "\n" + text) if plain else text
         return _NEWLINES.sub("\n\n", _SPACES.sub(" ", plain)).strip()
 
     @cached_property
     def urls(self) -> list[str]:
         """Every URL in the text and in HTML href/src attributes, in order, duplicates removed."""
         found = _URL.findall(self._texts[0]) + _URL.findall(self._texts[1])
-        found += _HrefCollector.collect(self._texts[1])
+        found += self.html_scan.urls
         seen: dict[str, None] = {}
         for u in found:
             seen.setdefault(u.rstrip(".,;:!?"), None)
@@ -175,60 +182,7 @@ def decode_words(value: str) -> str:
 
 
 def html_to_text(markup: str) -> str:
-    parser = _TextExtractor()
-    try:
-        parser.feed(markup)
-        parser.close()
-    except (AssertionError, ValueError):  # html.parser on pathological input
-        pass
-    return "".join(parser.chunks)
-
-
-class _TextExtractor(html.parser.HTMLParser):
-    _SKIP = frozenset({"script", "style", "head", "title"})
-    _BREAK = frozenset({"br", "p", "div", "tr", "li", "h1", "h2", "h3", "h4", "table", "td"})
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.chunks: list[str] = []
-        self._skipping = 0
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag in self._SKIP:
-            self._skipping += 1
-        elif tag in self._BREAK:
-            self.chunks.append("\n")
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in self._SKIP and self._skipping:
-            self._skipping -= 1
-
-    def handle_data(self, data: str) -> None:
-        if not self._skipping:
-            self.chunks.append(data)
-
-
-class _HrefCollector(html.parser.HTMLParser):
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.urls: list[str] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        for name, value in attrs:
-            if name in ("href", "src") and value and re.match(r"(?i)https?://", value.strip()):
-                self.urls.append(value.strip())
-
-    @classmethod
-    def collect(cls, markup: str) -> list[str]:
-        if not markup:
-            return []
-        c = cls()
-        try:
-            c.feed(markup)
-            c.close()
-        except (AssertionError, ValueError):
-            pass
-        return c.urls
+    return scan_html(markup).text
 
 
 def _header_end(raw: bytes) -> int:

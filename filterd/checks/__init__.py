@@ -10,6 +10,7 @@ from filterd.check import Check
 from filterd.checks.antivirus import Antivirus
 from filterd.checks.arc import Arc
 from filterd.checks.auth_results import AuthResults
+from filterd.checks.bayes import Bayes
 from filterd.checks.dkim import Dkim
 from filterd.checks.dkim_sign import DkimSign
 from filterd.checks.dmarc import Dmarc
@@ -45,4 +46,5 @@ ALL_CHECKS: tuple[type[Check], ...] = (
     HeaderHeuristics,  # end of message: after DKIM (reads which domains authenticated)
     AuthReputation,  # end of message: after DKIM
     Rules,  # end of message; greylisting in content mode still runs after it (after_scoring)
+    Bayes,  # last: autolearn reads the scores of the checks before it
 )

@@ -6,6 +6,7 @@ import click
 
 from filterd.cli import (
     antivirus_cmd,
+    bayes_cmd,
     config_cmd,
     dkim_cmd,
     dns_cmd,
@@ -43,6 +44,8 @@ cli.add_command(reputation_cmd.reputation)
 cli.add_command(quarantine_cmd.quarantine)
 cli.add_command(antivirus_cmd.antivirus)
 cli.add_command(rules_cmd.rules)
+cli.add_command(bayes_cmd.train)
+cli.add_command(bayes_cmd.eval_)
 
 
 def main() -> None:

@@ -1,0 +1,285 @@
+"""Message -> tokens: the strings the classifier counts.
+
+The tokenizer owns the mapping from a parsed `filterd.message.Message` to a list of distinct token
+strings; the classifier (classifier.py) knows nothing about mail.  Each token carries a prefix that
+says where it came from, so "free" in the Subject and "free" in the body are different evidence:
+
+    word              a body word, lower-cased                    money
+    bi:w1 w2          two adjacent body words (DSPAM's "chain")   bi:click here
+    subject:w         a Subject word (also subject bigrams)       subject:free
+    from:/to:/...     addresses, domains and display-name words   from:domain:msn.com
+    rcvd:             hosts and /24 networks in Received headers  rcvd:net:216.150.8
+    h:NAME:w          words of a few telling headers              h:x-mailer:outlook
+    hn:NAME           that a header is present at all              hn:x-mailing-list
+    url:              link hosts, registered domains, paths       url:dom:example.com
+    tag:/attr:        HTML tags, and text hidden by style         tag:font attr:style:hidden
+    part:             MIME structure                              part:ct:image/gif
+    cjk:ab            two adjacent CJK characters                 cjk:免费
+    skip:c N          a long word: first char and length bucket    skip:h 30
+
+Lab notes (split (a) of the SpamAssassin public corpus, see docs/bayes.md for the commands):
+
+- Bodies are lower-cased.  Keeping case grows the vocabulary by about a third and did not move
+  (1-ROCA) measurably; SpamBayes made the same call.
+- Word pairs are the largest single gain over words alone (DSPAM's "chained tokens"): "click here"
+  and "remove you" are far stronger than their words.  Sparse pairs (OSB, skipping a word) cost
+  another 60% of tokens for no measurable gain here, so only adjacent pairs are made.
+- Header names present are strong evidence on this corpus (mailing list software leaves List-* and
+  X-Mailing-List on ham); the words of only a few headers are (X-Mailer, List-Id, Precedence...).  The headers another filter adds
+  (X-Spam-*, X-DSPAM-*, X-Bogosity, ours X-Filterd-*) are dropped: they are forgeable, and
+  learning them would learn the other filter's opinion instead of the message.
+- Numbers alone are not words (a date, an order number): they made noise tokens, one per message.
+- CJK scripts are written without spaces: a run of Han/Kana/Hangul characters is split into
+  overlapping character bigrams, the usual trick for those languages.
+
+Work is bounded: `MAX_TEXT_CHARS` characters of text and `MAX_TOKENS` distinct tokens per message.
+"""
+
+from __future__ import annotations
+
+import email.message
+import itertools
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from filterd.message import MAX_PARTS, Message, decode_words
+
+TOKENIZER_VERSION = 2  # stored in the model: a model is only valid with the tokenizer it was trained by
+
+MAX_TEXT_CHARS = 60_000  # body text tokenized; the rest of a long message adds little evidence
+MAX_TOKENS = 6_000  # distinct tokens kept per message
+MAX_URLS = 50
+MAX_RECEIVED = 6
+MAX_WORD = 24  # longer words become a skip: token (base64 runs, hashes)
+
+# Headers a filter adds: never learned from (they are the other filter's opinion, and forgeable).
+IGNORED_HEADER_PREFIXES = ("x-spam", "x-dspam", "x-bogosity", "x-filterd")
+# Headers whose words are tokens.  Words of every other header (dates, ids, relay software versions)
+# were tried: on split (a) they made (1-ROCA) worse, 0.027 -> 0.021 without them -- mostly noise that
+# is unique to one message or to one mailbox of the corpus.  Their names still count (hn:).
+_WORD_HEADERS = frozenset(
+    {
+        "x-mailer",
+        "user-agent",
+        "x-mailer-version",
+        "organization",
+        "list-id",
+        "list-unsubscribe",
+        "precedence",
+        "x-priority",
+        "x-msmail-priority",
+        "importance",
+        "mime-version",
+        "x-mimeole",
+        "content-disposition",
+        "errors-to",
+        "mailing-list",
+    }
+)
+_ADDRESS_HEADERS = ("from", "to", "cc", "reply-to", "sender", "return-path")
+
+# A word: starts with a letter (or $), may hold ' . - $ % _ inside, ends on a letter or digit.
+_WORD = re.compile(r"[$]?[^\W\d_][^\W_]*(?:[_'$.\-%]+[^\W_]+)*")  # no backtracking: 10% faster
+_HEADER_WORD = re.compile(r"[^\s<>()\[\]\",;:=]+")
+_CJK_RUN = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]{2,}")
+_HAS_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]")
+_ADDRESS = re.compile(r"[\w.+\-=&'/]+@([\w\-]+\.)+[\w\-]+")
+_IPV4 = re.compile(r"\b(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})\b")
+_HOSTNAME = re.compile(r"\b(?:[a-z0-9](?:[a-z0-9\-]{0,62})\.)+[a-z]{2,24}\b")
+_URL_PARTS = re.compile(r"(?i)^(?:https?://)?([^/?#:]*)(?::(\d+))?([^?#]*)")
+_PATH_WORD = re.compile(r"[a-z][a-z0-9]{2,20}")
+# Second-level labels under which registrations sit one level deeper (example.co.uk).
+_SECOND_LEVEL = frozenset({"co", "com", "net", "org", "ac", "gov", "edu", "ne", "or", "go"})
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """A message's tokens: the distinct named ones, and the body words, each a token and each adjacent
+    pair of them a token too.
+
+    Word pairs are not made into strings here: they are most of a message's distinct tokens and
+    nearly all of them new, so the classifier hashes them from the hashes of their two words
+    (classifier.Hasher.pair_buckets) and names only the few it reports."""
+
+    names: list[str]
+    words: list[str]  # body words in order; "" where the chain breaks (no pair across it)
+
+    def word_names(self) -> list[str]:
+        return [w for w in self.words if w]
+
+    def pair_names(self) -> list[str]:
+        return ["bi:" + a + " " + b for a, b in itertools.pairwise(self.words) if a and b]
+
+
+def tokens(msg: Message) -> Tokens:
+    """The message's tokens, at most `MAX_TOKENS` names and `MAX_TOKENS` words (words may repeat:
+    the classifier counts each bucket once)."""
+    names = list(_header_tokens(msg))
+    body_names, words = _body(msg)
+    names += body_names
+    return Tokens(list(dict.fromkeys(names))[:MAX_TOKENS], words[:MAX_TOKENS])
+
+
+def tokenize(msg: Message) -> list[str]:
+    """Every distinct token of `msg` as a string, pairs included (`bi:w1 w2`): for reading and tests."""
+    t = tokens(msg)
+    return list(dict.fromkeys(t.names + t.word_names() + t.pair_names()))
+
+
+def _header_tokens(msg: Message) -> Iterable[str]:
+    received = 0
+    for name, value in msg.headers:
+        key = name.lower()
+        if key.startswith(IGNORED_HEADER_PREFIXES):
+            continue
+        yield "hn:" + key
+        if not value.isascii():
+            value = _clean(value)
+        if key == "subject":
+            words = _WORD.findall(decode_words(value).lower())
+            for w in words:
+                yield "subject:" + w
+            for a, b in itertools.pairwise(words):
+                yield f"subject:{a} {b}"
+            if value.isupper():
+                yield "subject:ALLCAPS"
+        elif key in _ADDRESS_HEADERS:
+            yield from _address_tokens(key, decode_words(value))
+        elif key == "received":
+            received += 1
+            if received <= MAX_RECEIVED:
+                yield from _received_tokens(value.lower())
+        elif key == "message-id":
+            _, _, domain = value.strip("<> ").rpartition("@")
+            yield "mid:" + domain.lower()[:40]
+        elif key in ("content-type", "content-transfer-encoding"):
+            yield f"h:{key}:" + value.split(";")[0].strip().lower()[:40]
+        elif key in _WORD_HEADERS:
+            for w in _HEADER_WORD.findall(value[:300].lower()):
+                yield f"h:{key}:{w[:30]}"
+
+
+def _clean(value: str) -> str:
+    """A header value that came with undecodable 8-bit bytes (kept as surrogates) as plain text.
+
+    Each such byte becomes its Latin-1 character: the token is stable, and a hasher that encodes
+    to UTF-8 accepts it."""
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "surrogateescape").decode("latin-1")
+
+
+def _address_tokens(key: str, value: str) -> Iterable[str]:
+    lowered = value.lower()
+    addresses = [m.group(0) for m in _ADDRESS.finditer(lowered)]
+    for address in addresses[:5]:
+        local, _, domain = address.rpartition("@")
+        yield f"{key}:addr:{address}"
+        yield f"{key}:domain:{domain}"
+        if local.isdigit() or any(c.isdigit() for c in local[:1]):
+            yield f"{key}:local:digit"
+    if not addresses:
+        yield f"{key}:none"
+    name = _ADDRESS.sub(" ", lowered)
+    for w in _WORD.findall(name)[:10]:
+        yield f"{key}:name:{w}"
+
+
+def _received_tokens(value: str) -> Iterable[str]:
+    for m in _IPV4.finditer(value):
+        yield "rcvd:net:" + ".".join(m.groups()[:3])
+    for host in _HOSTNAME.findall(value)[:6]:
+        yield "rcvd:host:" + host
+        yield "rcvd:dom:" + registered_domain(host)
+    if "with esmtp" in value:
+        yield "rcvd:esmtp"
+
+
+def registered_domain(host: str) -> str:
+    """The domain a name is registered under, by a two-rule guess (no public-suffix list on the hot path)."""
+    labels = host.rstrip(".").split(".")
+    if len(labels) >= 3 and len(labels[-1]) == 2 and labels[-2] in _SECOND_LEVEL:
+        return ".".join(labels[-3:])
+    return ".".join(labels[-2:])
+
+
+def _body(msg: Message) -> tuple[list[str], list[str]]:
+    """The body's named tokens, and its words in order for the pairs."""
+    text = msg.text[:MAX_TEXT_CHARS].lower()
+    names: list[str] = []
+    if _HAS_CJK.search(text):
+        for run in _CJK_RUN.findall(text):
+            names += ["cjk:" + run[i : i + 2] for i in range(len(run) - 1)]
+        text = _CJK_RUN.sub(" ", text)
+    words = _WORD.findall(text)
+    if words and max(map(len, words)) > MAX_WORD:
+        # a long word (base64, a hash) becomes a skip: token and breaks the chain of pairs
+        names += [f"skip:{w[0]} {len(w) // 10 * 10}" for w in words if len(w) > MAX_WORD]
+        words = [w if len(w) <= MAX_WORD else "" for w in words]
+    names += _url_tokens(msg.urls)
+    if msg.html:
+        names += _html_tokens(msg)
+    names += _part_tokens(msg)
+    return names, words
+
+
+def _url_tokens(urls: list[str]) -> Iterable[str]:
+    for url in urls[:MAX_URLS]:
+        m = _URL_PARTS.match(url)
+        if not m:
+            continue
+        host = m.group(1).lower().rpartition("@")[2]
+        if _IPV4.fullmatch(host):
+            yield "url:ip"
+            yield "url:net:" + host.rpartition(".")[0]
+        elif host:
+            yield "url:host:" + host
+            yield "url:dom:" + registered_domain(host)
+        if m.group(2):
+            yield "url:port:" + m.group(2)
+        for w in _PATH_WORD.findall(m.group(3).lower())[:4]:
+            yield "url:path:" + w
+
+
+def _html_tokens(msg: Message) -> Iterable[str]:
+    """Which tags the HTML uses, and text hidden by style.  Attribute values (colours, sizes, widths)
+    were tried as tokens too: one token per distinct value, mostly unique to one sender's template,
+    and (1-ROCA) on split (a) improved from 0.037 to 0.027 when they were dropped."""
+    scan = msg.html_scan
+    for tag in set(scan.tags):
+        yield "tag:" + tag
+    for _, attr, value in scan.attrs[:500]:
+        if attr == "style":
+            lowered = value.lower().replace(" ", "")
+            if "display:none" in lowered or "visibility:hidden" in lowered:
+                yield "attr:style:hidden"
+
+
+def _part_tokens(msg: Message) -> Iterable[str]:
+    # The MIME leaves' types and file names, read from the parsed tree.  Not `Message.parts`: it
+    # decodes every payload (a base64 attachment in full) for its size, which cost 6% of the whole
+    # classification here and says nothing the type and the name do not.
+    leaves = 0
+    for i, part in enumerate(msg.email.walk()):
+        if i >= MAX_PARTS:
+            break
+        if part.is_multipart():
+            continue
+        leaves += 1
+        if leaves <= 20:
+            yield "part:ct:" + part.get_content_type()
+            name = _filename(part)
+            if name:
+                yield "part:ext:" + name.rpartition(".")[2].lower()[:10]
+    yield f"part:count:{min(leaves, 10)}"
+
+
+def _filename(part: email.message.Message) -> str | None:
+    try:
+        name = part.get_filename()
+    except (ValueError, LookupError, AssertionError):  # a broken RFC 2231 parameter
+        return None
+    return decode_words(name) if name else None

@@ -1,0 +1,308 @@
+"""The naive-Bayes classifier (DSPAM's role in the old stack): spamicity -> score, and signatures.
+
+At end of message the check tokenizes the message (filterd.bayes.tokenizer), scores it with the
+model (filterd.bayes.classifier: Robinson/Fisher chi-square combining), and reports one of
+BAYES_SPAM / BAYES_UNSURE / BAYES_HAM with a score read from the configured `bands` and the
+strongest tokens as the reason.
+
+It then stores the message's digest and token buckets in Redis under a new id for
+`signature_days` and adds that id as `X-Filterd-Signature`, so a user's "this is spam" (or "not
+spam") later retrains the classifier without the original message: `filterctl train spam
+--signature ID`.  The training modes and autolearn also train here (they need storage = "redis").
+
+Redis failure: with on_error = "open" (the default) the message is classified with the model in
+memory, nothing is stored, no signature header is added, and BAYES_REDIS_ERROR says why; after a
+failure Redis is left alone for `redis_retry` seconds, so a dead Redis costs one timeout, not one
+per message.  With on_error = "closed" the message is tempfailed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, TypeVar
+
+from filterd.bayes.params import Params
+from filterd.check import AddHeader, Check, CheckSettings, Finding, Output, Stage
+from filterd.config import Config, check_not_negative, check_positive
+from filterd.services import Services
+from filterd.settings import ConfigError, setting
+from filterd.transaction import Transaction
+
+if TYPE_CHECKING:  # numpy and scikit-learn load when the check is built, not when filterctl starts
+    import numpy as np
+
+    from filterd.bayes.classifier import Result
+    from filterd.bayes.model import Model
+
+log = logging.getLogger("filterd.bayes")
+T = TypeVar("T")
+
+SIGNATURE_HEADER = "X-Filterd-Signature"
+
+
+def check_bands(bands: tuple[tuple[float, ...], ...]) -> str | None:
+    if not bands:
+        return "at least one [spamicity, score] band is needed"
+    lows = []
+    for band in bands:
+        if len(band) != 2 or not 0.0 <= band[0] <= 1.0:
+            return f"{list(band)} is not [spamicity from 0 to 1, score]"
+        lows.append(band[0])
+    if lows != sorted(lows) or len(set(lows)) != len(lows):
+        return "bands must be in increasing order of spamicity"
+    if lows[0] != 0.0:
+        return "the first band must start at spamicity 0.0"
+    return None
+
+
+def check_unit(value: float) -> str | None:
+    return None if 0.0 <= value <= 1.0 else "expected a number from 0 to 1"
+
+
+@dataclass(frozen=True)
+class BayesSettings(CheckSettings):
+    # Off until an admin turns it on: the other checks' scores, and every test that asserts them,
+    # stay as they were; the shipped model classifies from the first message once it is on.
+    enabled: bool = setting(False, "run this check (the shipped model works from the first message)")
+    model: str = setting("", "the model file (.npz); empty: the model shipped in models/bayes.npz")
+    storage: Literal["redis", "file"] = setting(
+        "redis",
+        '"redis": hosts share the model\'s training log through [redis] (the file is the seed); '
+        '"file": `filterctl train` rewrites the model file and filterd reloads it',
+    )
+    train_mode: Literal["toe", "teft", "tum"] = setting(
+        "toe",
+        "toe: train on error only (filterctl train skips messages already classified right); "
+        "teft: train everything seen (filterd learns each message as classified); "
+        "tum: teft until `mature_after` messages of each class are trained, then toe",
+    )
+    mature_after: int = setting(
+        1000, "tum: messages of each class after which training is toe", check_positive
+    )
+    spam_cutoff: float = setting(
+        0.99,
+        "spamicity at or above which a message is spam (BAYES_SPAM; FP/FN in `filterctl eval`)",
+        check_unit,
+    )
+    ham_cutoff: float = setting(
+        0.45,
+        "spamicity below which a message is ham (BAYES_HAM); between the cutoffs: BAYES_UNSURE",
+        check_unit,
+    )
+    bands: tuple[tuple[float, ...], ...] = setting(
+        ((0.0, -2.0), (0.01, -1.0), (0.2, 0.0), (0.8, 1.0), (0.99, 3.0), (0.9999, 4.5)),
+        "[spamicity, score] pairs in increasing order: a message scores the band its spamicity reaches",
+        check_bands,
+    )
+    min_learned: int = setting(
+        20,
+        "fewer spam or ham messages trained than this: score 0 and say BAYES_UNTRAINED",
+        check_not_negative,
+    )
+    signature: bool = setting(
+        True, f"add {SIGNATURE_HEADER} and keep the message's tokens in Redis for retraining"
+    )
+    signature_days: float = setting(14.0, "days a signature's tokens are kept", check_positive)
+    log_max: int = setting(
+        100_000, "storage = redis: training log entries kept (older ones: in the snapshot)", check_positive
+    )
+    sync_interval: float = setting(
+        2.0, "seconds between checks for a new model file or shared training", check_positive
+    )
+    redis_retry: float = setting(10.0, "seconds Redis is left alone after it failed", check_not_negative)
+    autolearn: bool = setting(
+        False, "train messages the other checks scored far past the thresholds (storage = redis)"
+    )
+    autolearn_spam: float = setting(12.0, "autolearn as spam at or above this score from the other checks")
+    autolearn_ham: float = setting(-2.0, "autolearn as ham at or below this score from the other checks")
+    autolearn_ratio: float = setting(
+        3.0,
+        "balance guard: never autolearn a class that already has this many times the other's messages",
+        check_positive,
+    )
+    robs: float = setting(Params.robs, "Robinson's s: how many messages the prior is worth", check_positive)
+    robx: float = setting(Params.robx, "Robinson's x: the probability of a token never seen", check_unit)
+    min_dev: float = setting(Params.min_dev, "tokens with |f - 0.5| below this are not evidence", check_unit)
+    max_clues: int = setting(
+        Params.max_clues, "at most this many of the strongest tokens decide", check_positive
+    )
+    prior_messages: float = setting(
+        Params.prior_messages, "how many messages the prior token rate is worth, per class", check_positive
+    )
+    prior_rate: float = setting(
+        Params.prior_rate, "a token's rate in a class before any of its messages", check_unit
+    )
+
+
+def params_of(settings: BayesSettings) -> Params:
+    s = settings
+    return Params(s.robs, s.robx, s.min_dev, s.max_clues, s.prior_messages, s.prior_rate)
+
+
+class Bayes(Check):
+    name = "bayes"
+    stage = Stage.EOM
+    needs_body = True
+    description = "naive-Bayes classifier (chi-square combining), signatures for retraining"
+    symbols = {
+        "BAYES_SPAM": 3.0,
+        "BAYES_UNSURE": 0.0,
+        "BAYES_HAM": -1.0,
+        "BAYES_UNTRAINED": 0.0,
+        "BAYES_REDIS_ERROR": 0.0,
+        "BAYES_AUTOLEARN": 0.0,
+    }
+    Settings = BayesSettings
+
+    def __init__(self, settings: BayesSettings, config: Config, services: Services) -> None:
+        super().__init__(settings, config, services)
+        from filterd.bayes.model import ModelError
+        from filterd.bayes.store import ModelHolder, model_path
+
+        self.settings: BayesSettings = settings
+        self.learns = settings.train_mode in ("teft", "tum") or settings.autolearn
+        if self.learns and settings.storage != "redis":
+            raise ConfigError(
+                "checks.bayes.storage",
+                'train_mode "teft"/"tum" and autolearn train inside filterd, which needs storage = "redis"',
+            )
+        if settings.ham_cutoff > settings.spam_cutoff:
+            raise ConfigError("checks.bayes.ham_cutoff", "must not be above spam_cutoff")
+        self.params = params_of(settings)
+        try:
+            self.holder = ModelHolder(
+                model_path(settings.model),
+                settings.storage,
+                lambda: services.redis,
+                config.redis.key_prefix,
+                settings.log_max,
+                settings.sync_interval,
+            )
+        except ModelError as exc:  # a damaged or incompatible file must stop the start, loudly
+            raise ConfigError("checks.bayes.model", str(exc)) from exc
+        self._redis_down_until = 0.0
+        self._redis_error = ""
+
+    # -- the check ---------------------------------------------------------------------------
+
+    def run(self, tx: Transaction) -> Iterable[Output]:
+        s = self.settings
+        self._guarded(lambda: self.holder.refresh(follow_shared=self._redis_usable()))
+        model = self.holder.model
+        msg = tx.message
+        tokens, buckets = model.features(msg)
+        result = model.classify_tokens(tokens, buckets, self.params)
+        untrained = min(model.nspam, model.nham) < s.min_learned
+        if untrained:
+            yield Finding(
+                "BAYES_UNTRAINED",
+                f"model has {model.nspam} spam and {model.nham} ham, fewer than {s.min_learned} "
+                f"(spamicity {result.spamicity:.4f} not scored)",
+            )
+        else:
+            yield self._finding(result)
+        needs_redis = s.signature or self.learns
+        if needs_redis and self._redis_usable():
+            from filterd.bayes.model import message_digest
+
+            stored = self._guarded(
+                lambda: self._store(tx, model, result, message_digest(msg), buckets, untrained)
+            )
+            if stored is not None:
+                yield from stored
+        if (needs_redis or s.storage == "redis") and not self._redis_usable():
+            yield Finding(
+                "BAYES_REDIS_ERROR",
+                f"redis unavailable ({self._redis_error}): classified with the model in memory, nothing stored",
+            )
+
+    def _finding(self, result: Result) -> Finding:
+        s = self.settings
+        p = result.spamicity
+        symbol = "BAYES_SPAM" if p >= s.spam_cutoff else "BAYES_HAM" if p < s.ham_cutoff else "BAYES_UNSURE"
+        # the band's score, unless [scores] names the symbol: then the admin's fixed score applies
+        score = (
+            None if symbol in self.config.scores else next(sc for low, sc in reversed(s.bands) if p >= low)
+        )
+        clues = ", ".join(f"{c.token}={c.prob:.3f}" for c in result.clues[:6])
+        return Finding(
+            symbol, f"spamicity {p:.4f} from {result.n_tokens} tokens; strongest: {clues}", score=score
+        )
+
+    def _store(
+        self,
+        tx: Transaction,
+        model: Model,
+        result: Result,
+        digest: bytes,
+        buckets: np.ndarray,
+        untrained: bool,
+    ) -> list[Output]:
+        out: list[Output] = []
+        label, why = self._learn_label(tx, model, result, untrained)
+        if label is not None:
+            change = self.holder.connect().train([(digest, buckets, label)])[0]
+            state = f"learned as {label}" if change.changed else f"already trained as {change.before}"
+            out.append(Finding("BAYES_AUTOLEARN", f"{state} ({why})"))
+        elif why:
+            out.append(Finding("BAYES_AUTOLEARN", why))
+        if self.settings.signature:
+            ttl = int(self.settings.signature_days * 86400)
+            sig_id = self.holder.client().store_signature(digest, buckets, ttl)
+            out.append(AddHeader(SIGNATURE_HEADER, sig_id))
+        return out
+
+    def _learn_label(
+        self, tx: Transaction, model: Model, result: Result, untrained: bool
+    ) -> tuple[str | None, str]:
+        """What filterd itself trains this message as, and why (or why not)."""
+        s = self.settings
+        mode = s.train_mode
+        if mode == "tum" and min(model.nspam, model.nham) >= s.mature_after:
+            mode = "toe"
+        if mode in ("teft", "tum"):
+            if untrained:
+                return None, ""  # an untrained model's verdict is noise: learning it would teach noise
+            return ("spam" if result.spamicity >= 0.5 else "ham"), f"train_mode {mode}"
+        if not s.autolearn:
+            return None, ""
+        others = sum(
+            f.score if f.score is not None else self.config.score_of(f.symbol)
+            for f in tx.findings
+            if not f.symbol.startswith("BAYES_")
+        )
+        if others >= s.autolearn_spam:
+            label, mine, theirs = "spam", model.nspam, model.nham
+        elif others <= s.autolearn_ham:
+            label, mine, theirs = "ham", model.nham, model.nspam
+        else:
+            return None, ""
+        if mine >= s.autolearn_ratio * max(theirs, 1) and mine >= s.min_learned:
+            guard = f"{mine} {label} >= {s.autolearn_ratio:g} x {theirs}"
+            return None, f"not autolearned as {label}: balance guard ({guard})"
+        return label, f"autolearn: other checks scored {others:g}"
+
+    # -- Redis failure policy ----------------------------------------------------------------
+
+    def _redis_usable(self) -> bool:
+        return time.monotonic() >= self._redis_down_until
+
+    def _guarded(self, action: Callable[[], T]) -> T | None:
+        """Run a Redis-backed action; a Redis failure follows on_error (fail-closed raises),
+        fail-open returns None and leaves Redis alone for `redis_retry` seconds."""
+        import redis
+
+        try:
+            return action()
+        except (redis.RedisError, OSError) as exc:
+            if self.settings.on_error == "closed":
+                raise
+            self._redis_error = f"{type(exc).__name__}: {exc}"
+            self._redis_down_until = time.monotonic() + self.settings.redis_retry
+            log.warning(
+                "bayes: redis failed, not used for %gs: %s", self.settings.redis_retry, self._redis_error
+            )
+            return None

@@ -1,0 +1,210 @@
+"""The bayes check inside the pipeline (filterd.pipeline.scan), against a real redis-server."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from filterd.bayes.model import Model
+from filterd.check import AddHeader
+from filterd.config import parse_config
+from filterd.pipeline import Action, Pipeline, Verdict, scan
+from filterd.settings import ConfigError
+from tests.bayes_helpers import ham_message, make_message, only_bayes, spam_message, trained_model
+from tests.harness.net import free_port
+
+
+@pytest.fixture
+def model_file(tmp_path: Path) -> Path:
+    path = tmp_path / "bayes.npz"
+    trained_model(30).save(path)
+    return path
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"chk-{uuid.uuid4().hex[:8]}:"
+
+
+def pipeline_for(
+    redis_url: str, prefix: str, scores: dict[str, float] | None = None, **bayes: Any
+) -> Pipeline:
+    config = parse_config(
+        {
+            "redis": {"url": redis_url, "key_prefix": prefix, "timeout": 0.3},
+            "scores": scores or {},
+            "checks": only_bayes(bayes, "header_sanity"),
+        }
+    )
+    return Pipeline.from_config(config)
+
+
+def bayes_symbols(verdict: Verdict) -> dict[str, tuple[float, str]]:
+    return {s.name: (s.score, s.reason) for s in verdict.symbols if s.name.startswith("BAYES")}
+
+
+def signature_of(verdict: Verdict) -> str | None:
+    found = [h.value for h in verdict.add_headers if h.name == "X-Filterd-Signature"]
+    return found[0] if found else None
+
+
+def test_spam_gets_score_reason_and_signature(redis_server, model_file, prefix) -> None:
+    pipeline = pipeline_for(redis_server.url, prefix, model=str(model_file))
+    _, verdict = scan(pipeline, spam_message(500))
+    symbols = bayes_symbols(verdict)
+    score, reason = symbols["BAYES_SPAM"]
+    assert score == 4.5  # the top default band, spamicity >= 0.9999
+    assert "spamicity 1.0000" in reason and "strongest:" in reason and "=0.999" in reason
+    sig = signature_of(verdict)
+    assert sig and len(sig) == 20
+    client = redis.Redis.from_url(redis_server.url)
+    ttl = client.ttl(f"{prefix}bayes:sig:{sig}")
+    assert 13 * 86400 < ttl <= 14 * 86400
+    _, verdict = scan(pipeline, ham_message(500))
+    score, reason = bayes_symbols(verdict)["BAYES_HAM"]
+    assert score == -2.0
+    assert signature_of(verdict) != sig
+    pipeline.close()
+
+
+def test_bands_and_cutoffs_are_configurable(redis_server, model_file, prefix) -> None:
+    pipeline = pipeline_for(
+        redis_server.url,
+        prefix,
+        model=str(model_file),
+        bands=[[0.0, -0.5], [0.5, 7.0]],
+        ham_cutoff=0.0,
+        signature=False,
+    )
+    _, verdict = scan(pipeline, spam_message(501))
+    assert bayes_symbols(verdict)["BAYES_SPAM"][0] == 7.0
+    _, verdict = scan(pipeline, ham_message(501))
+    assert bayes_symbols(verdict)["BAYES_UNSURE"][0] == -0.5  # nothing is below ham_cutoff 0
+    pipeline.close()
+    fixed = pipeline_for(
+        redis_server.url, prefix, scores={"BAYES_SPAM": 9.0}, model=str(model_file), signature=False
+    )
+    _, verdict = scan(fixed, spam_message(501))
+    assert bayes_symbols(verdict)["BAYES_SPAM"][0] == 9.0  # [scores] names it: the band does not apply
+    pipeline = fixed
+    assert signature_of(verdict) is None
+    pipeline.close()
+    with pytest.raises(ConfigError, match=r"checks\.bayes\.bands"):
+        parse_config({"checks": {"bayes": {"bands": [[0.5, 1.0], [0.2, 2.0]]}}})
+    with pytest.raises(ConfigError, match=r"checks\.bayes\.bands"):
+        parse_config({"checks": {"bayes": {"bands": [[0.1, 1.0]]}}})
+
+
+def test_redis_down_fails_open_with_a_symbol(model_file, prefix) -> None:
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    pipeline = pipeline_for(dead, prefix, model=str(model_file))
+    started = time.monotonic()
+    _, verdict = scan(pipeline, spam_message(502))
+    symbols = bayes_symbols(verdict)
+    assert "BAYES_SPAM" in symbols  # classified with the model in memory
+    assert "BAYES_REDIS_ERROR" in symbols and "nothing stored" in symbols["BAYES_REDIS_ERROR"][1]
+    assert signature_of(verdict) is None
+    assert verdict.action is not Action.TEMPFAIL
+    # the next message does not wait for Redis again
+    second = time.monotonic()
+    _, verdict = scan(pipeline, ham_message(502))
+    assert "BAYES_REDIS_ERROR" in bayes_symbols(verdict)
+    assert time.monotonic() - second < max(0.2, (second - started) / 2)
+    pipeline.close()
+
+
+def test_redis_down_fails_closed_when_asked(model_file, prefix) -> None:
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    pipeline = pipeline_for(dead, prefix, model=str(model_file), on_error="closed")
+    _, verdict = scan(pipeline, spam_message(503))
+    assert verdict.action is Action.TEMPFAIL
+    pipeline.close()
+
+
+def test_untrained_model_scores_nothing(redis_server, tmp_path, prefix) -> None:
+    pipeline = pipeline_for(redis_server.url, prefix, model=str(tmp_path / "none.npz"), storage="file")
+    _, verdict = scan(pipeline, spam_message(504))
+    symbols = bayes_symbols(verdict)
+    assert list(symbols) == ["BAYES_UNTRAINED"]
+    assert symbols["BAYES_UNTRAINED"][0] == 0.0 and "0 spam and 0 ham" in symbols["BAYES_UNTRAINED"][1]
+    pipeline.close()
+
+
+def test_teft_trains_what_it_classifies_once(redis_server, model_file, prefix) -> None:
+    pipeline = pipeline_for(redis_server.url, prefix, model=str(model_file), train_mode="teft")
+    raw = spam_message(505)
+    _, verdict = scan(pipeline, raw)
+    assert "learned as spam" in bayes_symbols(verdict)["BAYES_AUTOLEARN"][1]
+    _, verdict = scan(pipeline, raw)
+    assert "already trained as spam" in bayes_symbols(verdict)["BAYES_AUTOLEARN"][1]
+    holder = pipeline.by_stage[max(pipeline.by_stage)][-1].holder  # the bayes check's model
+    assert holder.model.nspam == 31
+    pipeline.close()
+
+
+def test_autolearn_with_balance_guard(redis_server, model_file, prefix) -> None:
+    old = make_message(
+        "cheap pills", "viagra cheap pills", headers=(("Date", "Mon, 01 Jan 2001 00:00:00 +0000"),)
+    )
+    pipeline = pipeline_for(
+        redis_server.url, prefix, scores={"DATE_IN_PAST": 20.0}, model=str(model_file), autolearn=True
+    )
+    _, verdict = scan(pipeline, old)
+    assert (
+        "learned as spam (autolearn: other checks scored 20)" in bayes_symbols(verdict)["BAYES_AUTOLEARN"][1]
+    )
+    pipeline.close()
+    guarded = pipeline_for(
+        redis_server.url,
+        prefix + "g",
+        scores={"DATE_IN_PAST": 20.0},
+        model=str(model_file),
+        autolearn=True,
+        autolearn_ratio=1.0,
+    )
+    _, verdict = scan(guarded, old)
+    assert "balance guard (30 spam >= 1 x 30)" in bayes_symbols(verdict)["BAYES_AUTOLEARN"][1]
+    guarded.close()
+
+
+def test_learning_inside_filterd_needs_redis_storage(model_file) -> None:
+    for bayes in ({"train_mode": "teft"}, {"autolearn": True}):
+        with pytest.raises(ConfigError, match="storage"):
+            Pipeline.from_config(
+                parse_config({"checks": only_bayes({"storage": "file", "model": str(model_file), **bayes})})
+            )
+
+
+def test_damaged_model_stops_the_start(tmp_path) -> None:
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(ConfigError, match=r"checks\.bayes\.model: .*not a filterd model"):
+        Pipeline.from_config(parse_config({"checks": only_bayes({"model": str(bad)})}))
+
+
+def test_model_file_is_reloaded_when_it_changes(redis_server, tmp_path, prefix) -> None:
+    path = tmp_path / "bayes.npz"
+    Model.empty().save(path)
+    pipeline = pipeline_for(
+        redis_server.url, prefix, model=str(path), storage="file", signature=False, sync_interval=0.01
+    )
+    _, verdict = scan(pipeline, spam_message(506))
+    assert "BAYES_UNTRAINED" in bayes_symbols(verdict)
+    trained_model(30).save(path)
+    time.sleep(0.05)
+    _, verdict = scan(pipeline, spam_message(506))
+    assert "BAYES_SPAM" in bayes_symbols(verdict)
+    pipeline.close()
+
+
+def test_outputs_are_findings_and_one_header(redis_server, model_file, prefix) -> None:
+    pipeline = pipeline_for(redis_server.url, prefix, model=str(model_file))
+    tx, verdict = scan(pipeline, spam_message(507))
+    assert [h for h in tx.add_headers if isinstance(h, AddHeader)] == verdict.add_headers
+    assert len(verdict.add_headers) == 1
+    pipeline.close()
