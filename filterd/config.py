@@ -8,7 +8,6 @@ reference file (contrib/filterd.toml) from these declarations.
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import math
 import re
 import tomllib
@@ -22,7 +21,17 @@ from typing import Any, Literal
 from filterd.check import Check
 from filterd.dns import DnsSettings
 from filterd.quarantine import QuarantineSettings
-from filterd.settings import ConfigError, build, internal, render_section, section, setting
+from filterd.settings import (
+    ConfigError,
+    build,
+    internal,
+    ip_networks,
+    not_negative,
+    positive,
+    render_section,
+    section,
+    setting,
+)
 
 DEFAULT_CONFIG_PATH = Path("/etc/filterd/filterd.toml")
 
@@ -38,25 +47,8 @@ def check_socket(value: str) -> str | None:
     return 'expected "unix:/path/to/socket" or "inet:PORT@ADDRESS"'
 
 
-def check_networks(values: tuple[str, ...]) -> str | None:
-    for v in values:
-        try:
-            ipaddress.ip_network(v, strict=False)
-        except ValueError:
-            return f"{v!r} is not an IP network (e.g. 192.0.2.0/24 or 2001:db8::/32)"
-    return None
-
-
 def check_mode(value: str) -> str | None:
     return None if re.fullmatch(r"0?[0-7]{3}", value) else 'expected an octal file mode such as "0660"'
-
-
-def check_positive(value: float) -> str | None:
-    return None if value > 0 else "expected a number greater than zero"
-
-
-def check_not_negative(value: float) -> str | None:
-    return None if value >= 0 else "expected zero or more"
 
 
 @dataclass(frozen=True)
@@ -73,19 +65,17 @@ class MilterSettings:
         "postfix",
         "group given the unix socket so Postfix can write it; empty or a missing group: left as created",
     )
-    workers: int = setting(
-        0, "worker processes sharing the socket; 0 means one per CPU core", check_not_negative
-    )
+    workers: int = setting(0, "worker processes sharing the socket; 0 means one per CPU core", not_negative)
     timeout: int = setting(
-        60, "seconds libmilter waits on Postfix before giving up on a connection", check_positive
+        60, "seconds libmilter waits on Postfix before giving up on a connection", positive
     )
     shutdown_grace: float = setting(
-        30.0, "seconds a stopping worker waits for messages in flight", check_not_negative
+        30.0, "seconds a stopping worker waits for messages in flight", not_negative
     )
     max_scan_bytes: int = setting(
         10 * 1024 * 1024,
         "messages larger than this are delivered unscanned by content checks and marked so in the report",
-        check_positive,
+        positive,
     )
     log_level: Literal["debug", "info", "warning", "error"] = setting("info", "log level (logs go to stderr)")
 
@@ -95,7 +85,7 @@ class NetworkSettings:
     internal_networks: tuple[str, ...] = setting(
         (),
         "clients in these networks send outbound mail: not spam-scored (DKIM-signed later)",
-        check_networks,
+        ip_networks,
     )
     hostname: str = setting("", "this host's name, used in headers; empty means the system's FQDN")
     local_domains: tuple[str, ...] = setting(
@@ -146,7 +136,7 @@ class RedisSettings:
     )
     password: str = setting("", "password (AUTH); empty: none or the one in the URL")
     timeout: float = setting(
-        0.5, "seconds for a connect or a command; past it the check's on_error policy applies", check_positive
+        0.5, "seconds for a connect or a command; past it the check's on_error policy applies", positive
     )
     key_prefix: str = setting("filterd:", "prefix of every key filterd writes")
     cluster: bool = setting(False, "the URL names a node of a Redis Cluster")

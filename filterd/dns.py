@@ -17,20 +17,16 @@ import dns.rdatatype
 import dns.resolver
 import dns.reversename
 
-from filterd.settings import setting
-
-
-def _positive(value: float) -> str | None:
-    return None if value > 0 else "expected a number greater than zero"
+from filterd.settings import positive, setting
 
 
 @dataclass(frozen=True)
 class DnsSettings:
     nameservers: tuple[str, ...] = setting((), "resolver addresses; empty: the ones in /etc/resolv.conf")
     port: int = setting(53, "resolver port", lambda v: None if 0 < v < 65536 else "expected a port number")
-    timeout: float = setting(2.0, "seconds for one attempt of one lookup", _positive)
-    attempts: int = setting(2, "attempts per lookup before it is a temporary error", _positive)
-    cache_size: int = setting(10000, "answers cached (each for its TTL)", _positive)
+    timeout: float = setting(2.0, "seconds for one attempt of one lookup", positive)
+    attempts: int = setting(2, "attempts per lookup before it is a temporary error", positive)
+    cache_size: int = setting(10000, "answers cached (each for its TTL)", positive)
 
 
 class DnsTempError(Exception):

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from filterd.settings import setting
+from filterd.settings import positive, setting
 
 if TYPE_CHECKING:
     from filterd.pipeline import Verdict
@@ -84,10 +84,6 @@ def _check_hostport(value: str) -> str | None:
     return 'expected HOST:PORT, e.g. "127.0.0.1:10026"'
 
 
-def _check_positive(value: float) -> str | None:
-    return None if value > 0 else "expected a number greater than zero"
-
-
 @dataclass(frozen=True)
 class QuarantineSettings:
     mode: Literal["store", "hold"] = setting(
@@ -106,7 +102,7 @@ class QuarantineSettings:
         "HOST:PORT of the smtpd listener without milters that released messages are re-injected to",
         _check_hostport,
     )
-    release_timeout: float = setting(30.0, "seconds for the SMTP conversation of a release", _check_positive)
+    release_timeout: float = setting(30.0, "seconds for the SMTP conversation of a release", positive)
 
     @property
     def max_age_seconds(self) -> float:

@@ -25,13 +25,9 @@ from typing import Any
 
 from filterd.check import CheckSettings, Finding
 from filterd.replies import R451_CHECK_FAILED, TempFail
-from filterd.settings import setting
+from filterd.settings import not_negative, setting
 
 log = logging.getLogger("filterd.redis")
-
-
-def _not_negative(value: float) -> str | None:
-    return None if value >= 0 else "expected zero or more"
 
 
 @dataclass(frozen=True)
@@ -44,7 +40,7 @@ class RedisCheckSettings(CheckSettings):
         2.0,
         "after a Redis error, seconds during which the check does not try Redis again "
         "(its on_error policy applies meanwhile)",
-        _not_negative,
+        not_negative,
     )
 
 

@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, Any
 
 from filterd.keys import Keys, client_network, domain_of
 from filterd.redisstate import LuaScript, RedisCheckSettings
-from filterd.settings import setting
+from filterd.settings import ip_networks, not_negative, positive, setting
 
 if TYPE_CHECKING:
     from filterd.config import Config
@@ -64,25 +64,8 @@ SIGNATURE_ID = "sig:"  # a signature id as a record id: never mistaken for a Mes
 DAY = 86400
 
 
-def _positive(value: float) -> str | None:
-    return None if value > 0 else "expected a number greater than zero"
-
-
-def _not_negative(value: int) -> str | None:
-    return None if value >= 0 else "expected zero or more"
-
-
 def _ratio(value: float) -> str | None:
     return None if 0 < value <= 1 else "expected a number above 0 and at most 1"
-
-
-def _networks(values: tuple[str, ...]) -> str | None:
-    for v in values:
-        try:
-            ipaddress.ip_network(v, strict=False)
-        except ValueError:
-            return f"{v!r} is not an IP network"
-    return None
 
 
 def _prefix(bits: int) -> Any:
@@ -94,8 +77,8 @@ def _prefix(bits: int) -> Any:
 
 @dataclass(frozen=True)
 class ReputationSettings(RedisCheckSettings):
-    window_days: int = setting(30, "days of verdicts counted (daily buckets; older ones age out)", _positive)
-    min_messages: int = setting(10, "messages of an entity needed before its reputation is scored", _positive)
+    window_days: int = setting(30, "days of verdicts counted (daily buckets; older ones age out)", positive)
+    min_messages: int = setting(10, "messages of an entity needed before its reputation is scored", positive)
     trusted_ratio: float = setting(
         0.9, "ham share at which a client or authenticated domain is TRUSTED (greylisting skips it)", _ratio
     )
@@ -108,12 +91,12 @@ class ReputationSettings(RedisCheckSettings):
         14,
         "days a counted message can still be corrected by filterctl train (its entities are kept "
         "that long, ~400 bytes per id, two ids with a signature; 0: not kept, no corrections)",
-        _not_negative,
+        not_negative,
     )
     exempt_networks: tuple[str, ...] = setting(
         ("127.0.0.0/8", "::1/128"),
         "clients whose address and network are not counted (local reinjection, fetchmail)",
-        _networks,
+        ip_networks,
     )
 
 

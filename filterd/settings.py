@@ -10,6 +10,7 @@ settings cannot drift from the code.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import types
 import typing
@@ -42,6 +43,26 @@ def setting(default: Any, help: str, check: Validator | None = None) -> Any:
 def section(cls: type[T], help: str) -> Any:
     """Declare a nested section whose settings are all defaulted."""
     return dataclasses.field(default_factory=cls, metadata={"help": help, "check": None})
+
+
+# Validators shared by every settings class.  Each returns an error text, or None when the value is good.
+
+
+def positive(value: float) -> str | None:
+    return None if value > 0 else "expected a number greater than zero"
+
+
+def not_negative(value: float) -> str | None:
+    return None if value >= 0 else "expected zero or more"
+
+
+def ip_networks(values: tuple[str, ...]) -> str | None:
+    for v in values:
+        try:
+            ipaddress.ip_network(v, strict=False)
+        except ValueError:
+            return f"{v!r} is not an IP network (e.g. 192.0.2.0/24 or 2001:db8::/32)"
+    return None
 
 
 def internal(default: Any) -> Any:

@@ -46,7 +46,7 @@ from filterd.replies import (
 )
 from filterd.scancache import ScanCache
 from filterd.services import Services
-from filterd.settings import setting
+from filterd.settings import not_negative, positive, setting
 from filterd.transaction import Transaction
 
 log = logging.getLogger("filterd.checks.antivirus")
@@ -69,14 +69,6 @@ def _addresses(values: tuple[str, ...]) -> str | None:
     return None
 
 
-def _positive(value: float) -> str | None:
-    return None if value > 0 else "expected a number greater than zero"
-
-
-def _not_negative(value: float) -> str | None:
-    return None if value >= 0 else "expected zero or more"
-
-
 @dataclass(frozen=True)
 class AntivirusSettings(CheckSettings):
     # Off by default: with no clamd running, the default tempfail policy would refuse all mail.
@@ -89,10 +81,10 @@ class AntivirusSettings(CheckSettings):
         'clamd sockets, "unix:/path" or "inet:PORT@HOST", tried in order: the next is used when one fails',
         _addresses,
     )
-    timeout: float = setting(30.0, "seconds one clamd has for one scan, sending included", _positive)
-    connect_timeout: float = setting(2.0, "seconds to connect to one clamd", _positive)
+    timeout: float = setting(30.0, "seconds one clamd has for one scan, sending included", positive)
+    connect_timeout: float = setting(2.0, "seconds to connect to one clamd", positive)
     retry_after: float = setting(
-        10.0, "seconds a clamd that failed is tried last instead of first", _not_negative
+        10.0, "seconds a clamd that failed is tried last instead of first", not_negative
     )
     on_infected: Literal["reject", "quarantine", "discard"] = setting(
         "reject", 'a virus found: "reject" (554 naming it), "quarantine" or "discard"'
@@ -105,7 +97,7 @@ class AntivirusSettings(CheckSettings):
         0,
         "messages larger than this many bytes are not scanned (0: [milter] max_scan_bytes); "
         "keep it below clamd's StreamMaxLength",
-        _not_negative,
+        not_negative,
     )
     on_oversize: Literal["accept", "tempfail", "reject"] = setting(
         "accept", 'a message over max_size: "accept" with X-Virus-Status: Not scanned, "tempfail" or "reject"'
@@ -113,7 +105,7 @@ class AntivirusSettings(CheckSettings):
     cache_ttl: int = setting(
         3600,
         "seconds a scan result is kept in Redis, keyed by a hash of the body (0: no cache)",
-        _not_negative,
+        not_negative,
     )
     cache_headers: tuple[str, ...] = setting(
         ("Content-Type", "Content-Transfer-Encoding", "MIME-Version"),

@@ -26,9 +26,9 @@ from typing import TYPE_CHECKING, Literal, TypeVar
 
 from filterd.bayes.params import Params
 from filterd.check import AddHeader, Check, CheckSettings, Finding, Output, Stage
-from filterd.config import Config, check_not_negative, check_positive
+from filterd.config import Config
 from filterd.services import Services
-from filterd.settings import ConfigError, setting
+from filterd.settings import ConfigError, not_negative, positive, setting
 from filterd.transaction import Transaction
 
 if TYPE_CHECKING:  # numpy and scikit-learn load when the check is built, not when filterctl starts
@@ -79,9 +79,7 @@ class BayesSettings(CheckSettings):
         "teft: train everything seen (filterd learns each message as classified); "
         "tum: teft until `mature_after` messages of each class are trained, then toe",
     )
-    mature_after: int = setting(
-        1000, "tum: messages of each class after which training is toe", check_positive
-    )
+    mature_after: int = setting(1000, "tum: messages of each class after which training is toe", positive)
     spam_cutoff: float = setting(
         0.99,
         "spamicity at or above which a message is spam (BAYES_SPAM; FP/FN in `filterctl eval`)",
@@ -100,19 +98,19 @@ class BayesSettings(CheckSettings):
     min_learned: int = setting(
         20,
         "fewer spam or ham messages trained than this: score 0 and say BAYES_UNTRAINED",
-        check_not_negative,
+        not_negative,
     )
     signature: bool = setting(
         True, f"add {SIGNATURE_HEADER} and keep the message's tokens in Redis for retraining"
     )
-    signature_days: float = setting(14.0, "days a signature's tokens are kept", check_positive)
+    signature_days: float = setting(14.0, "days a signature's tokens are kept", positive)
     log_max: int = setting(
-        100_000, "storage = redis: training log entries kept (older ones: in the snapshot)", check_positive
+        100_000, "storage = redis: training log entries kept (older ones: in the snapshot)", positive
     )
     sync_interval: float = setting(
-        2.0, "seconds between checks for a new model file or shared training", check_positive
+        2.0, "seconds between checks for a new model file or shared training", positive
     )
-    redis_retry: float = setting(10.0, "seconds Redis is left alone after it failed", check_not_negative)
+    redis_retry: float = setting(10.0, "seconds Redis is left alone after it failed", not_negative)
     autolearn: bool = setting(
         False, "train messages the other checks scored far past the thresholds (storage = redis)"
     )
@@ -121,16 +119,14 @@ class BayesSettings(CheckSettings):
     autolearn_ratio: float = setting(
         3.0,
         "balance guard: never autolearn a class that already has this many times the other's messages",
-        check_positive,
+        positive,
     )
-    robs: float = setting(Params.robs, "Robinson's s: how many messages the prior is worth", check_positive)
+    robs: float = setting(Params.robs, "Robinson's s: how many messages the prior is worth", positive)
     robx: float = setting(Params.robx, "Robinson's x: the probability of a token never seen", check_unit)
     min_dev: float = setting(Params.min_dev, "tokens with |f - 0.5| below this are not evidence", check_unit)
-    max_clues: int = setting(
-        Params.max_clues, "at most this many of the strongest tokens decide", check_positive
-    )
+    max_clues: int = setting(Params.max_clues, "at most this many of the strongest tokens decide", positive)
     prior_messages: float = setting(
-        Params.prior_messages, "how many messages the prior token rate is worth, per class", check_positive
+        Params.prior_messages, "how many messages the prior token rate is worth, per class", positive
     )
     prior_rate: float = setting(
         Params.prior_rate, "a token's rate in a class before any of its messages", check_unit

@@ -39,16 +39,12 @@ from filterd.pipeline import score_so_far
 from filterd.redisstate import LuaScript, RedisCheckSettings, RedisGuard
 from filterd.replies import R451_GREYLIST_DEFERRED, TempFail
 from filterd.services import Services
-from filterd.settings import ConfigError, setting
+from filterd.settings import ConfigError, not_negative, setting
 from filterd.transaction import Transaction
 
 
 def _seconds(value: int) -> str | None:
     return None if value > 0 else "expected a number of seconds greater than zero"
-
-
-def _not_negative(value: int) -> str | None:
-    return None if value >= 0 else "expected zero or more"
 
 
 @dataclass(frozen=True)
@@ -64,10 +60,10 @@ class GreylistSettings(RedisCheckSettings):
     )
     pass_ttl: int = setting(35 * 86400, "seconds a passed triplet is remembered (refreshed on use)", _seconds)
     auto_allowlist: int = setting(
-        5, "passes after which a client network skips greylisting (0: never)", _not_negative
+        5, "passes after which a client network skips greylisting (0: never)", not_negative
     )
     allowlist_count_interval: int = setting(
-        3600, "a client network's passes count at most once per this many seconds", _not_negative
+        3600, "a client network's passes count at most once per this many seconds", not_negative
     )
     ipv4_prefix: int = setting(24, "IPv4 prefix length of the client network in the triplet")
     ipv6_prefix: int = setting(64, "IPv6 prefix length of the client network in the triplet")

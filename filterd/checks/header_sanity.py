@@ -13,21 +13,17 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from filterd.check import Check, CheckSettings, Finding, Output, Stage
-from filterd.settings import setting
+from filterd.settings import positive, setting
 from filterd.transaction import Transaction
 
 # RFC 5322 msg-id: "<" id-left "@" id-right ">", neither side empty nor holding spaces or brackets.
 _MESSAGE_ID = re.compile(r"^<[^<>@\s]+@[^<>@\s]+>$")
 
 
-def _positive(value: float) -> str | None:
-    return None if value > 0 else "expected a number greater than zero"
-
-
 @dataclass(frozen=True)
 class HeaderSanitySettings(CheckSettings):
-    future_hours: float = setting(24.0, "a Date more than this many hours ahead is DATE_IN_FUTURE", _positive)
-    past_days: float = setting(7.0, "a Date more than this many days old is DATE_IN_PAST", _positive)
+    future_hours: float = setting(24.0, "a Date more than this many hours ahead is DATE_IN_FUTURE", positive)
+    past_days: float = setting(7.0, "a Date more than this many days old is DATE_IN_PAST", positive)
 
 
 class HeaderSanity(Check):

@@ -20,31 +20,27 @@ from dataclasses import dataclass
 
 from filterd.addrlists import NetworkList
 from filterd.check import Check, Direction, Output, Stage
-from filterd.config import Config, check_networks
+from filterd.config import Config
 from filterd.keys import Keys
 from filterd.redisstate import LuaScript, RedisCheckSettings, RedisGuard
 from filterd.replies import R451_RATE_LIMITED, TempFail
 from filterd.services import Services
-from filterd.settings import ConfigError, setting
+from filterd.settings import ConfigError, ip_networks, not_negative, setting
 from filterd.transaction import Transaction
-
-
-def _not_negative(value: float) -> str | None:
-    return None if value >= 0 else "expected zero (off) or more"
 
 
 @dataclass(frozen=True)
 class RateLimitSettings(RedisCheckSettings):
-    ip_rate: float = setting(60.0, "inbound: messages per minute per client IP (0: no limit)", _not_negative)
-    ip_burst: int = setting(120, "inbound: messages a client IP may send at once", _not_negative)
+    ip_rate: float = setting(60.0, "inbound: messages per minute per client IP (0: no limit)", not_negative)
+    ip_burst: int = setting(120, "inbound: messages a client IP may send at once", not_negative)
     user_rate: float = setting(
-        2.0, "outbound: messages per minute per authenticated user (0: no limit)", _not_negative
+        2.0, "outbound: messages per minute per authenticated user (0: no limit)", not_negative
     )
-    user_burst: int = setting(100, "outbound: messages an authenticated user may send at once", _not_negative)
+    user_burst: int = setting(100, "outbound: messages an authenticated user may send at once", not_negative)
     exempt_networks: tuple[str, ...] = setting(
         ("127.0.0.0/8", "::1/128"),
         "client networks never limited (local submission, content filters)",
-        check_networks,
+        ip_networks,
     )
 
 

@@ -34,7 +34,7 @@ from filterd.check import Check, CheckSettings, Finding, Output, Stage
 from filterd.dns import DnsTempError
 from filterd.keys import domain_of
 from filterd.reputation import authenticated_domains
-from filterd.settings import setting
+from filterd.settings import positive, setting
 from filterd.transaction import Transaction
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -50,15 +50,11 @@ _DYNAMIC_WORDS = re.compile(
 )
 
 
-def _positive(value: float) -> str | None:
-    return None if value > 0 else "expected a number greater than zero"
-
-
 @dataclass(frozen=True)
 class DnsCheckSettings(CheckSettings):
     # Off until turned on: no check talks to a service (here DNS) the admin has not chosen.
     enabled: bool = setting(False, "run this check (it makes DNS lookups for every message)")
-    dns_budget: float = setting(4.0, "seconds of DNS lookups this check may spend per message", _positive)
+    dns_budget: float = setting(4.0, "seconds of DNS lookups this check may spend per message", positive)
 
 
 class _Budget:
@@ -147,7 +143,7 @@ class HeloHeuristics(Check):
 
 @dataclass(frozen=True)
 class ClientDnsSettings(DnsCheckSettings):
-    max_names: int = setting(3, "PTR names checked for a forward-confirming A/AAAA record", _positive)
+    max_names: int = setting(3, "PTR names checked for a forward-confirming A/AAAA record", positive)
 
 
 class ClientDns(Check):
@@ -300,11 +296,11 @@ def _is_null_mx(record: str) -> bool:
 
 @dataclass(frozen=True)
 class HeaderHeuristicsSettings(CheckSettings):
-    many_rcpts: int = setting(20, "MANY_RCPTS at this many envelope recipients or more", _positive)
+    many_rcpts: int = setting(20, "MANY_RCPTS at this many envelope recipients or more", positive)
     received_skew_hours: float = setting(
-        24.0, "DATE_RECEIVED_MISMATCH when Date and the first Received differ by more hours", _positive
+        24.0, "DATE_RECEIVED_MISMATCH when Date and the first Received differ by more hours", positive
     )
-    max_received: int = setting(30, "RECEIVED_TOO_MANY above this many Received headers", _positive)
+    max_received: int = setting(30, "RECEIVED_TOO_MANY above this many Received headers", positive)
 
 
 # Characters spam uses to imitate others in domain names, mapped to what they imitate.

@@ -29,7 +29,7 @@ import spf
 
 from filterd.auth.results import SPF, SPF_HELO, SpfResult
 from filterd.check import AddHeader, Check, CheckSettings, Finding, Output, Stage
-from filterd.config import Config, check_networks
+from filterd.config import Config
 from filterd.replies import (
     R451_SPF_DEFERRED,
     R451_SPF_TEMPERROR,
@@ -39,7 +39,7 @@ from filterd.replies import (
     TempFail,
 )
 from filterd.services import Services
-from filterd.settings import setting
+from filterd.settings import ip_networks, positive, setting
 from filterd.transaction import Transaction
 
 log = logging.getLogger("filterd.checks.spf")
@@ -51,10 +51,6 @@ RESULTS = ("pass", "fail", "softfail", "neutral", "none", "temperror", "permerro
 _HOSTNAME = re.compile(
     r"^(?=.{1,253}$)(?:[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z0-9-]{1,63}\.?$"
 )
-
-
-def _positive(value: float) -> str | None:
-    return None if value > 0 else "expected a number greater than zero"
 
 
 @dataclass(frozen=True)
@@ -78,10 +74,10 @@ class SpfSettings(CheckSettings):
     trusted_forwarders: tuple[str, ...] = setting(
         (),
         "networks of forwarders (secondary MX, list servers) whose mail is not SPF-checked",
-        check_networks,
+        ip_networks,
     )
     max_time: float = setting(
-        10.0, "seconds one SPF evaluation may take in all; past it the result is temperror", _positive
+        10.0, "seconds one SPF evaluation may take in all; past it the result is temperror", positive
     )
     received_spf: bool = setting(True, "add a Received-SPF header (RFC 7208 9.1) for each identity checked")
 
