@@ -246,6 +246,11 @@ def main() -> int:
     parser.add_argument(
         "--clamd", action="store_true", help="with the antivirus check, a private clamd and redis"
     )
+    parser.add_argument(
+        "--trivial",
+        action="store_true",
+        help="also measure a trivial pymilter milter (bench/trivial_milter.py) as a reference",
+    )
     parser.add_argument("--workers", type=int, default=0, help="filterd worker processes (0: its default)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument(
@@ -296,11 +301,24 @@ def main() -> int:
     filterd.config_path.write_text(filterd.config_path.read_text().replace("workers = 2", workers))
     baseline = Postfix(workdir / "postfix-plain", "", sink_port, with_milter=False)
     filtered = Postfix(workdir / "postfix-filterd", f"unix:{filterd.socket_path}", sink_port)
-    results: dict[str, list[float]] = {"no_milter": [], "filterd": []}
+    results: dict[str, list[float]] = {"no_milter": [], "filterd": [], "trivial": []}
+    trivial_socket = workdir / "trivial.sock"
+    trivial = (
+        Postfix(workdir / "postfix-trivial", f"unix:{trivial_socket}", sink_port) if args.trivial else None
+    )
+    trivial_proc: subprocess.Popen[bytes] | None = None
     try:
         filterd.start()
         baseline.start()
         filtered.start()
+        if trivial is not None:
+            trivial_proc = subprocess.Popen(
+                [sys.executable, str(ROOT / "bench" / "trivial_milter.py"), f"unix:{trivial_socket}"]
+            )
+            wait_for(trivial_socket.exists, 10, "the trivial milter's socket")
+            os.chmod(trivial_socket, 0o666)
+            trivial.start()
+            run_round(trivial, messages[:100], args.sessions)
         if redis_server is not None:
             prime_greylist(filtered.port)
         warm = messages[: min(100, len(messages))]
@@ -314,12 +332,21 @@ def main() -> int:
         for _ in range(args.rounds):
             results["no_milter"].append(run_round(baseline, messages, args.sessions))
             results["filterd"].append(run_round(filtered, messages, args.sessions))
+            cpu_round = cpu_seconds(pids)
+            if trivial is not None:
+                results["trivial"].append(run_round(trivial, messages, args.sessions))
+                cpu_before += cpu_seconds(pids) - cpu_round  # filterd idles meanwhile: not its cost
         cpu = cpu_seconds(pids) - cpu_before
         # minus the one INFO call of our own that the second reading includes
         reads = redis_reads(redis_server.port) - reads_before - 1 if redis_server else 0
         rss = peak_rss_mib(pids)
         times = pipeline_times_ms(filterd.log()[log_offset:])
     finally:
+        if trivial is not None:
+            trivial.stop()
+        if trivial_proc is not None:
+            trivial_proc.terminate()
+            trivial_proc.wait()
         filtered.stop()
         baseline.stop()
         filterd.stop()
@@ -348,6 +375,10 @@ def main() -> int:
         "rounds_no_milter": [round(r, 1) for r in results["no_milter"]],
         "rounds_filterd": [round(r, 1) for r in results["filterd"]],
     }
+    if args.trivial:
+        trivial_rate = statistics.median(results["trivial"])
+        report["trivial_msgs_per_s"] = round(trivial_rate, 1)
+        report["trivial_ratio"] = round(trivial_rate / plain, 3)
     if args.redis:
         report["redis_round_trips_per_msg"] = round(reads / (args.messages * args.rounds), 2)
     if args.json:
@@ -360,6 +391,11 @@ def main() -> int:
         print(f"{'Postfix, no milter':<30}{plain:>10.1f}{1.0:>8.2f}")
         label = "Postfix + filterd" + (" + clamd" if args.clamd else "")
         print(f"{label:<30}{with_filterd:>10.1f}{report['ratio']:>8.2f}")
+        if args.trivial:
+            print(
+                f"{'Postfix + trivial pymilter':<30}{report['trivial_msgs_per_s']:>10.1f}"
+                f"{report['trivial_ratio']:>8.2f}"
+            )
         print(f"filterd CPU per message: {report['filterd_cpu_ms_per_msg']} ms (all processes)")
         print(f"filterd peak RSS: {report['filterd_peak_rss_mib']} MiB (sum over processes)")
         print(
