@@ -119,6 +119,7 @@ class FilterdMilter(Milter.Base):
         self.session = Session()
         self.tx: Transaction | None = None
         self.session_decision: Decision | None = None  # decided at CONNECT/HELO, given at MAIL FROM
+        self.header_decision: Decision | None = None  # decided at end of headers, given at end of message
         self.forged: list[tuple[str, int]] = []  # (header name, index among that name) to remove
         self._name_counts: dict[str, int] = {}
         self._authserv_ids: tuple[str, ...] = ()  # A-R headers claiming these are forged
@@ -183,6 +184,7 @@ class FilterdMilter(Milter.Base):
         tx.queue_id = self.getsymval("i") or None
         tx.direction = self.pipeline.direction_of(tx)
         self.forged, self._name_counts = [], {}
+        self.header_decision = None
         self._authserv_ids = (configured_authserv_id(self.pipeline.config),)
         if self.session_decision is not None:
             log.info(log_line(tx, self.pipeline.verdict(tx, self.session_decision)))
@@ -221,11 +223,20 @@ class FilterdMilter(Milter.Base):
                 self.forged.append((name, count))
         return self._header_rc
 
-    @_fail_safe
+    @Milter.noreply
     def eoh(self) -> int:
-        tx = self._tx()
-        tx.queue_id = self.getsymval("i") or tx.queue_id
-        return self._stage(Stage.HEADERS)
+        """End of headers.  No reply is awaited here -- one round trip less per message -- so a
+        decision taken now is held and given at end of message, without running the body checks."""
+        tx = self.tx
+        if tx is None:
+            return Milter.CONTINUE
+        try:
+            tx.queue_id = self.getsymval("i") or tx.queue_id
+            self.header_decision = self.pipeline.run_stage(Stage.HEADERS, tx)
+        except Exception:  # with no reply to give, the tempfail waits for end of message
+            log.exception("%s: internal error at end of headers, tempfailing", self.queue_id)
+            self.header_decision = TempFail(R451_CHECK_FAILED, "internal error")
+        return Milter.CONTINUE
 
     @Milter.noreply
     def body(self, chunk: bytes) -> int:
@@ -249,7 +260,7 @@ class FilterdMilter(Milter.Base):
         tx = self._tx()
         tx.queue_id = self.getsymval("i") or tx.queue_id
         try:
-            decision = self.pipeline.run_stage(Stage.EOM, tx)
+            decision = self.header_decision or self.pipeline.run_stage(Stage.EOM, tx)
             verdict = self.pipeline.verdict(tx, decision)
             rc = self._apply(tx, verdict)
             log.info(log_line(tx, verdict))
