@@ -27,6 +27,7 @@ from filterd.config import load_config  # noqa: E402
 from tests.harness.clamd import ClamdServer  # noqa: E402
 from tests.harness.net import port_open, wait_for  # noqa: E402
 from tests.harness.postfix import Postfix  # noqa: E402
+from tests.harness.redis import redis_argv  # noqa: E402
 
 RUN = ROOT / "run"
 SMTP_PORT = 2525
@@ -75,22 +76,7 @@ def up() -> int:
     if port_open(redis_port):
         print(f"redis:    using the redis-server already listening on 127.0.0.1:{redis_port}")
     else:
-        _start_detached(
-            "redis",
-            [
-                "redis-server",
-                "--port",
-                str(redis_port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(RUN),
-            ],
-        )
+        _start_detached("redis", redis_argv(redis_port, RUN))
         wait_for(lambda: port_open(redis_port), 10, "redis-server")
         print(f"redis:    started on 127.0.0.1:{redis_port}")
 
