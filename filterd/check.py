@@ -115,5 +115,16 @@ class Check:
         The pipeline calls it for the checks of the message's direction, after the action was
         chosen; an exception here is logged and never changes the verdict."""
 
+    def can_decide(self) -> bool:
+        """Could this check, as configured, refuse or hold a message (a fail-closed error included)?
+
+        When no check at MAIL FROM or RCPT could, the milter tells Postfix not to wait for its answer
+        there: two round trips less per message."""
+        return self.settings.on_error == "closed" or self.decides()
+
+    def decides(self) -> bool:
+        """Could `run` yield a decision with these settings?  Override only when sure it cannot."""
+        return True
+
     def close(self) -> None:
         """Release what the check holds (connections, files) when the pipeline is replaced."""

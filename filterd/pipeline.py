@@ -104,6 +104,10 @@ class Pipeline:
             check.close()
         self.services.close()
 
+    def may_decide(self, *stages: Stage) -> bool:
+        """Could an enabled check at one of these stages refuse or hold the message?"""
+        return any(check.can_decide() for stage in stages for check in self.by_stage[stage])
+
     def direction_of(self, tx: Transaction) -> Direction:
         """Outbound: an authenticated SMTP client, or one in the configured internal networks."""
         if tx.auth_user:

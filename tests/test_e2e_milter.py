@@ -264,3 +264,20 @@ def test_inet_socket_works_too(tmp_path: Path) -> None:
         postfix.stop()
         filterd.stop()
         sink.stop()
+
+
+def test_no_reply_awaited_at_mail_and_rcpt_when_nothing_there_can_refuse(stack: Stack) -> None:
+    config = {
+        "checks": {"spf": {"enabled": False}, "helo": {"enabled": False}},
+        "scores": {"MISSING_FROM": 20.0},
+    }
+    with stack.configured(config):
+        msg, marker = make_message("quiet envelope")
+        stack.send(msg)
+        assert stack.sink.find(marker).header("X-Spam-Status")
+        msg, refused = make_message("still refused at end of data")
+        msg = b"\r\n".join(line for line in msg.split(b"\r\n") if not line.startswith(b"From:"))
+        with pytest.raises(smtplib.SMTPDataError) as info:
+            stack.send(msg)
+        assert info.value.smtp_code == 550
+    assert stack.sink.count(refused) == 0

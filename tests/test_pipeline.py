@@ -173,3 +173,20 @@ def test_offline_scan_runs_every_stage(missing: bytes) -> None:
         missing
     ]
     assert expected in names
+
+
+def test_may_decide_knows_when_no_check_can_refuse(tmp_path: Any) -> None:
+    quiet = Pipeline.from_config(parse_config({"checks": {"spf": {"enabled": False}}}))
+    assert not quiet.may_decide(Stage.RCPT)
+    assert not quiet.may_decide(Stage.CONNECT, Stage.HELO, Stage.MAIL_FROM)
+    deny = tmp_path / "deny"
+    deny.write_text("spam.example\n")
+    listed = Pipeline.from_config(
+        parse_config({"checks": {"spf": {"enabled": False}, "sender_lists": {"deny_file": str(deny)}}})
+    )
+    assert listed.may_decide(Stage.MAIL_FROM) and not listed.may_decide(Stage.RCPT)
+    closed = Pipeline.from_config(
+        parse_config({"checks": {"spf": {"enabled": False}, "recipient_lists": {"on_error": "closed"}}})
+    )
+    assert closed.may_decide(Stage.RCPT)
+    assert Pipeline.from_config(parse_config({})).may_decide(Stage.MAIL_FROM)  # SPF fail rejects

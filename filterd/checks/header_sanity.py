@@ -44,6 +44,9 @@ class HeaderSanity(Check):
     Settings = HeaderSanitySettings
     clock: Callable[[], float] = staticmethod(time.time)
 
+    def decides(self) -> bool:
+        return False  # findings only
+
     def run(self, tx: Transaction) -> Iterable[Output]:
         yield from self._date(tx.header_values("Date"))
         yield from self._message_id(tx.header_values("Message-ID"))

@@ -39,6 +39,9 @@ class ClientLists(Check):
         self.allow = NetworkList.load(settings.allow_file, f"checks.{self.name}.allow_file")
         self.deny = NetworkList.load(settings.deny_file, f"checks.{self.name}.deny_file")
 
+    def decides(self) -> bool:
+        return bool(self.deny.networks)
+
     def run(self, tx: Transaction) -> Iterable[Output]:
         ip = tx.session.client_ip
         if (net := self.deny.match(ip)) is not None:
@@ -65,6 +68,9 @@ class _AddressLists(Check):
 
     def address(self, tx: Transaction) -> str | None:
         raise NotImplementedError
+
+    def decides(self) -> bool:
+        return bool(self.deny.addresses or self.deny.domains or self.deny.parent_domains)
 
     def run(self, tx: Transaction) -> Iterable[Output]:
         address = self.address(tx)

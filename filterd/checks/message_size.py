@@ -35,6 +35,9 @@ class MessageSize(Check):
     symbols = {"SCAN_SKIPPED_SIZE": 0.0}
     Settings = MessageSizeSettings
 
+    def decides(self) -> bool:
+        return self.settings.reject_over > 0  # type: ignore[attr-defined]
+
     def run(self, tx: Transaction) -> Iterable[Output]:
         assert isinstance(self.settings, MessageSizeSettings)
         limit = self.settings.reject_over

@@ -106,6 +106,9 @@ class HeloHeuristics(Check):
     def ours(self) -> tuple[str, frozenset[str]]:
         return _our_names(self)
 
+    def decides(self) -> bool:
+        return False  # findings only
+
     def run(self, tx: Transaction) -> Iterable[Output]:
         helo = (tx.session.helo or "").strip()
         ip = tx.session.client_ip
@@ -157,6 +160,9 @@ class ClientDns(Check):
         "RDNS_TEMPERROR": 0.0,
     }
     Settings = ClientDnsSettings
+
+    def decides(self) -> bool:
+        return False  # findings only
 
     def run(self, tx: Transaction) -> Iterable[Output]:
         assert isinstance(self.settings, ClientDnsSettings)
@@ -254,6 +260,9 @@ class SenderDns(Check):
         "SENDER_DNS_TEMPERROR": 0.0,
     }
     Settings = DnsCheckSettings
+
+    def decides(self) -> bool:
+        return False  # findings only
 
     def run(self, tx: Transaction) -> Iterable[Output]:
         assert isinstance(self.settings, DnsCheckSettings)
