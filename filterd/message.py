@@ -15,7 +15,6 @@ import email.header
 import email.message
 import email.parser
 import email.policy
-import html
 import re
 from dataclasses import dataclass
 from functools import cached_property
@@ -229,7 +228,3 @@ def _filename(part: email.message.Message) -> str | None:
     except (ValueError, LookupError, AssertionError):
         return None
     return decode_words(name) if name else None
-
-
-def unescape(text: str) -> str:
-    return html.unescape(text)
