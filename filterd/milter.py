@@ -94,6 +94,10 @@ class PipelineHolder:
 holder: PipelineHolder | None = None  # set by the worker before libmilter starts
 
 
+# The callbacks whose reply Postfix may be told not to wait for, and the option bit that says so.
+_NO_REPLY_BITS = {"envfrom": Milter.P_NR_MAIL, "envrcpt": Milter.P_NR_RCPT}
+
+
 def _fail_safe(method: Callable[..., int]) -> Callable[..., int]:
     """No exception reaches libmilter: log it and tempfail, so the client keeps the message."""
 
@@ -157,8 +161,7 @@ class FilterdMilter(Milter.Base):
 
     def _quiet(self, callback: str) -> bool:
         """Was it negotiated that Postfix awaits no reply to this callback?"""
-        bit = {"envfrom": Milter.P_NR_MAIL, "envrcpt": Milter.P_NR_RCPT}.get(callback, 0)
-        return bool(self._protocol & bit)
+        return bool(self._protocol & _NO_REPLY_BITS.get(callback, 0))
 
     @property
     def queue_id(self) -> str:
@@ -220,10 +223,11 @@ class FilterdMilter(Milter.Base):
     def envrcpt(self, rcpt: str, *params: str) -> int:
         tx = self._tx()
         tx.rcpts.append(rcpt.strip().removeprefix("<").removesuffix(">"))
-        decision = self.pipeline.run_stage(Stage.RCPT, tx)
         if self._quiet("envrcpt"):
-            self.held_decision = self.held_decision or decision
+            if self.held_decision is None:  # once the message is decided, no more checks
+                self.held_decision = self.pipeline.run_stage(Stage.RCPT, tx)
             return Milter.NOREPLY
+        decision = self.pipeline.run_stage(Stage.RCPT, tx)
         if decision is None:
             return Milter.CONTINUE
         # A decision at RCPT refuses this recipient only; the message goes on for the others.
