@@ -162,12 +162,13 @@ def checks_settings_class() -> type:
     return dataclasses.make_dataclass("ChecksSettings", fields, frozen=True)
 
 
-def known_symbols() -> dict[str, float]:
-    """Every symbol any check can emit, with its default score."""
+@cache
+def known_symbols() -> Mapping[str, float]:
+    """Every symbol any check can emit, with its default score (built once: `score_of` is on the mail path)."""
     symbols: dict[str, float] = {"CHECK_ERROR": 0.0}
     for c in registered_checks():
         symbols.update(c.symbols)
-    return symbols
+    return types.MappingProxyType(symbols)
 
 
 @dataclass(frozen=True)
