@@ -55,7 +55,7 @@ def test_malformed_input_never_raises() -> None:
     ]
     for raw in samples:
         m = Message(raw)
-        _ = (m.headers, m.text, m.urls, m.parts, m.defects, m.html)
+        _ = (m.headers, m.text, m.urls, m.parts, m.mime, m.html)
 
 
 def test_text_is_bounded() -> None:

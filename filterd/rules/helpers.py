@@ -7,8 +7,6 @@ which ``filterctl rules test`` prints.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -97,20 +95,10 @@ def base64_plain_text(t: Targets, p: Mapping[str, Any]) -> str | None:
     raw = t.message.raw
     if b"ase64" not in raw and b"ASE64" not in raw:  # no base64 part at all: skip the MIME walk
         return None
-    for i, part in enumerate(t.message.email.walk()):
-        if i >= 50:
-            break
-        if part.get_content_type() != "text/plain" or part.get_filename():
+    for leaf in t.message.leaves[:50]:
+        if leaf.content_type != "text/plain" or leaf.filename or leaf.transfer_encoding != "base64":
             continue
-        if str(part.get("Content-Transfer-Encoding", "")).strip().lower() != "base64":
-            continue
-        payload = part.get_payload()
-        if not isinstance(payload, str):
-            continue
-        try:
-            data = base64.b64decode(payload.encode("ascii", "replace"), validate=False)
-        except (binascii.Error, ValueError):
-            continue
+        data = leaf.payload()
         if len(data) >= p["min_bytes"] and data.isascii():
             return f"text/plain part of {len(data)} ASCII bytes sent as base64"
     return None

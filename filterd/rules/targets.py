@@ -192,10 +192,8 @@ class Targets:
     def charset(self) -> str | None:
         """The charset the sender's program wrote in: the first one a text part (or the top
         Content-Type) names."""
-        for i, part in enumerate(self.message.email.walk()):
-            if i >= 20:
-                break
-            charset = part.get_content_charset()
+        for node in self.message.mime[:20]:
+            charset = node.charset
             if charset and charset not in ("us-ascii", "ascii"):
                 return charset
         return None
