@@ -126,6 +126,7 @@ online run -- the same data the evaluation reports, so those figures flatter a l
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -147,6 +148,19 @@ _CLIP = 1e-6
 MAX_REPORTED = 10  # clues a Result names
 
 
+class _BucketCache(dict[str, int]):
+    """token -> bucket.  A miss hashes in `__missing__`, so a whole message's lookups run as one
+    `map` in C, and the bucket of "" (a break in the chain of words) is -1."""
+
+    def __init__(self, n_features: int) -> None:
+        super().__init__({"": -1})
+        self.n_features = n_features
+
+    def __missing__(self, token: str) -> int:
+        bucket = self[token] = abs(murmurhash3_32(token, seed=0)) % self.n_features
+        return bucket
+
+
 class Hasher:
     """Token strings to bucket numbers, exactly as scikit-learn's `FeatureHasher(n_features,
     alternate_sign=False)` would put them (its MurmurHash3, which the tests compare); word pairs:
@@ -161,24 +175,17 @@ class Hasher:
 
     def __init__(self, n_features: int = DEFAULT_N_FEATURES) -> None:
         self.n_features = n_features
-        self._cache: dict[str, int] = {}
+        self._cache = _BucketCache(n_features)
 
     def bucket(self, token: str) -> int:
         return abs(murmurhash3_32(token, seed=0)) % self.n_features
 
     def buckets(self, tokens: Sequence[str]) -> np.ndarray:
-        """Bucket numbers of `tokens`, in order (the same length; repeats possible after collisions)."""
-        cache = self._cache
-        if len(cache) > self.CACHE_SIZE:
-            cache.clear()  # a crude bound; refilling it costs one message's worth of misses each
-        found = list(map(cache.get, tokens))  # the loop runs in C; misses come back as None
-        if None in found:
-            n = self.n_features
-            for i, b in enumerate(found):
-                if b is None:
-                    token = tokens[i]
-                    found[i] = cache[token] = abs(murmurhash3_32(token, seed=0)) % n
-        return np.array(found, dtype=np.int64)
+        """Bucket numbers of `tokens`, in order (the same length; repeats possible after collisions);
+        -1 for ""."""
+        if len(self._cache) > self.CACHE_SIZE:
+            self._cache = _BucketCache(self.n_features)  # a crude bound; refilling costs some misses
+        return np.fromiter(map(self._cache.__getitem__, tokens), dtype=np.int64, count=len(tokens))
 
     def pair_buckets(
         self, words: Sequence[str], word_buckets: np.ndarray | None = None
@@ -190,12 +197,12 @@ class Hasher:
         words are nearly always in the cache, the pairs nearly never, and one numpy expression for
         all pairs replaced a third of the check's time (murmurhash on each new pair, and building
         its string).  Order matters: (a, b) and (b, a) are different pairs."""
-        if len(words) < 2:
+        w = self.buckets(words) if word_buckets is None else word_buckets
+        if len(w) < 2:
             return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
-        w = (self.buckets(words) if word_buckets is None else word_buckets).astype(np.uint64)
-        present = np.fromiter(map(bool, words), dtype=bool, count=len(words))
-        keep = np.flatnonzero(present[:-1] & present[1:])
-        z = w[:-1][keep] * _MIX1 ^ (w[1:][keep] + _MIX2)
+        keep = np.flatnonzero((w[:-1] >= 0) & (w[1:] >= 0))
+        first, second = w[keep].astype(np.uint64), w[keep + 1].astype(np.uint64)
+        z = first * _MIX1 ^ (second + _MIX2)
         z ^= z >> np.uint64(31)
         z *= _MIX3
         z ^= z >> np.uint64(29)
@@ -206,33 +213,54 @@ class Hasher:
         return bucket_matrix([self.buckets(tokens) for tokens in messages], self.n_features)
 
 
+def distinct(buckets: np.ndarray) -> np.ndarray:
+    """The distinct values of an int array, sorted: `np.unique`'s result at a seventh of its cost on
+    a message's ~1000 buckets (np.unique spends most of its time in generality we do not need)."""
+    if len(buckets) < 2:
+        return np.asarray(buckets, dtype=np.int64).copy()
+    ordered = np.sort(buckets)
+    keep = np.empty(len(ordered), dtype=bool)
+    keep[0] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=keep[1:])
+    return ordered[keep]
+
+
 def bucket_matrix(messages: Sequence[np.ndarray], n_features: int) -> csr_matrix:
     """The binary (n_messages, n_features) matrix of a batch given each message's buckets."""
-    rows = [np.unique(b) for b in messages]
+    rows = [distinct(b) for b in messages]
     indptr = np.concatenate([[0], np.cumsum([len(r) for r in rows])])
     indices = np.concatenate(rows) if rows else np.empty(0, dtype=np.int64)
     return csr_matrix((np.ones(len(indices)), indices, indptr), shape=(len(rows), n_features))
 
 
 class Features(Sequence[str]):
-    """A message's distinct buckets; item i names the token of bucket i (built only when asked).
+    """A message's distinct buckets; item i names the token of bucket i (built only when asked:
+    only the few clues a report shows are ever named).
 
     The words are hashed once and serve twice: as word tokens and as the inputs of the pairs."""
 
     def __init__(self, tokens: Tokens, hasher: Hasher) -> None:
         names = hasher.buckets(tokens.names)
         words = hasher.buckets(tokens.words)
-        self._word_at = np.flatnonzero(np.fromiter(map(bool, tokens.words), dtype=bool, count=len(words)))
+        self._word_at = np.flatnonzero(words >= 0)
         pairs, self._pair_at = hasher.pair_buckets(tokens.words, words)
-        found = np.concatenate([names, words[self._word_at], pairs])
-        self.buckets, self._first = np.unique(found, return_index=True)
+        self._found = np.concatenate([names, words[self._word_at], pairs])
+        self.buckets = distinct(self._found)
         self._tokens = tokens
 
     def __len__(self) -> int:
         return len(self.buckets)
 
     def __getitem__(self, i: int) -> str:  # type: ignore[override]
-        j = int(self._first[i])
+        return self.names_of([i])[0]
+
+    def names_of(self, indices: Sequence[int] | np.ndarray) -> list[str]:
+        """The names of buckets `indices`: each one's first token."""
+        wanted = self.buckets[np.asarray(indices, dtype=np.int64)]
+        first = (self._found[:, None] == wanted[None, :]).argmax(axis=0)  # few wanted: one pass
+        return [self._name_at(j) for j in first.tolist()]
+
+    def _name_at(self, j: int) -> str:
         names, words = self._tokens.names, self._tokens.words
         if j < len(names):
             return names[j]
@@ -263,8 +291,12 @@ class TokenCounts:
 
     def __init__(self, n_features: int = DEFAULT_N_FEATURES) -> None:
         self.n_features = n_features
-        self.spam = np.zeros(n_features, dtype=np.int32)
-        self.ham = np.zeros(n_features, dtype=np.int32)
+        # Both counts of a bucket side by side: scoring reads ~1000 random buckets of a 64 MB
+        # table, and one cache line per bucket instead of two took a fifth off classifying.
+        self.both = np.zeros((n_features, 2), dtype=np.int32)
+        self.spam = self.both[:, 0]  # views: writing them writes `both`
+        self.ham = self.both[:, 1]
+        self.both_flat = self.both.view(np.int64).reshape(-1)  # numpy gathers 1-d arrays fastest
         self.nspam = 0
         self.nham = 0
 
@@ -289,7 +321,7 @@ class TokenCounts:
 
     def add(self, buckets: np.ndarray, dspam: int, dham: int) -> None:
         """Apply one message's change: +1/-1 to each of its (distinct) buckets for each class."""
-        b = np.unique(buckets)
+        b = distinct(buckets)
         if dspam:
             self.spam[b] += dspam
             if dspam < 0:
@@ -319,6 +351,7 @@ def token_probabilities(
 
 
 _LOG_FACTORIAL = gammaln(np.arange(8192) + 1.0)  # ln k!, enough for MAX_TOKENS clues
+_K = np.arange(len(_LOG_FACTORIAL))
 
 
 def log_chi2_sf(x: float, n: int) -> float:
@@ -334,15 +367,22 @@ def log_chi2_sf(x: float, n: int) -> float:
 
 
 def chi2_spamicity(probs: np.ndarray) -> tuple[float, float]:
-    """Fisher/chi-square combining of clue probabilities: (I, ln H - ln S) (module docstring)."""
+    """Fisher/chi-square combining of clue probabilities: (I, ln H - ln S) (module docstring).
+
+    `log_chi2_sf` for H and for S at once, as one (2, n) array: half the numpy calls."""
     n = len(probs)
     if n == 0:
         return 0.5, 0.0
     f = np.clip(probs, _CLIP, 1.0 - _CLIP)
-    log_h = log_chi2_sf(-2.0 * float(np.log(f).sum()), n)
-    log_s = log_chi2_sf(-2.0 * float(np.log1p(-f).sum()), n)
-    indicator = (1.0 + np.exp(log_h) - np.exp(log_s)) / 2.0
-    return float(indicator), log_h - log_s
+    m = np.array([-float(np.log(f).sum()), -float(np.log1p(-f).sum())])  # x / 2 for H and S
+    if n > len(_LOG_FACTORIAL) or not (m > 0.0).all():
+        log_h, log_s = log_chi2_sf(2.0 * m[0], n), log_chi2_sf(2.0 * m[1], n)
+    else:
+        terms = np.log(m)[:, None] * _K[:n] - _LOG_FACTORIAL[:n]
+        top = terms.max(axis=1)
+        log_h, log_s = (-m + top + np.log(np.exp(terms - top[:, None]).sum(axis=1))).tolist()
+    indicator = (1.0 + math.exp(log_h) - math.exp(log_s)) / 2.0
+    return indicator, log_h - log_s
 
 
 def _tie_broken(indicator: float, log_ratio: float) -> float:
@@ -353,7 +393,9 @@ def _tie_broken(indicator: float, log_ratio: float) -> float:
 
 def classify(counts: TokenCounts, buckets: np.ndarray, tokens: Sequence[str], params: Params) -> Result:
     """Score one message given its tokens and their buckets (aligned)."""
-    f = token_probabilities(counts.spam[buckets], counts.ham[buckets], counts.nspam, counts.nham, params)
+    found = counts.both_flat[buckets].view(np.int32)  # one 8-byte read per bucket
+    spam, ham = found[0::2], found[1::2]
+    f = token_probabilities(spam, ham, counts.nspam, counts.nham, params)
     strength = np.abs(f - 0.5)
     chosen = np.flatnonzero(strength >= params.min_dev)
     if len(chosen) > params.max_clues:
@@ -364,7 +406,8 @@ def classify(counts: TokenCounts, buckets: np.ndarray, tokens: Sequence[str], pa
     if len(top) > MAX_REPORTED:  # only the strongest few are named in the report
         top = top[np.argpartition(-strength[top], MAX_REPORTED)[:MAX_REPORTED]]
     order = top[np.argsort(-strength[top], kind="stable")]
+    names = tokens.names_of(order) if isinstance(tokens, Features) else [tokens[i] for i in order]
     clues = tuple(
-        Clue(tokens[i], float(f[i]), int(counts.spam[buckets[i]]), int(counts.ham[buckets[i]])) for i in order
+        Clue(name, float(f[i]), int(spam[i]), int(ham[i])) for name, i in zip(names, order, strict=True)
     )
     return Result(spamicity=spamicity, clues=clues, n_tokens=len(tokens))

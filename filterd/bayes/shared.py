@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from filterd.bayes.classifier import distinct
 from filterd.bayes.model import Change, Model, ModelError, transition
 
 log = logging.getLogger("filterd.bayes")
@@ -181,7 +182,7 @@ class SharedModel:
         pipe = self.redis.pipeline(transaction=False)
         for digest, buckets, label in items:
             base = self.model.records.get(digest)
-            packed = np.unique(buckets).astype("<u4").tobytes()
+            packed = distinct(buckets).astype("<u4").tobytes()
             self._train(
                 keys=[self.rec_key, self.log_key],
                 args=[digest.hex(), _label_name(label), _label_name(base), packed],
@@ -217,7 +218,7 @@ class SharedModel:
         The value is the 16-byte digest, the model's bucket count (uint32) and the buckets."""
         sig_id = secrets.token_hex(10)
         n_features = self.seed.counts.n_features
-        value = digest + struct.pack("<I", n_features) + np.unique(buckets).astype("<u4").tobytes()
+        value = digest + struct.pack("<I", n_features) + distinct(buckets).astype("<u4").tobytes()
         self.redis.set(self.prefix + "sig:" + sig_id, value, ex=ttl_seconds)
         return sig_id
 
