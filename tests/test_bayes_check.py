@@ -48,6 +48,10 @@ def bayes_symbols(verdict: Verdict) -> dict[str, tuple[float, str]]:
     return {s.name: (s.score, s.reason) for s in verdict.symbols if s.name.startswith("BAYES")}
 
 
+def bayes_check(pipeline: Pipeline) -> Any:
+    return next(c for c in pipeline.checks if c.name == "bayes")
+
+
 def signature_of(verdict: Verdict) -> str | None:
     found = [h.value for h in verdict.add_headers if h.name == "X-Filterd-Signature"]
     return found[0] if found else None
@@ -62,6 +66,7 @@ def test_spam_gets_score_reason_and_signature(redis_server, model_file, prefix) 
     assert "spamicity 1.0000" in reason and "strongest:" in reason and "=0.999" in reason
     sig = signature_of(verdict)
     assert sig and len(sig) == 20
+    assert bayes_check(pipeline).signatures.flush()  # written in the background
     client = redis.Redis.from_url(redis_server.url)
     ttl = client.ttl(f"{prefix}bayes:sig:{sig}")
     assert 13 * 86400 < ttl <= 14 * 86400
@@ -69,6 +74,41 @@ def test_spam_gets_score_reason_and_signature(redis_server, model_file, prefix) 
     score, reason = bayes_symbols(verdict)["BAYES_HAM"]
     assert score == -2.0
     assert signature_of(verdict) != sig
+    pipeline.close()
+
+
+def test_signatures_written_in_batches_and_a_lost_write_stops_the_headers(
+    tmp_path, model_file, prefix
+) -> None:
+    from tests.harness.redis import RedisServer
+
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    pipeline = pipeline_for(server.url, prefix, model=str(model_file), redis_retry=60)
+    try:
+        sigs = [signature_of(scan(pipeline, spam_message(600 + i))[1]) for i in range(20)]
+        check = bayes_check(pipeline)
+        assert check.signatures.flush()
+        client = redis.Redis.from_url(server.url)
+        assert all(client.exists(f"{prefix}bayes:sig:{s}") for s in sigs)
+        assert check.signatures.written == 20
+        server.stop()  # the next write fails in the background thread...
+        _, verdict = scan(pipeline, spam_message(650))
+        assert signature_of(verdict) is not None
+        assert check.signatures.flush()
+        assert check.signatures.lost == 1
+        _, verdict = scan(pipeline, spam_message(651))  # ...and later messages are told, with no header
+        assert signature_of(verdict) is None
+        assert "BAYES_REDIS_ERROR" in bayes_symbols(verdict)
+    finally:
+        pipeline.close()
+        server.stop()
+
+
+def test_fail_closed_stores_the_signature_before_answering(redis_server, model_file, prefix) -> None:
+    pipeline = pipeline_for(redis_server.url, prefix, model=str(model_file), on_error="closed")
+    sig = signature_of(scan(pipeline, spam_message(660))[1])
+    assert redis.Redis.from_url(redis_server.url).exists(f"{prefix}bayes:sig:{sig}")  # no flush needed
     pipeline.close()
 
 

@@ -214,13 +214,18 @@ class SharedModel:
     def store_signature(self, digest: bytes, buckets: np.ndarray, ttl_seconds: int) -> str:
         """Keep a classified message's digest and buckets for `ttl_seconds`; return its id.
 
-        One SET with EX (one round trip, about 100 us here; a hash plus EXPIRE cost twice that).
-        The value is the 16-byte digest, the model's bucket count (uint32) and the buckets."""
+        One SET with EX (one round trip; a hash plus EXPIRE cost twice that)."""
+        sig_id, key, value = self.signature_record(digest, buckets)
+        self.redis.set(key, value, ex=ttl_seconds)
+        return sig_id
+
+    def signature_record(self, digest: bytes, buckets: np.ndarray) -> tuple[str, str, bytes]:
+        """A new signature's id, its key and its value: the 16-byte digest, the model's bucket
+        count (uint32) and the buckets (uint32 each)."""
         sig_id = secrets.token_hex(10)
         n_features = self.seed.counts.n_features
         value = digest + struct.pack("<I", n_features) + distinct(buckets).astype("<u4").tobytes()
-        self.redis.set(self.prefix + "sig:" + sig_id, value, ex=ttl_seconds)
-        return sig_id
+        return sig_id, self.prefix + "sig:" + sig_id, value
 
     def signature(self, sig_id: str) -> Signature | None:
         if not sig_id or not all(c in "0123456789abcdef" for c in sig_id.lower()):

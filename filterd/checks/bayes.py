@@ -8,7 +8,9 @@ strongest tokens as the reason.
 It then stores the message's digest and token buckets in Redis under a new id for
 `signature_days` and adds that id as `X-Filterd-Signature`, so a user's "this is spam" (or "not
 spam") later retrains the classifier without the original message: `filterctl train spam
---signature ID`.  The training modes and autolearn also train here (they need storage = "redis").
+--signature ID`.  The message does not wait for that write: a background thread sends the queued
+signatures in batches (filterd.bayes.signatures), except with on_error = "closed".  The training
+modes and autolearn also train here (they need storage = "redis").
 
 Redis failure: with on_error = "open" (the default) the message is classified with the model in
 memory, nothing is stored, no signature header is added, and BAYES_REDIS_ERROR says why; after a
@@ -181,6 +183,9 @@ class Bayes(Check):
             raise ConfigError("checks.bayes.model", str(exc)) from exc
         self._redis_down_until = 0.0
         self._redis_error = ""
+        from filterd.bayes.signatures import SignatureWriter
+
+        self.signatures = SignatureWriter(lambda: self.holder.client().redis, self._redis_failed)
 
     # -- the check ---------------------------------------------------------------------------
 
@@ -247,9 +252,18 @@ class Bayes(Check):
             out.append(Finding("BAYES_AUTOLEARN", why))
         if self.settings.signature:
             ttl = int(self.settings.signature_days * 86400)
-            sig_id = self.holder.client().store_signature(digest, buckets, ttl)
+            client = self.holder.client()
+            if self.settings.on_error == "closed":  # accept no message whose signature is not stored
+                sig_id = client.store_signature(digest, buckets, ttl)
+            else:
+                sig_id, key, value = client.signature_record(digest, buckets)
+                self.signatures.submit(key, value, ttl)
             out.append(AddHeader(SIGNATURE_HEADER, sig_id))
         return out
+
+    def close(self) -> None:
+        self.signatures.close()  # send what is queued
+        super().close()
 
     def _learn_label(
         self, tx: Transaction, model: Model, result: Result, untrained: bool
@@ -296,9 +310,11 @@ class Bayes(Check):
         except (redis.RedisError, OSError) as exc:
             if self.settings.on_error == "closed":
                 raise
-            self._redis_error = f"{type(exc).__name__}: {exc}"
-            self._redis_down_until = time.monotonic() + self.settings.redis_retry
-            log.warning(
-                "bayes: redis failed, not used for %gs: %s", self.settings.redis_retry, self._redis_error
-            )
+            self._redis_failed(exc)
             return None
+
+    def _redis_failed(self, exc: Exception) -> None:
+        """Leave Redis alone for `redis_retry` seconds (called from the signature thread too)."""
+        self._redis_error = f"{type(exc).__name__}: {exc}"
+        self._redis_down_until = time.monotonic() + self.settings.redis_retry
+        log.warning("bayes: redis failed, not used for %gs: %s", self.settings.redis_retry, self._redis_error)
