@@ -129,6 +129,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from scipy.sparse import csr_matrix
@@ -271,8 +272,7 @@ class Features(Sequence[str]):
         return f"bi:{words[at]} {words[at + 1]}"
 
 
-@dataclass(frozen=True)
-class Clue:
+class Clue(NamedTuple):  # a tuple: made ten times per message, at a fifth of a frozen dataclass's cost
     token: str
     prob: float  # f(w), the token's spam probability
     spam: int  # messages of each class it was seen in

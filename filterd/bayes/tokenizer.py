@@ -37,6 +37,7 @@ Work is bounded: `MAX_TEXT_CHARS` characters of text and `MAX_TOKENS` distinct t
 
 from __future__ import annotations
 
+import functools
 import itertools
 import re
 from collections.abc import Iterable
@@ -220,6 +221,7 @@ def _received_tokens(value: str) -> Iterable[str]:
         yield "rcvd:esmtp"
 
 
+@functools.lru_cache(maxsize=20_000)  # the same relays and link hosts again and again
 def registered_domain(host: str) -> str:
     """The domain a name is registered under, by a two-rule guess (no public-suffix list on the hot path)."""
     labels = host.rstrip(".").split(".")
