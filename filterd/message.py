@@ -27,7 +27,7 @@ from filterd.htmlscan import HtmlScan, scan_html
 MAX_TEXT_CHARS = 200_000  # text kept per message for content checks
 MAX_PARTS = 200  # MIME parts looked at
 
-_HEADER_LINE = re.compile(rb"^([!-9;-~]+)[ \t]*:(.*)$", re.S)
+_HEADER_NAME = re.compile(r"[!-9;-~]+")  # RFC 5322 ftext
 _URL = re.compile(r"""(?i)\b(?:https?://|www\.)[^\s<>"'()\[\]{}]{2,2000}""")
 # The same URL in lower-case text, without the leading \b: a pattern that starts with a plain
 # character set lets `re` skip ahead to each "h" or "w" instead of trying every position, three
@@ -58,16 +58,28 @@ class Message:
 
     @cached_property
     def headers(self) -> list[tuple[str, str]]:
-        """(name, value) in order; folding removed, value stripped, undecoded (RFC 2047 words kept)."""
-        result: list[tuple[str, str]] = []
-        for line in _unfold(self.header_block):
-            m = _HEADER_LINE.match(line)
-            if not m:
-                continue  # a line that is not a header (a stray From_ line, garbage): skip it
-            name = m.group(1).decode("ascii")
-            value = m.group(2).decode("utf-8", "surrogateescape").strip()
-            result.append((name, value))
-        return result
+        """(name, value) in order; folding removed, value stripped, undecoded (RFC 2047 words kept).
+
+        A line that is not a header (a stray mbox From_ line, garbage) is skipped, with its
+        continuation lines."""
+        text = self.header_block.decode("utf-8", "surrogateescape")
+        if "\r" in text:
+            text = text.replace("\r\n", "\n")
+        fields: list[list[str]] = []
+        current: list[str] | None = None
+        for line in text.split("\n"):
+            if line[:1] in (" ", "\t"):
+                if current is not None:
+                    current.append(line.strip())
+                continue
+            name, colon, value = line.partition(":")
+            name = name.rstrip(" \t")
+            if colon and _HEADER_NAME.fullmatch(name):
+                current = [name, value]
+                fields.append(current)
+            else:
+                current = None
+        return [(f[0], " ".join(f[1:]).strip()) for f in fields]
 
     def header_values(self, name: str) -> list[str]:
         key = name.lower()
@@ -299,16 +311,6 @@ class _StdlibNode(MimeNode):
 
     def payload(self) -> bytes:
         return b"" if self.is_container else _payload_bytes(self._part)
-
-
-def _unfold(block: bytes) -> list[bytes]:
-    lines: list[bytes] = []
-    for line in block.replace(b"\r\n", b"\n").split(b"\n"):
-        if line[:1] in (b" ", b"\t") and lines:
-            lines[-1] += b" " + line.strip()
-        elif line:
-            lines.append(line)
-    return lines
 
 
 def _payload_bytes(part: email.message.Message) -> bytes:

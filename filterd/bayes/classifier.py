@@ -344,8 +344,11 @@ def token_probabilities(
     spam_ratio = (s + pseudo) / (nspam + params.prior_messages)
     ham_ratio = (h + pseudo) / (nham + params.prior_messages)
     total = spam_ratio + ham_ratio
-    with np.errstate(invalid="ignore", divide="ignore"):
-        p = np.where(total > 0, spam_ratio / total, params.robx)
+    if pseudo > 0:  # the usual case: no ratio is 0, and no errstate context (5 us) is needed
+        p = spam_ratio / total
+    else:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            p = np.where(total > 0, spam_ratio / total, params.robx)
     n = s + h
     return (params.robs * params.robx + n * p) / (params.robs + n)
 
@@ -373,7 +376,7 @@ def chi2_spamicity(probs: np.ndarray) -> tuple[float, float]:
     n = len(probs)
     if n == 0:
         return 0.5, 0.0
-    f = np.clip(probs, _CLIP, 1.0 - _CLIP)
+    f = np.minimum(np.maximum(probs, _CLIP), 1.0 - _CLIP)  # np.clip, without its Python wrappers
     m = np.array([-float(np.log(f).sum()), -float(np.log1p(-f).sum())])  # x / 2 for H and S
     if n > len(_LOG_FACTORIAL) or not (m > 0.0).all():
         log_h, log_s = log_chi2_sf(2.0 * m[0], n), log_chi2_sf(2.0 * m[1], n)
