@@ -186,3 +186,35 @@ def test_antivirus_status(tmp_path: Path, clamd_server: ClamdServer, redis_serve
     config.write_text(f'[checks.antivirus]\nsockets = ["unix:{tmp_path}/down.sock"]\ncache_ttl = 0\n')
     down = run(config, "antivirus", "status")
     assert down.exit_code == 1 and "cache: off" in down.output
+
+
+def test_train_from_the_quarantine_and_release_as_ham(tmp_path: Path, sink: SmtpSink) -> None:
+    from filterd.bayes.model import Model
+    from tests.bayes_helpers import ham_message, spam_message
+
+    qdir, model = tmp_path / "q", tmp_path / "models" / "bayes.npz"
+    config = tmp_path / "filterd.toml"
+    config.write_text(
+        f'[quarantine]\ndirectory = "{qdir}"\nrelease_via = "{sink.address}"\n'
+        f'[checks.bayes]\nstorage = "file"\nmodel = "{model}"\ntrain_mode = "teft"\n'
+    )
+    store = QuarantineStore(QuarantineSettings(directory=str(qdir), release_via=sink.address))
+    meta = {"mail_from": "a@shop.test", "rcpts": ["bob@example.test"], "reason": "score 9 >= 8", "score": 9.0}
+    spam = store.put(spam_message(1), [("X-Spam-Status", "Yes, score=9.00")], meta)
+    ham = store.put(ham_message(1), [("X-Spam-Status", "Yes, score=8.50")], meta)
+
+    result = run(config, "quarantine", "train", "spam", spam)
+    assert result.exit_code == 0 and "1 learned as spam" in result.output
+    result = run(config, "quarantine", "release", ham, "--train")
+    assert result.exit_code == 0 and "released to bob@example.test" in result.output
+    assert "1 learned as ham" in result.output
+    trained = Model.load(model)
+    assert (trained.nspam, trained.nham) == (1, 1)
+    assert [m.data for m in sink.messages] == [ham_message(1)]
+    # the message as received was learned, not filterd's headers: training it again changes nothing
+    again = run(config, "train", "ham", "--quarantine", ham)
+    assert "1 already ham" in again.output
+    bad = CliRunner().invoke(
+        cli, ["--config", str(config), "train", "spam", "--quarantine", "20240101-000000-abcdef0123"]
+    )
+    assert bad.exit_code == 2 and "no quarantined message" in bad.output

@@ -50,6 +50,13 @@ def _file_lock(model: Path) -> Iterator[None]:
     metavar="ID",
     help="retrain the message filterd classified with this X-Filterd-Signature (repeatable)",
 )
+@click.option(
+    "--quarantine",
+    "quarantined",
+    multiple=True,
+    metavar="ID",
+    help="a message in filterd's quarantine, as it was received (repeatable)",
+)
 @click.option("--unlearn", is_flag=True, help="remove messages trained as LABEL instead of training them")
 @click.option(
     "--mode",
@@ -71,6 +78,7 @@ def train(
     mboxes: tuple[str, ...],
     maildirs: tuple[str, ...],
     signatures: tuple[str, ...],
+    quarantined: tuple[str, ...],
     unlearn: bool,
     mode: str | None,
     model_opt: str | None,
@@ -80,11 +88,13 @@ def train(
     """Train the classifier with messages of class LABEL (spam or ham).
 
     Messages come from FILEs, every file under a DIR, stdin ("-"), --mbox files, --maildir folders,
-    or --signature ids.  Training is idempotent: a message already trained as LABEL is left alone,
-    one trained as the other class is moved.
+    --signature ids or --quarantine ids.  Training is idempotent: a message already trained as LABEL
+    is left alone, one trained as the other class is moved.
     """
-    if not (sources or mboxes or maildirs or signatures):
-        raise click.UsageError("nothing to train: give FILE, DIR, -, --mbox, --maildir or --signature")
+    if not (sources or mboxes or maildirs or signatures or quarantined):
+        raise click.UsageError(
+            "nothing to train: give FILE, DIR, -, --mbox, --maildir, --signature or --quarantine"
+        )
     from redis import RedisError
 
     from filterd.bayes.model import ModelError
@@ -94,6 +104,7 @@ def train(
     from filterd.services import Services
 
     cfg = load(ctx)
+    held = _quarantined(cfg, quarantined)  # a wrong id fails before any training
     s = cfg.check_settings("bayes")
     storage = storage or s.storage
     path = Path(model_opt) if model_opt else model_path(s.model)
@@ -118,9 +129,9 @@ def train(
                 min_learned=s.min_learned,
             )
             total = count_messages(sources, mboxes, maildirs)
-            with _progress(quiet, total, f"training {label}") as advance:
+            with _progress(quiet, total and total + len(held), f"training {label}") as advance:
                 messages = itertools.chain(
-                    read_messages(sources) if sources else (), mailbox_messages(mboxes, maildirs)
+                    read_messages(sources) if sources else (), mailbox_messages(mboxes, maildirs), held
                 )
                 for _name, raw in messages:
                     trainer.add_message(raw)
@@ -149,6 +160,19 @@ def train(
     )
     if trainer.tally.missing:
         ctx.exit(1)
+
+
+def _quarantined(cfg: Any, ids: tuple[str, ...]) -> list[tuple[str, bytes]]:
+    """(id, the bytes received) of each quarantined message named."""
+    if not ids:
+        return []
+    from filterd.quarantine import QuarantineError, QuarantineStore, validate_id
+
+    store = QuarantineStore(cfg.quarantine)
+    try:
+        return [(qid, store.get(validate_id(qid)).original()) for qid in ids]
+    except QuarantineError as exc:
+        raise click.BadParameter(str(exc), param_hint="--quarantine") from None
 
 
 @contextlib.contextmanager

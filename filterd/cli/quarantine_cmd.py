@@ -1,9 +1,5 @@
-"""`filterctl quarantine list|show|release|delete|purge`: how an admin deals with what was held back.
-
-Training the classifier from a release (`release --train ham`) is not here yet: it comes with the
-classifier (issue 6), which will add the option to `release` and call the classifier's `learn`
-on `entry.original()`.
-"""
+"""`filterctl quarantine list|show|release|delete|purge|train`: how an admin deals with what was held
+back.  `train` (and `release --train`) hand the message as received to `filterctl train`."""
 
 from __future__ import annotations
 
@@ -95,7 +91,7 @@ def _summary(entry: Entry) -> dict[str, Any]:
 
 @click.group()
 def quarantine() -> None:
-    """Review quarantined messages: list, show, release, delete, purge."""
+    """Review quarantined messages: list, show, release, delete, purge, train."""
 
 
 @quarantine.command("list")
@@ -216,19 +212,37 @@ def show(ctx: click.Context, qid: str, raw: bool) -> None:
     metavar="ADDR",
     help="deliver to ADDR instead of the original recipients (repeatable)",
 )
+@click.option("--train", "train_ham", is_flag=True, help="also train the classifier with it as ham")
 @click.pass_context
-def release(ctx: click.Context, qid: str, to: tuple[str, ...]) -> None:
+def release(ctx: click.Context, qid: str, to: tuple[str, ...], train_ham: bool) -> None:
     """Re-inject the message as received to its recipients (or ADDR) and mark it released."""
     store = _store(ctx)
     with _errors():
         entry = store.release(qid, to)
     released = entry.released or {}
     click.echo(f"{qid}: released to {', '.join(released.get('to', []))} via {released.get('via')}")
+    if train_ham:
+        _train(ctx, "ham", (qid,))
     refused = released.get("refused") or {}
     if refused:
         for rcpt, why in refused.items():
             click.echo(f"{qid}: refused for {rcpt}: {why}", err=True)
         ctx.exit(1)
+
+
+@quarantine.command("train")
+@click.argument("label", type=click.Choice(["spam", "ham"]))
+@click.argument("qids", metavar="ID...", nargs=-1, required=True)
+@click.pass_context
+def train_(ctx: click.Context, label: str, qids: tuple[str, ...]) -> None:
+    """Train the classifier with quarantined messages as LABEL (as `filterctl train --quarantine`)."""
+    _train(ctx, label, qids)
+
+
+def _train(ctx: click.Context, label: str, qids: tuple[str, ...]) -> None:
+    from filterd.cli.bayes_cmd import train
+
+    ctx.invoke(train, label=label, quarantined=qids, quiet=True)
 
 
 @quarantine.command()
