@@ -258,7 +258,7 @@ class Features(Sequence[str]):
     def names_of(self, indices: Sequence[int] | np.ndarray) -> list[str]:
         """The names of buckets `indices`: each one's first token."""
         wanted = self.buckets[np.asarray(indices, dtype=np.int64)]
-        first = (self._found[:, None] == wanted[None, :]).argmax(axis=0)  # few wanted: one pass
+        first = (wanted[:, None] == self._found[None, :]).argmax(axis=1)  # few wanted: one pass
         return [self._name_at(j) for j in first.tolist()]
 
     def _name_at(self, j: int) -> str:
@@ -410,7 +410,7 @@ def classify(counts: TokenCounts, buckets: np.ndarray, tokens: Sequence[str], pa
         top = top[np.argpartition(-strength[top], MAX_REPORTED)[:MAX_REPORTED]]
     order = top[np.argsort(-strength[top], kind="stable")]
     names = tokens.names_of(order) if isinstance(tokens, Features) else [tokens[i] for i in order]
-    clues = tuple(
-        Clue(name, float(f[i]), int(spam[i]), int(ham[i])) for name, i in zip(names, order, strict=True)
+    clues = tuple(  # lists, not numpy scalars: 4x cheaper for these few
+        map(Clue, names, f[order].tolist(), spam[order].tolist(), ham[order].tolist())
     )
     return Result(spamicity=spamicity, clues=clues, n_tokens=len(tokens))

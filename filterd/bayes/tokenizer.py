@@ -81,11 +81,16 @@ _ADDRESS_HEADERS = ("from", "to", "cc", "reply-to", "sender", "return-path")
 
 # A word: starts with a letter (or $), may hold ' . - $ % _ inside, ends on a letter or digit.
 _WORD = re.compile(r"[$]?[^\W\d_][^\W_]*(?:[_'$.\-%]+[^\W_]+)*")  # no backtracking: 10% faster
+# The same words in lower-case ASCII text: plain ranges instead of Unicode categories, a third
+# faster, and most mail is ASCII.
+_WORD_ASCII = re.compile(r"[$]?[a-z][a-z0-9]*(?:[_'$.\-%]+[a-z0-9]+)*")
 _HEADER_WORD = re.compile(r"[^\s<>()\[\]\",;:=]+")
 _CJK_RUN = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]{2,}")
 _HAS_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]")
 _ADDRESS = re.compile(r"[\w.+\-=&'/]+@([\w\-]+\.)+[\w\-]+")
 _IPV4 = re.compile(r"\b(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})\b")
+# The same without the leading \b, which makes `re` try every position: `_networks` checks it.
+_IPV4_AHEAD = re.compile(r"(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.\d{1,3}\b")
 _HOSTNAME = re.compile(r"\b(?:[a-z0-9](?:[a-z0-9\-]{0,62})\.)+[a-z]{2,24}\b")
 _URL_PARTS = re.compile(r"(?i)^(?:https?://)?([^/?#:]*)(?::(\d+))?([^?#]*)")
 _PATH_WORD = re.compile(r"[a-z][a-z0-9]{2,20}")
@@ -212,13 +217,25 @@ def _address_tokens(key: str, value: str) -> Iterable[str]:
 
 
 def _received_tokens(value: str) -> Iterable[str]:
-    for m in _IPV4.finditer(value):
-        yield "rcvd:net:" + ".".join(m.groups()[:3])
+    for net in _networks(value):
+        yield "rcvd:net:" + net
     for host in _HOSTNAME.findall(value)[:6]:
         yield "rcvd:host:" + host
         yield "rcvd:dom:" + registered_domain(host)
     if "with esmtp" in value:
         yield "rcvd:esmtp"
+
+
+def _networks(value: str) -> Iterable[str]:
+    """The /24 ("a.b.c") of each IPv4 address in `value` that starts at a word boundary."""
+    pos = 0
+    while m := _IPV4_AHEAD.search(value, pos):
+        start = m.start()
+        if start and (value[start - 1].isalnum() or value[start - 1] == "_"):
+            pos = start + 1  # inside a word or a longer number: maybe an address further on
+            continue
+        yield ".".join(m.groups())
+        pos = m.end()
 
 
 @functools.lru_cache(maxsize=20_000)  # the same relays and link hosts again and again
@@ -234,11 +251,12 @@ def _body(msg: Message) -> tuple[list[str], list[str]]:
     """The body's named tokens, and its words in order for the pairs."""
     text = msg.readable[:MAX_TEXT_CHARS].lower()
     names: list[str] = []
-    if _HAS_CJK.search(text):
+    ascii_only = text.isascii()
+    if not ascii_only and _HAS_CJK.search(text):
         for run in _CJK_RUN.findall(text):
             names += ["cjk:" + run[i : i + 2] for i in range(len(run) - 1)]
         text = _CJK_RUN.sub(" ", text)
-    words = _WORD.findall(text)
+    words = (_WORD_ASCII if ascii_only else _WORD).findall(text)
     if words and max(map(len, words)) > MAX_WORD:
         # a long word (base64, a hash) becomes a skip: token and breaks the chain of pairs
         names += [f"skip:{w[0]} {len(w) // 10 * 10}" for w in words if len(w) > MAX_WORD]
