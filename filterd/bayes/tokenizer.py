@@ -293,11 +293,8 @@ def _html_tokens(msg: Message) -> Iterable[str]:
     scan = msg.html_scan
     for tag in set(scan.tags):
         yield "tag:" + tag
-    for _, attr, value in scan.attrs[:500]:
-        if attr == "style":
-            lowered = value.lower().replace(" ", "")
-            if "display:none" in lowered or "visibility:hidden" in lowered:
-                yield "attr:style:hidden"
+    if scan.hidden:
+        yield "attr:style:hidden"
 
 
 def _part_tokens(msg: Message) -> Iterable[str]:
