@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import email.utils
+
+import pytest
+
+from filterd.checks.header_sanity import _addresses
 from filterd.transaction import Session, Transaction
 
 
@@ -33,3 +38,27 @@ def test_header_values_see_headers_added_after_a_first_lookup() -> None:
     tx.raw_headers = [("Date", " Tue, 02 Jan 2024 00:00:00 +0000")]  # replaced by a list as long
     assert tx.header_values("Date") == ["Tue, 02 Jan 2024 00:00:00 +0000"]
     assert tx.header_values("From") == []
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        '"Alice Example" <alice@example.org>',
+        '"Example, Alice" <alice.b+tag@mail.example.org>',
+        ' "A. B. Example"  <a_b@example.org> ',
+        '"" <x@example.org>',
+        "alice@example.org (Alice Example)",
+        "alice@example.org(Alice)",
+        # not the simple shapes: left to the full parser, and still the same answer
+        '"Alice \\"Al\\" Example" <alice@example.org>',
+        '"Alice" <alice @example.org>',
+        '"Alice" <a..b@example.org>',
+        '"Alice" <alice@[192.0.2.1]>',
+        '"A" <a@example.org>, "B" <b@example.org>',
+        "alice@example.org (Alice (nested))",
+        '"Alice" <alice@example.org> (comment)',
+        '"unterminated <alice@example.org>',
+    ],
+)
+def test_from_addresses_as_the_full_parser_reads_them(value: str) -> None:
+    assert _addresses(value) == [a for _, a in email.utils.getaddresses([value]) if a]
