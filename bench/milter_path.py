@@ -109,7 +109,8 @@ def drive(factory: Any, messages: list[tuple[list[tuple[str, bytes]], bytes]], p
                 m.envrcpt_bytes(b"<rcpt@example.net>")
                 for name, value in headers:
                     m.on_header(name, value)
-                m.eoh()
+                if not m._protocol & Milter.P_NOEOH:  # as Postfix: only when negotiated
+                    m.eoh()
                 for i in range(0, len(body), CHUNK):
                     m.on_body(body[i : i + CHUNK])
             else:
