@@ -140,6 +140,10 @@ def main() -> int:
     messages = [split(raw) for raw in sample(args.messages)]
     # the daemon's log line goes to stderr; here to a buffer, at the daemon's default level
     logging.basicConfig(stream=io.StringIO(), level=logging.INFO, format="filterd[%(process)d]: %(message)s")
+    if not args.trivial:
+        from filterd.daemon import _lean_log_records
+
+        _lean_log_records()  # as the daemon does
     if args.trivial:
         from bench.trivial_milter import Trivial
 
