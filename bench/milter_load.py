@@ -126,6 +126,16 @@ class MilterClient:
         self.sock.close()
 
 
+def rss_mib(pids: list[int]) -> float:
+    """The processes' resident memory now (summed): does it grow from round to round?"""
+    total = 0
+    for pid in pids:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1])
+    return total / 1024
+
+
 def run_round(path: str, messages: list[tuple[list[tuple[str, bytes]], bytes]], sessions: int) -> None:
     shares = [messages[i::sessions] for i in range(sessions)]
     errors: list[BaseException] = []
@@ -193,7 +203,7 @@ def main() -> int:
             per_round.append(1000 * (cpu_seconds(pids) - before) / len(messages))
             print(
                 f"round: {per_round[-1]:.3f} ms CPU per message, "
-                f"{len(messages) / elapsed:.0f} msgs/s through the socket"
+                f"{len(messages) / elapsed:.0f} msgs/s through the socket, RSS {rss_mib(pids):.1f} MiB"
             )
         name = "trivial pymilter" if args.trivial else "filterd"
         print(
