@@ -91,8 +91,11 @@ def split(raw: bytes) -> tuple[list[tuple[str, bytes]], bytes]:
 
 
 def drive(factory: Any, messages: list[tuple[list[tuple[str, bytes]], bytes]], per_session: int) -> int:
-    """Run every message through milters made by `factory`, `per_session` messages a connection."""
-    filterd = hasattr(factory, "on_header")
+    """Run every message through milters made by `factory`, `per_session` messages a connection,
+    calling what libmilter would call (filterd's own callbacks, or pymilter's for --trivial)."""
+    from filterd import milter as cb
+
+    filterd = factory is cb.FilterdMilter
     changes = 0
     for start in range(0, len(messages), per_session):
         ctx = FakeContext()
@@ -105,21 +108,23 @@ def drive(factory: Any, messages: list[tuple[list[tuple[str, bytes]], bytes]], p
             m.hello("client.example.org")
         for headers, body in messages[start : start + per_session]:
             if filterd:
-                m.envfrom_bytes(b"<sender@example.org>")
-                m.envrcpt_bytes(b"<rcpt@example.net>")
+                cb.on_mail(ctx, b"<sender@example.org>")
+                cb.on_rcpt(ctx, b"<rcpt@example.net>")
                 for name, value in headers:
-                    m.on_header(name, value)
+                    cb.on_header(ctx, name, value)
                 if not m._protocol & Milter.P_NOEOH:  # as Postfix: only when negotiated
                     m.eoh()
                 for i in range(0, len(body), CHUNK):
-                    m.on_body(body[i : i + CHUNK])
+                    cb.on_body(ctx, body[i : i + CHUNK])
+                cb.on_eom(ctx)
+                cb.on_abort(ctx)
             else:
                 for name, value in headers:
                     m.header_bytes(name, value)
                 for i in range(0, len(body), CHUNK):
                     m.body(body[i : i + CHUNK])
-            m.eom()
-            m.abort()
+                m.eom()
+                m.abort()
         m.close()
         changes += ctx.changes
     return changes

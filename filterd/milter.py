@@ -140,6 +140,7 @@ class FilterdMilter(Milter.Base):
         self.held_decision: Decision | None = None
         self.forged: list[tuple[str, int]] = []  # (header name, index among that name) to remove
         self._authserv_ids: tuple[str, ...] = ()  # A-R headers claiming these are forged
+        self._authserv_ids_of: Pipeline | None = None  # the pipeline they were read from
         self._header_rc = self._body_rc = Milter.CONTINUE
 
     # -- negotiation ----------------------------------------------------------------------------
@@ -217,7 +218,9 @@ class FilterdMilter(Milter.Base):
         tx.direction = self.pipeline.direction_of(tx)
         self.forged = []
         self.held_decision = None
-        self._authserv_ids = (configured_authserv_id(self.pipeline.config),)
+        if self._authserv_ids_of is not self.pipeline:  # once per connection and configuration
+            self._authserv_ids = (configured_authserv_id(self.pipeline.config),)
+            self._authserv_ids_of = self.pipeline
         if self._quiet("envfrom"):  # a decision can only be held (e.g. after a reload mid-connection)
             self.held_decision = self.session_decision or self.pipeline.run_stage(Stage.MAIL_FROM, tx)
             return Milter.NOREPLY
@@ -249,38 +252,10 @@ class FilterdMilter(Milter.Base):
         """Declared for protocol negotiation only (no reply wanted); `on_header` does the work."""
         return Milter.CONTINUE
 
-    def on_header(self, name: str, value: bytes) -> int:
-        """Called straight from libmilter for each header: the hot path, kept to a few lines.
-
-        Only a name that starts like a forgeable one (X-..., Authentication-Results) is looked
-        at further; the index among its namesakes is counted then, for those few headers only."""
-        tx = self.tx
-        if tx is not None:
-            text = value.decode("utf-8", "surrogateescape")
-            headers = tx.raw_headers
-            headers.append((name, text))
-            tx.size += len(name) + len(value) + 3
-            if name[:1] in _FORGEABLE_INITIALS and is_forgeable(name, text, self._authserv_ids):
-                key = name.lower()
-                self.forged.append((name, sum(1 for n, _ in headers if n.lower() == key)))
-        return self._header_rc
-
     @Milter.noreply
     def body(self, chunk: bytes) -> int:
         """Declared for protocol negotiation only (no reply wanted); `on_body` does the work."""
         return Milter.CONTINUE
-
-    def on_body(self, chunk: bytes) -> int:
-        tx = self.tx
-        if tx is not None:
-            tx.size += len(chunk)
-            if not tx.oversized:
-                if tx.size > self.pipeline.config.milter.max_scan_bytes:
-                    tx.oversized = True  # stop keeping the body: memory stays bounded per message
-                    tx.body_chunks.clear()
-                else:
-                    tx.body_chunks.append(chunk)
-        return self._body_rc
 
     @_fail_safe
     def eom(self) -> int:
@@ -401,17 +376,71 @@ class FilterdMilter(Milter.Base):
             self.addheader("Subject", f" {tag}")
 
 
+# -- what libmilter calls -----------------------------------------------------------------------
+# Module functions rather than pymilter's generic wrappers: about 27 calls a message come from C
+# (one per header), and each frame less counts.  pymilter hands envelope and header values over
+# as bytes; they are decoded as pymilter's own wrappers would (UTF-8, surrogateescape).
+
+
+def on_mail(ctx: Any, sender: bytes, *params: bytes) -> int:
+    return ctx.getpriv().envfrom(sender.decode("utf-8", "surrogateescape"))
+
+
+def on_rcpt(ctx: Any, rcpt: bytes, *params: bytes) -> int:
+    return ctx.getpriv().envrcpt(rcpt.decode("utf-8", "surrogateescape"))
+
+
+def on_header(ctx: Any, name: str, value: bytes) -> int:
+    """Each header: the hot path, kept to a few lines.
+
+    Only a name that starts like a forgeable one (X-..., Authentication-Results) is looked at
+    further; the index among its namesakes is counted then, for those few headers only."""
+    m: FilterdMilter = ctx.getpriv()
+    tx = m.tx
+    if tx is not None:
+        text = value.decode("utf-8", "surrogateescape")
+        headers = tx.raw_headers
+        headers.append((name, text))
+        tx.size += len(name) + len(value) + 3
+        if name[:1] in _FORGEABLE_INITIALS and is_forgeable(name, text, m._authserv_ids):
+            key = name.lower()
+            m.forged.append((name, sum(1 for n, _ in headers if n.lower() == key)))
+    return m._header_rc
+
+
+def on_body(ctx: Any, chunk: bytes) -> int:
+    m: FilterdMilter = ctx.getpriv()
+    tx = m.tx
+    if tx is not None:
+        tx.size += len(chunk)
+        if not tx.oversized:
+            if tx.size > m.pipeline.config.milter.max_scan_bytes:
+                tx.oversized = True  # stop keeping the body: memory stays bounded per message
+                tx.body_chunks.clear()
+            else:
+                tx.body_chunks.append(chunk)
+    return m._body_rc
+
+
+def on_eom(ctx: Any) -> int:
+    return ctx.getpriv().eom()
+
+
+def on_abort(ctx: Any) -> int:
+    return ctx.getpriv().abort()
+
+
 def install_callbacks(timeout: int) -> None:
-    """Register FilterdMilter's methods with libmilter (what pymilter's runmilter does, minus running)."""
+    """Register the callbacks with libmilter (what pymilter's runmilter does, minus running)."""
     Milter.factory = FilterdMilter
     milter.set_connect_callback(Milter.connect_callback)
     milter.set_helo_callback(lambda ctx, host: ctx.getpriv().hello(host))
-    milter.set_envfrom_callback(lambda ctx, *b: ctx.getpriv().envfrom_bytes(*b))
-    milter.set_envrcpt_callback(lambda ctx, *b: ctx.getpriv().envrcpt_bytes(*b))
-    milter.set_header_callback(lambda ctx, f, v: ctx.getpriv().on_header(f, v))
-    milter.set_body_callback(lambda ctx, chunk: ctx.getpriv().on_body(chunk))
-    milter.set_eom_callback(lambda ctx: ctx.getpriv().eom())
-    milter.set_abort_callback(lambda ctx: ctx.getpriv().abort())
+    milter.set_envfrom_callback(on_mail)
+    milter.set_envrcpt_callback(on_rcpt)
+    milter.set_header_callback(on_header)
+    milter.set_body_callback(on_body)
+    milter.set_eom_callback(on_eom)
+    milter.set_abort_callback(on_abort)
     milter.set_close_callback(Milter.close_callback)
     milter.settimeout(timeout)
     milter.register(
