@@ -20,6 +20,7 @@ measured in a minute; bench/throughput.py stays the judge of the throughput rati
 from __future__ import annotations
 
 import argparse
+import shutil
 import socket
 import struct
 import subprocess
@@ -215,6 +216,7 @@ def main() -> int:
         if proc is not None:
             proc.terminate()
             proc.wait()
+        shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 

@@ -391,6 +391,7 @@ def main() -> int:
             redis_server.stop()
         if clamd is not None:
             clamd.stop()
+        shutil.rmtree(workdir, ignore_errors=True)  # two Postfix queues and logs: tens of MB a run
     plain = statistics.median(results["no_milter"])
     with_filterd = statistics.median(results["filterd"])
     report: dict[str, Any] = {
