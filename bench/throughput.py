@@ -135,14 +135,29 @@ def delivered(postfix: Postfix) -> int:
     return count
 
 
-def run_round(postfix: Postfix, messages: list[bytes], sessions: int) -> float:
+def machine_busy() -> tuple[int, int]:
+    """(busy, total) jiffies of the whole machine, from /proc/stat."""
+    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+busy_fraction: dict[str, list[float]] = {}  # path -> the machine's busy share in each round
+
+
+def run_round(postfix: Postfix, messages: list[bytes], sessions: int, path: str = "") -> float:
     """Messages/s from the first SMTP connection until the sink has accepted all of them."""
     before = delivered(postfix)
+    busy0, total0 = machine_busy()
     started = time.perf_counter()
     refused = send_all(postfix.port, messages, sessions)
     expected = before + len(messages) - refused
     wait_for(lambda: delivered(postfix) >= expected, 600, "all accepted messages at the sink", 0.02)
-    return len(messages) / (time.perf_counter() - started)
+    elapsed = time.perf_counter() - started
+    busy1, total1 = machine_busy()
+    if path:  # how close to saturated the two cores were: is the run bound by CPU or by latency?
+        busy_fraction.setdefault(path, []).append(round((busy1 - busy0) / max(1, total1 - total0), 2))
+    return len(messages) / elapsed
 
 
 # The Redis-backed checks on their steady-state path: every message looks up and passes a known
@@ -341,12 +356,19 @@ def main() -> int:
         log_offset = len(filterd.log())
         cpu_before = cpu_seconds(pids)
         reads_before = redis_reads(redis_server.port) if redis_server else 0
+        cpu_rounds: list[float] = []  # filterd's CPU per message in each round: does it drift?
+        trivial_cpu = 0.0
         for _ in range(args.rounds):
-            results["no_milter"].append(run_round(baseline, messages, args.sessions))
-            results["filterd"].append(run_round(filtered, messages, args.sessions))
+            results["no_milter"].append(run_round(baseline, messages, args.sessions, "no_milter"))
+            cpu_start = cpu_seconds(pids)
+            results["filterd"].append(run_round(filtered, messages, args.sessions, "filterd"))
             cpu_round = cpu_seconds(pids)
+            cpu_rounds.append(cpu_round - cpu_start)
             if trivial is not None:
-                results["trivial"].append(run_round(trivial, messages, args.sessions))
+                assert trivial_proc is not None
+                trivial_start = cpu_seconds([trivial_proc.pid])
+                results["trivial"].append(run_round(trivial, messages, args.sessions, "trivial"))
+                trivial_cpu += cpu_seconds([trivial_proc.pid]) - trivial_start
                 cpu_before += cpu_seconds(pids) - cpu_round  # filterd idles meanwhile: not its cost
         cpu = cpu_seconds(pids) - cpu_before
         # minus the one INFO call of our own that the second reading includes
@@ -369,6 +391,7 @@ def main() -> int:
             redis_server.stop()
         if clamd is not None:
             clamd.stop()
+        shutil.rmtree(workdir, ignore_errors=True)  # two Postfix queues and logs: tens of MB a run
     plain = statistics.median(results["no_milter"])
     with_filterd = statistics.median(results["filterd"])
     report: dict[str, Any] = {
@@ -386,11 +409,14 @@ def main() -> int:
         "pipeline_ms_p99": round(percentile(times, 0.99), 3),
         "rounds_no_milter": [round(r, 1) for r in results["no_milter"]],
         "rounds_filterd": [round(r, 1) for r in results["filterd"]],
+        "rounds_filterd_cpu_ms_per_msg": [round(1000 * c / args.messages, 3) for c in cpu_rounds],
+        "machine_busy_by_round": busy_fraction,
     }
     if args.trivial:
         trivial_rate = statistics.median(results["trivial"])
         report["trivial_msgs_per_s"] = round(trivial_rate, 1)
         report["trivial_ratio"] = round(trivial_rate / plain, 3)
+        report["trivial_cpu_ms_per_msg"] = round(1000 * trivial_cpu / (args.messages * args.rounds), 3)
     if args.redis:
         report["redis_round_trips_per_msg"] = round(reads / (args.messages * args.rounds), 2)
     if args.json:
@@ -408,13 +434,19 @@ def main() -> int:
                 f"{'Postfix + trivial pymilter':<30}{report['trivial_msgs_per_s']:>10.1f}"
                 f"{report['trivial_ratio']:>8.2f}"
             )
-        print(f"filterd CPU per message: {report['filterd_cpu_ms_per_msg']} ms (all processes)")
+        print(
+            f"filterd CPU per message: {report['filterd_cpu_ms_per_msg']} ms (all processes; "
+            f"by round {report['rounds_filterd_cpu_ms_per_msg']})"
+        )
+        if args.trivial:
+            print(f"trivial pymilter CPU per message: {report['trivial_cpu_ms_per_msg']} ms")
         print(f"filterd peak RSS: {report['filterd_peak_rss_mib']} MiB (sum over processes)")
         print(
             f"time inside filterd's pipeline per message: p50 {report['pipeline_ms_p50']} ms, "
             f"p99 {report['pipeline_ms_p99']} ms"
         )
         print(f"rounds (msgs/s): no milter {report['rounds_no_milter']}, filterd {report['rounds_filterd']}")
+        print(f"machine busy (share of both cores, by round): {busy_fraction}")
         if args.redis:
             print(
                 f"Redis round trips per message: {report['redis_round_trips_per_msg']} "

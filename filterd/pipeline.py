@@ -87,6 +87,13 @@ class Pipeline:
         self.internal_networks = [
             ipaddress.ip_network(n, strict=False) for n in config.network.internal_networks
         ]
+        # Built once, not per message: the checks that learn from verdicts (the others' hook does
+        # nothing), and the score thresholds as (threshold, severity, action).
+        self.learners = [c for c in self.checks if type(c).after_verdict is not Check.after_verdict]
+        self.thresholds = [
+            (threshold, _SEVERITY.index(Action(name)), Action(name))
+            for name, threshold in config.actions.thresholds().items()
+        ]
 
     @classmethod
     def from_config(cls, config: Config, services: Services | None = None) -> Pipeline:
@@ -170,7 +177,7 @@ class Pipeline:
 
         Checks that learn from verdicts (reputation) update their state here.  A failure is
         logged and never reaches the caller: the message's fate is already decided."""
-        for check in self.checks:
+        for check in self.learners:
             if tx.direction not in check.directions:
                 continue
             try:
@@ -204,11 +211,7 @@ class Pipeline:
             return verdict
         if tx.direction is Direction.OUTBOUND:
             return verdict
-        reached = [
-            (threshold, _SEVERITY.index(Action(name)), Action(name))
-            for name, threshold in actions.thresholds().items()
-            if total >= threshold
-        ]
+        reached = [t for t in self.thresholds if total >= t[0]]
         if reached:
             verdict.action = max(reached)[2]
         if verdict.action is Action.REJECT:

@@ -56,13 +56,16 @@ def report_value(verdict: Verdict) -> str:
     return "\n\t".join(lines)
 
 
+_STAGE_LABELS = tuple((stage, stage.label) for stage in Stage)  # in protocol order
+
+
 def log_line(tx: Transaction, verdict: Verdict) -> str:
     """The one line logged per message: who, what was found, what was done, and where time went."""
     session = tx.session
     client = f"{session.client_name or 'unknown'}[{session.client_addr or '-'}]"
     symbols = ",".join(f"{s.name}({s.score:g})" for s in verdict.symbols) or "-"
     timings = ",".join(
-        f"{stage.label}:{tx.timings[stage] * 1000:.2f}ms" for stage in Stage if stage in tx.timings
+        f"{label}:{tx.timings[stage] * 1000:.2f}ms" for stage, label in _STAGE_LABELS if stage in tx.timings
     )
     parts = [
         f"{tx.queue_id or 'NOQUEUE'}:",

@@ -64,6 +64,10 @@ class Transaction:
     # SPF/DKIM/DMARC/ARC results by method, for DMARC and the Authentication-Results header
     # (keys and types in filterd.auth.results)
     auth_results: dict[str, Any] = field(default_factory=dict)
+    # raw_headers by lower-case name: (the list it was built from, its length then, the index)
+    _header_index: tuple[list[tuple[str, str]], int, dict[str, list[str]]] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     @classmethod
     def start(cls, session: Session) -> Transaction:
@@ -80,8 +84,21 @@ class Transaction:
         Available from end of headers on, before the body is known."""
         if self.raw_message is not None:
             return self.message.header_values(name)
-        key = name.lower()
-        return [" ".join(v.split()) for n, v in self.raw_headers if n.lower() == key]
+        return [" ".join(v.split()) for v in self._headers_by_name().get(name.lower(), ())]
+
+    def _headers_by_name(self) -> dict[str, list[str]]:
+        """raw_headers indexed by lower-case name, built once: a message's checks look up many
+        names, and each lookup would otherwise lower-case and compare every header again.
+        Rebuilt if the headers changed since (more arrived, or the list was replaced)."""
+        headers = self.raw_headers
+        cached = self._header_index
+        if cached is not None and cached[0] is headers and cached[1] == len(headers):
+            return cached[2]
+        index: dict[str, list[str]] = {}
+        for n, v in headers:
+            index.setdefault(n.lower(), []).append(v)
+        self._header_index = (headers, len(headers), index)
+        return index
 
     @cached_property
     def message(self) -> Message:

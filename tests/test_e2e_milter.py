@@ -20,11 +20,14 @@ def test_clean_message_delivered_with_verdict_headers_and_forged_ones_removed(st
         headers=[
             ("X-Spam-Status", "No, score=-100 required=5"),
             ("X-Spam-Flag", "NO"),
+            ("X-Mailer", "kept"),
+            ("x-spam-flag", "NO again"),  # the same name twice, in another case: both go
             ("X-Spam-Report", "forged"),
         ],
     )
     assert stack.send(msg) == {}
     got = stack.sink.find(marker)
+    assert got.header("X-Mailer") == ["kept"]
     assert got.header("X-Spam-Status") == ["No, score=0.00 required=5.00"]
     assert got.header("X-Spam-Score") == ["0.00"]
     assert got.header("X-Spam-Flag") == []

@@ -86,16 +86,26 @@ class HeaderSanity(Check):
 
 
 _BRACKETED = re.compile(r"<([^<>]*)>")
+# One plain dot-atom address with a quoted display name or a trailing comment: the shapes of a
+# third of the corpus's From values.  getaddresses returns exactly the address for these (checked
+# on every From, To, Cc, Reply-To and Sender value of 5,000 corpus messages), at a quarter of the cost.
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_ADDR = rf"{_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
+_QUOTED_NAME = re.compile(rf'\s*"[^"\\]*"\s*<({_ADDR})>\s*\Z')  # "Name" <a@b.c>
+_COMMENTED = re.compile(rf'\s*({_ADDR})\s*\([^()\\"]*\)\s*\Z')  # a@b.c (Name)
 
 
 def _addresses(value: str) -> list[str]:
     """The addr-specs of a From value.
 
     email.utils.getaddresses is a full RFC 5322 parser and costs ~0.3 ms a call here, most of the
-    pipeline's time on a typical message; the common shapes -- ``Name <a@b>`` and a bare ``a@b`` --
-    are read with a regex, and only values with quotes or comments go to the full parser.
+    pipeline's time on a typical message; the common shapes -- ``Name <a@b>`` and a bare ``a@b``,
+    ``"Name" <a@b>`` and ``a@b (Name)`` -- are read with a regex, and only other values with quotes
+    or comments go to the full parser.
     """
     if '"' in value or "(" in value:
+        if (m := _QUOTED_NAME.match(value) or _COMMENTED.match(value)) is not None:
+            return [m.group(1)]
         return [a for _, a in email.utils.getaddresses([value]) if a]
     bracketed = _BRACKETED.findall(value)
     if bracketed:
