@@ -41,7 +41,7 @@ class Stage(enum.IntEnum):
     HELO = 2
     MAIL_FROM = 3
     RCPT = 4
-    HEADERS = 5  # the blank line after the header block: headers known, body not yet
+    HEADERS = 5  # headers known; run first at end of message (the milter takes no end-of-headers event)
     EOM = 6  # end of message: the whole message is known
 
     @property

@@ -86,6 +86,13 @@ class PipelineHolder:
                     threading.Timer(60, old.close).start()  # let messages in flight finish with it
         return self._pipeline
 
+    def close(self) -> None:
+        """Close the current pipeline: at the worker's exit, after the last message."""
+        try:
+            self._pipeline.close()
+        except Exception:  # exiting anyway: say why, never hang the exit
+            log.exception("closing the pipeline at exit failed")
+
     def message_started(self) -> None:
         with self._lock:
             self.active += 1
@@ -478,6 +485,8 @@ def start_drain_watcher(should_stop: Callable[[], bool], grace: float) -> thread
         deadline = time.monotonic() + grace
         while holder is not None and holder.active > 0 and time.monotonic() < deadline:
             time.sleep(0.05)
+        if holder is not None:
+            holder.close()  # what the checks still hold to send (queued Bayes signatures) goes now
         logging.shutdown()
         os._exit(0)
 
