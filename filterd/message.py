@@ -100,15 +100,17 @@ class Message:
 
         Parsed by fast_mail_parser (Rust mailparse): about five times faster than the stdlib
         parser, which was the largest single cost of the rules and the classifier.  A message it
-        refuses, or with a part it cannot transfer-decode (base64 that the stdlib's decoder
-        tolerates), is parsed by the stdlib instead, so malformed input still gives its text."""
+        refuses, or with a text part it cannot transfer-decode (base64 that the stdlib's decoder
+        tolerates), is parsed by the stdlib instead, so malformed input still gives its text.  Other
+        parts are decoded only when asked (`payload`, `parts`)."""
         try:
             root = fast_mail_parser.parse_email_tree(self.raw, mode="lazy")
             nodes: list[MimeNode] = [
                 _FastNode(n) for n in itertools.islice(fast_mail_parser.walk(root), MAX_PARTS)
             ]
             for node in nodes:
-                node.payload()  # a DecodeError now rather than later (decoding in Rust is cheap)
+                if node.is_text:
+                    node.payload()  # a text part it cannot decode: the stdlib's text instead
             return nodes
         except fast_mail_parser.ParseError:
             tree = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(self.raw)
@@ -126,7 +128,7 @@ class Message:
             Part(
                 content_type=node.content_type,
                 filename=node.filename,
-                size=len(node.payload()),
+                size=node.size(),
                 is_attachment=node.disposition == "attachment" or node.filename is not None,
             )
             for node in self.leaves
@@ -260,6 +262,10 @@ class MimeNode:
         """The transfer-decoded bytes of a leaf (b"" for a container)."""
         raise NotImplementedError
 
+    def size(self) -> int:
+        """Bytes of the decoded payload."""
+        return len(self.payload())
+
     def text(self) -> str:
         """The payload decoded by its charset; never raises."""
         data = self.payload()
@@ -293,7 +299,18 @@ class _FastNode(MimeNode):
         self.transfer_encoding = encoding
 
     def payload(self) -> bytes:
-        return b"" if self.is_container else self._node.content or b""
+        if self.is_container:
+            return b""
+        try:
+            return self._node.content or b""
+        except fast_mail_parser.DecodeError:  # a broken attachment (text parts are checked earlier)
+            return b""
+
+    def size(self) -> int:
+        try:
+            return 0 if self.is_container else len(self._node.content or b"")
+        except fast_mail_parser.DecodeError:
+            return self._node.encoded_size or 0  # what it takes in the message
 
 
 class _StdlibNode(MimeNode):
