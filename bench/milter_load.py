@@ -25,7 +25,6 @@ import socket
 import struct
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -35,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 from bench.milter_path import CHUNK, split  # noqa: E402
 from bench.throughput import cpu_seconds, process_tree, sample  # noqa: E402
 from tests.harness.filterd import Filterd  # noqa: E402
-from tests.harness.net import wait_for  # noqa: E402
+from tests.harness.net import run_sessions, wait_for  # noqa: E402
 from tests.harness.stack import private_dir  # noqa: E402
 
 # Protocol option bits (libmilter's mfdef.h)
@@ -138,28 +137,16 @@ def rss_mib(pids: list[int]) -> float:
 
 
 def run_round(path: str, messages: list[tuple[list[tuple[str, bytes]], bytes]], sessions: int) -> None:
-    shares = [messages[i::sessions] for i in range(sessions)]
-    errors: list[BaseException] = []
-
     def session(share: list[tuple[list[tuple[str, bytes]], bytes]]) -> None:
-        try:
-            client = MilterClient(path)
-            client.connect()
-            for headers, body in share:
-                rc = client.message(headers, body)
-                if rc not in (b"a", b"c"):
-                    raise RuntimeError(f"unexpected reply {rc!r}")
-            client.close()
-        except BaseException as exc:
-            errors.append(exc)
+        client = MilterClient(path)
+        client.connect()
+        for headers, body in share:
+            rc = client.message(headers, body)
+            if rc not in (b"a", b"c"):
+                raise RuntimeError(f"unexpected reply {rc!r}")
+        client.close()
 
-    threads = [threading.Thread(target=session, args=(share,)) for share in shares]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise RuntimeError(f"{len(errors)} sessions failed, first: {errors[0]!r}")
+    run_sessions(session, [messages[i::sessions] for i in range(sessions)])
 
 
 def main() -> int:

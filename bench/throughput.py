@@ -40,7 +40,6 @@ import smtplib
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -51,7 +50,7 @@ sys.path.insert(0, str(ROOT))
 from tests.harness.clamd import ClamdServer  # noqa: E402
 from tests.harness.dns import LocalDns  # noqa: E402
 from tests.harness.filterd import Filterd  # noqa: E402
-from tests.harness.net import free_port, port_open, wait_for  # noqa: E402
+from tests.harness.net import free_port, port_open, run_sessions, wait_for  # noqa: E402
 from tests.harness.postfix import Postfix  # noqa: E402
 from tests.harness.redis import RedisServer  # noqa: E402
 from tests.harness.stack import private_dir  # noqa: E402
@@ -91,28 +90,18 @@ def send_all(port: int, messages: list[bytes], sessions: int) -> int:
     message counts as handled and is simply not awaited at the sink.
     """
     shares = [messages[i::sessions] for i in range(sessions)]
-    errors: list[BaseException] = []
     refused = [0] * sessions
 
     def session(n: int) -> None:
-        try:
-            with smtplib.SMTP("127.0.0.1", port, timeout=120) as smtp:
-                for data in shares[n]:
-                    try:
-                        smtp.sendmail(MAIL_FROM, ["rcpt@example.net"], data)
-                    except (smtplib.SMTPDataError, smtplib.SMTPRecipientsRefused, smtplib.SMTPSenderRefused):
-                        refused[n] += 1
-                        smtp.rset()
-        except BaseException as exc:
-            errors.append(exc)
+        with smtplib.SMTP("127.0.0.1", port, timeout=120) as smtp:
+            for data in shares[n]:
+                try:
+                    smtp.sendmail(MAIL_FROM, ["rcpt@example.net"], data)
+                except (smtplib.SMTPDataError, smtplib.SMTPRecipientsRefused, smtplib.SMTPSenderRefused):
+                    refused[n] += 1
+                    smtp.rset()
 
-    threads = [threading.Thread(target=session, args=(n,)) for n in range(sessions)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise RuntimeError(f"{len(errors)} sessions failed, first: {errors[0]!r}")
+    run_sessions(session, range(sessions))
     return sum(refused)
 
 

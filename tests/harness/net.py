@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import socket
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 
 def free_port() -> int:
@@ -27,3 +29,22 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
             return True
     except OSError:
         return False
+
+
+def run_sessions(session: Callable[[Any], None], shares: Sequence[Any]) -> None:
+    """Run `session(share)` for every share in its own thread, all at once; raise if any failed."""
+    errors: list[BaseException] = []
+
+    def guarded(share: Any) -> None:
+        try:
+            session(share)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=guarded, args=(share,)) for share in shares]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise RuntimeError(f"{len(errors)} sessions failed, first: {errors[0]!r}")
