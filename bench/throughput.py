@@ -1,16 +1,17 @@
 """Throughput of the whole mail path, with and without filterd, measured side by side in one run.
 
-    .venv/bin/python bench/throughput.py [--messages 2000] [--sessions 20] [--rounds 3] [--auth] [--json]
+    .venv/bin/python bench/throughput.py [--messages 2000] [--sessions 20] [--rounds 4] [--auth] [--json]
         [--redis] [--clamd]
 
 A fixed sample of real messages from the SpamAssassin public corpus (ham and spam, chosen by a hash
 of the file name) is sent by --sessions concurrent SMTP sessions into a private Postfix that
 relays to smtp-sink.  Two Postfix instances run at once: one with no milter (the baseline) and one
-wired to filterd on its default configuration over a unix socket.  Rounds alternate between them
-and the medians are reported, since this machine is noisy: compare the ratio, not the absolute
-figures.  Reported for filterd: messages/s and the ratio to no milter, filterd's CPU time per
-message (all its processes), its peak RSS (sum over processes), and the time per message inside
-filterd's pipeline (p50/p99, from its log lines).
+wired to filterd on its default configuration over a unix socket.  Each round sends the sample
+through every path, every other round in reverse order; the ratio is the median over rounds of
+each round's rate over that round's no-milter rate, since this machine is noisy and drifts: compare
+the ratio, not the absolute figures.  Reported for filterd: messages/s and the ratio to no milter,
+filterd's CPU time per message (all its processes), its peak RSS (sum over processes), and the time
+per message inside filterd's pipeline (p50/p99, from its log lines).
 
 filterd's DNS is a local authoritative server (the tests' `LocalDns`), never the host's resolver,
 so runs do not depend on the network.  With --auth every message is rewritten to come From a test
@@ -257,7 +258,7 @@ def main() -> int:
     )
     parser.add_argument("--messages", type=int, default=2000)
     parser.add_argument("--sessions", type=int, default=20)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=4, help="an even number balances the order")
     parser.add_argument("--config", type=Path, help="filterd configuration to merge over the defaults (TOML)")
     parser.add_argument(
         "--clamd", action="store_true", help="with the antivirus check, a private clamd and redis"
@@ -343,23 +344,28 @@ def main() -> int:
         assert filterd.proc is not None
         pids = process_tree(filterd.proc.pid)
         log_offset = len(filterd.log())
-        cpu_before = cpu_seconds(pids)
         reads_before = redis_reads(redis_server.port) if redis_server else 0
+        paths: list[tuple[str, Postfix, list[int]]] = [
+            ("no_milter", baseline, []),
+            ("filterd", filtered, pids),
+        ]
+        if trivial is not None:
+            assert trivial_proc is not None
+            paths.append(("trivial", trivial, [trivial_proc.pid]))
+        cpu = {"filterd": 0.0, "trivial": 0.0}  # each milter's CPU while its own path runs
         cpu_rounds: list[float] = []  # filterd's CPU per message in each round: does it drift?
-        trivial_cpu = 0.0
-        for _ in range(args.rounds):
-            results["no_milter"].append(run_round(baseline, messages, args.sessions, "no_milter"))
-            cpu_start = cpu_seconds(pids)
-            results["filterd"].append(run_round(filtered, messages, args.sessions, "filterd"))
-            cpu_round = cpu_seconds(pids)
-            cpu_rounds.append(cpu_round - cpu_start)
-            if trivial is not None:
-                assert trivial_proc is not None
-                trivial_start = cpu_seconds([trivial_proc.pid])
-                results["trivial"].append(run_round(trivial, messages, args.sessions, "trivial"))
-                trivial_cpu += cpu_seconds([trivial_proc.pid]) - trivial_start
-                cpu_before += cpu_seconds(pids) - cpu_round  # filterd idles meanwhile: not its cost
-        cpu = cpu_seconds(pids) - cpu_before
+        for n in range(args.rounds):
+            # This machine drifts by tens of percent within a minute, and the first path after a
+            # pause runs fastest: every other round goes in reverse order, so that a drift hits
+            # each path alike, and each round is compared with its own baseline.
+            for name, postfix, milter_pids in paths if n % 2 == 0 else paths[::-1]:
+                cpu_start = cpu_seconds(milter_pids)
+                results[name].append(run_round(postfix, messages, args.sessions, name))
+                if milter_pids:
+                    spent = cpu_seconds(milter_pids) - cpu_start
+                    cpu[name] += spent
+                    if name == "filterd":
+                        cpu_rounds.append(spent)
         # minus the one INFO call of our own that the second reading includes
         reads = redis_reads(redis_server.port) - reads_before - 1 if redis_server else 0
         rss = peak_rss_mib(pids)
@@ -383,6 +389,12 @@ def main() -> int:
         shutil.rmtree(workdir, ignore_errors=True)  # two Postfix queues and logs: tens of MB a run
     plain = statistics.median(results["no_milter"])
     with_filterd = statistics.median(results["filterd"])
+
+    def round_ratios(name: str) -> list[float]:
+        """Each round's rate over the same round's no-milter rate."""
+        return [round(r / b, 3) for r, b in zip(results[name], results["no_milter"], strict=True)]
+
+    filterd_ratios = round_ratios("filterd")
     report: dict[str, Any] = {
         "case": "dkim-signed, SPF/DKIM/DMARC pass" if args.auth else "corpus as is",
         "messages": args.messages,
@@ -391,8 +403,10 @@ def main() -> int:
         "rounds": args.rounds,
         "no_milter_msgs_per_s": round(plain, 1),
         "filterd_msgs_per_s": round(with_filterd, 1),
-        "ratio": round(with_filterd / plain, 3),
-        "filterd_cpu_ms_per_msg": round(1000 * cpu / (args.messages * args.rounds), 3),
+        # the median of the rounds' own ratios: steadier than a ratio of medians when the machine drifts
+        "ratio": round(statistics.median(filterd_ratios), 3),
+        "rounds_ratio": filterd_ratios,
+        "filterd_cpu_ms_per_msg": round(1000 * cpu["filterd"] / (args.messages * args.rounds), 3),
         "filterd_peak_rss_mib": round(rss, 1),
         "pipeline_ms_p50": round(percentile(times, 0.5), 3),
         "pipeline_ms_p99": round(percentile(times, 0.99), 3),
@@ -404,15 +418,17 @@ def main() -> int:
     if args.trivial:
         trivial_rate = statistics.median(results["trivial"])
         report["trivial_msgs_per_s"] = round(trivial_rate, 1)
-        report["trivial_ratio"] = round(trivial_rate / plain, 3)
-        report["trivial_cpu_ms_per_msg"] = round(1000 * trivial_cpu / (args.messages * args.rounds), 3)
+        report["trivial_ratio"] = round(statistics.median(round_ratios("trivial")), 3)
+        report["rounds_trivial_ratio"] = round_ratios("trivial")
+        report["trivial_cpu_ms_per_msg"] = round(1000 * cpu["trivial"] / (args.messages * args.rounds), 3)
     if args.redis:
         report["redis_round_trips_per_msg"] = round(reads / (args.messages * args.rounds), 2)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
         print(
-            f"{args.messages} corpus messages ({report['case']}), {args.sessions} sessions, median of {args.rounds} rounds"
+            f"{args.messages} corpus messages ({report['case']}), {args.sessions} sessions, median of "
+            f"{args.rounds} rounds (ratio: the median of each round's ratio to its own no-milter rate)"
         )
         print(f"{'path':<30}{'msgs/s':>10}{'ratio':>8}")
         print(f"{'Postfix, no milter':<30}{plain:>10.1f}{1.0:>8.2f}")
@@ -435,6 +451,8 @@ def main() -> int:
             f"p99 {report['pipeline_ms_p99']} ms"
         )
         print(f"rounds (msgs/s): no milter {report['rounds_no_milter']}, filterd {report['rounds_filterd']}")
+        trivial_rounds = f", trivial {report['rounds_trivial_ratio']}" if args.trivial else ""
+        print(f"rounds (ratio to no milter): filterd {filterd_ratios}{trivial_rounds}")
         print(f"machine busy (share of both cores, by round): {busy_fraction}")
         if args.redis:
             print(
