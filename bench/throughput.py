@@ -352,8 +352,8 @@ def main() -> int:
         if trivial is not None:
             assert trivial_proc is not None
             paths.append(("trivial", trivial, [trivial_proc.pid]))
-        cpu = {"filterd": 0.0, "trivial": 0.0}  # each milter's CPU while its own path runs
-        cpu_rounds: list[float] = []  # filterd's CPU per message in each round: does it drift?
+        # each milter's CPU while its own path runs, by round: does it drift?
+        cpu: dict[str, list[float]] = {"filterd": [], "trivial": []}
         for n in range(args.rounds):
             # This machine drifts by tens of percent within a minute, and the first path after a
             # pause runs fastest: every other round goes in reverse order, so that a drift hits
@@ -362,10 +362,7 @@ def main() -> int:
                 cpu_start = cpu_seconds(milter_pids)
                 results[name].append(run_round(postfix, messages, args.sessions, name))
                 if milter_pids:
-                    spent = cpu_seconds(milter_pids) - cpu_start
-                    cpu[name] += spent
-                    if name == "filterd":
-                        cpu_rounds.append(spent)
+                    cpu[name].append(cpu_seconds(milter_pids) - cpu_start)
         # minus the one INFO call of our own that the second reading includes
         reads = redis_reads(redis_server.port) - reads_before - 1 if redis_server else 0
         rss = peak_rss_mib(pids)
@@ -406,21 +403,24 @@ def main() -> int:
         # the median of the rounds' own ratios: steadier than a ratio of medians when the machine drifts
         "ratio": round(statistics.median(filterd_ratios), 3),
         "rounds_ratio": filterd_ratios,
-        "filterd_cpu_ms_per_msg": round(1000 * cpu["filterd"] / (args.messages * args.rounds), 3),
+        "filterd_cpu_ms_per_msg": round(1000 * sum(cpu["filterd"]) / (args.messages * args.rounds), 3),
         "filterd_peak_rss_mib": round(rss, 1),
         "pipeline_ms_p50": round(percentile(times, 0.5), 3),
         "pipeline_ms_p99": round(percentile(times, 0.99), 3),
         "rounds_no_milter": [round(r, 1) for r in results["no_milter"]],
         "rounds_filterd": [round(r, 1) for r in results["filterd"]],
-        "rounds_filterd_cpu_ms_per_msg": [round(1000 * c / args.messages, 3) for c in cpu_rounds],
+        "rounds_filterd_cpu_ms_per_msg": [round(1000 * c / args.messages, 3) for c in cpu["filterd"]],
         "machine_busy_by_round": busy_fraction,
     }
     if args.trivial:
         trivial_rate = statistics.median(results["trivial"])
         report["trivial_msgs_per_s"] = round(trivial_rate, 1)
-        report["trivial_ratio"] = round(statistics.median(round_ratios("trivial")), 3)
-        report["rounds_trivial_ratio"] = round_ratios("trivial")
-        report["trivial_cpu_ms_per_msg"] = round(1000 * cpu["trivial"] / (args.messages * args.rounds), 3)
+        trivial_ratios = round_ratios("trivial")
+        report["trivial_ratio"] = round(statistics.median(trivial_ratios), 3)
+        report["rounds_trivial_ratio"] = trivial_ratios
+        report["trivial_cpu_ms_per_msg"] = round(
+            1000 * sum(cpu["trivial"]) / (args.messages * args.rounds), 3
+        )
     if args.redis:
         report["redis_round_trips_per_msg"] = round(reads / (args.messages * args.rounds), 2)
     if args.json:
