@@ -200,7 +200,7 @@ def test_from_naming_many_domains_is_held(local_dns: LocalDns, domain: str) -> N
     publish_txt(local_dns, f"_dmarc.{domain}", "v=DMARC1; p=reject")
     others = ", ".join(f"x@{unique('filler')}" for _ in range(6))
     raw = message(f"a@{domain}").replace(b"From: Alice <", f"From: {others}, Alice <".encode())
-    tx, verdict = deliver(local_dns, raw, f"b@{domain}")
+    _, verdict = deliver(local_dns, raw, f"b@{domain}")
     assert isinstance(verdict.decision, Quarantine) and "DMARC_MULTI_FROM" in symbols(verdict)
 
 
