@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 import spf
 
-from filterd.auth.results import SPF, SPF_HELO, SpfResult
+from filterd.auth.results import SPF, SPF_HELO, SpfResult, our_hostname
 from filterd.check import AddHeader, Check, CheckSettings, Finding, Output, Stage
 from filterd.config import Config
 from filterd.dns import DnsBudget, DnsTempError
@@ -114,7 +114,6 @@ class Spf(Check):
         super().__init__(settings, config, services)
         self.spf_settings = settings
         self.forwarders = [ipaddress.ip_network(n, strict=False) for n in settings.trusted_forwarders]
-        self.receiver = config.network.hostname or "unknown"
         services.resolver  # noqa: B018 -- made now, it points dnspython's default resolver (pyspf's) at ours
         self.per_lookup = min(settings.max_time, config.dns.timeout * config.dns.attempts)
 
@@ -158,12 +157,13 @@ class Spf(Check):
         """The SPF result of one identity, and the Received-SPF value pyspf writes for it."""
         budget = tx.dns_budget_for(self.config.dns)
         left = budget.remaining_seconds()
+        receiver = our_hostname(self.config, tx.session.macros.get("j"))
         q = _BudgetedQuery(
             budget,
             i=ip,
             s=sender,
             h=helo,
-            receiver=self.receiver,
+            receiver=receiver,
             # pyspf reads querytime 0 as "no bound": a spent budget is a tiny positive one
             querytime=max(0.001, min(self.spf_settings.max_time, left)),
         )
@@ -178,9 +178,9 @@ class Spf(Check):
         domain = helo.lower().rstrip(".") if identity == "helo" else sender.rpartition("@")[2].lower()
         checked = q.s if identity == "helo" else sender
         try:
-            header = q.get_header(result, self.receiver)
+            header = q.get_header(result, receiver)
         except (AttributeError, KeyError, ValueError):  # pyspf's header needs state a failed query lacks
-            header = f"{result.capitalize()} ({self.receiver}: {explanation}) identity={identity}"
+            header = f"{result.capitalize()} ({receiver}: {explanation}) identity={identity}"
         return SpfResult(result, identity, domain, checked, str(explanation or "")), header
 
     def _outputs(self, r: SpfResult, header: str, ip: str, prefix: str, action: str) -> Iterable[Output]:
