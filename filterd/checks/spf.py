@@ -173,6 +173,9 @@ class Spf(Check):
         started = time.monotonic()
         try:
             result, _code, explanation = q.check()
+        except Exception as exc:  # pyspf on a name DNS cannot hold (8-bit bytes: IDNAException...)
+            log.debug("pyspf failed on %r / %r: %s: %s", sender, helo, type(exc).__name__, exc)
+            result, explanation = "permerror", f"cannot be evaluated: {type(exc).__name__}"
         finally:
             budget.charge(time.monotonic() - started)
         domain = helo.lower().rstrip(".") if identity == "helo" else sender.rpartition("@")[2].lower()
