@@ -309,3 +309,16 @@ def test_released_quarantine_mail_has_no_forged_authentication_results(auth: Aut
     assert got.header("Authentication-Results") == ["upstream.example.org; spf=pass smtp.mailfrom=x"]
     assert got.header("Received-SPF") == []
     store.delete(held[0].id)
+
+
+def test_200_arc_sets_cost_no_lookup_through_postfix(auth: Auth) -> None:
+    """Before: 400 key lookups (two per set) for one message; now a fail without any."""
+    from tests.test_auth_budget import arc_sets
+
+    under = unique("e2earc")
+    msg, marker = make_message("arc flood", sender=f"a@{auth.spf_ok}")
+    started = time.monotonic()
+    got = auth.delivered(arc_sets(200, under) + msg, f"a@{auth.spf_ok}", marker)
+    assert time.monotonic() - started < 10
+    assert auth.dns.queries_under(under) == 0
+    assert "arc=fail (i=200; more than 50 ARC sets" in ar_of(got)
