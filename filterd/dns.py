@@ -8,6 +8,7 @@ pyspf and dkimpy, which call dnspython's default resolver, use this one too.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import dns.exception
@@ -27,10 +28,65 @@ class DnsSettings:
     timeout: float = setting(2.0, "seconds for one attempt of one lookup", positive)
     attempts: int = setting(2, "attempts per lookup before it is a temporary error", positive)
     cache_size: int = setting(10000, "answers cached (each for its TTL)", positive)
+    max_lookups_per_message: int = setting(
+        60, "DNS lookups one message may cause in all (SPF, DKIM, DMARC, ARC); past it: temperror", positive
+    )
+    max_seconds_per_message: float = setting(
+        20.0, "seconds one message may spend waiting for DNS in all; past it: temperror", positive
+    )
 
 
 class DnsTempError(Exception):
     """A lookup failed in a way that may go away: timeout, SERVFAIL, no server reachable."""
+
+
+class DnsBudgetSpent(DnsTempError):
+    """The message's DNS budget (lookups or seconds) is used up: the lookup was not made."""
+
+
+# Lookups and seconds kept back for the DMARC policy of the From domain(s): the records a
+# forger cannot choose.  Without them, a message could spend the whole budget on DKIM keys or
+# ARC sets at names it controls (or at silent servers) and leave DMARC a temperror, no action.
+RESERVED_LOOKUPS = 8
+RESERVED_SECONDS = 4.0
+
+
+@dataclass
+class DnsBudget:
+    """How much DNS one message may cause: `max_lookups` lookups and `max_seconds` of waiting.
+
+    One per transaction (``Transaction.dns_budget``), handed to every lookup made for it; a lookup
+    past the budget raises `DnsBudgetSpent` (a `DnsTempError`), which every check reports as
+    temperror.  Time counts only while waiting for DNS, so a slow client sending DATA spends none.
+    `reserved` lookups (DMARC's) may go past the ordinary limits by `RESERVED_LOOKUPS` and
+    `RESERVED_SECONDS`."""
+
+    max_lookups: int
+    max_seconds: float
+    lookups: int = 0
+    seconds: float = 0.0
+
+    @classmethod
+    def from_settings(cls, settings: DnsSettings) -> DnsBudget:
+        return cls(settings.max_lookups_per_message, settings.max_seconds_per_message)
+
+    def remaining_seconds(self, reserved: bool = False) -> float:
+        return self.max_seconds + (RESERVED_SECONDS if reserved else 0.0) - self.seconds
+
+    def spend(self, what: str, reserved: bool = False) -> float:
+        """Count one lookup of `what`; the seconds it may take.  Raises `DnsBudgetSpent` when none are left."""
+        limit = self.max_lookups + (RESERVED_LOOKUPS if reserved else 0)
+        if self.lookups >= limit:
+            raise DnsBudgetSpent(f"DNS budget of {limit} lookups per message spent (before {what})")
+        left = self.remaining_seconds(reserved)
+        if left <= 0:
+            raise DnsBudgetSpent(f"DNS budget of {self.max_seconds:g}s per message spent (before {what})")
+        self.lookups += 1
+        return left
+
+    def charge(self, seconds: float) -> None:
+        """Count `seconds` spent waiting for DNS."""
+        self.seconds += max(0.0, seconds)
 
 
 class Resolver:
@@ -51,28 +107,53 @@ class Resolver:
         """Make libraries that use dnspython's default resolver (pyspf, dkimpy) use this one."""
         dns.resolver.default_resolver = self.dnspython
 
-    def query(self, name: str, rdtype: str) -> list[str]:
-        """The records of `rdtype` at `name` as text; [] when the name or the type does not exist."""
+    def query(
+        self, name: str, rdtype: str, budget: DnsBudget | None = None, reserved: bool = False
+    ) -> list[str]:
+        """The records of `rdtype` at `name` as text; [] when the name or the type does not exist.
+
+        With a `budget`, the lookup is counted against it and waits no longer than it allows
+        (`reserved`: DMARC's share may be used); `DnsBudgetSpent` when it is used up.  A name that
+        is not a valid DNS name (8-bit bytes, empty or over-long labels) is a `ValueError`."""
+        qname = _qname(name)
+        left = budget.spend(f"{name} {rdtype}", reserved) if budget is not None else float("inf")
         last: Exception | None = None
-        for _ in range(self.settings.attempts):
-            try:
-                answer = self.dnspython.resolve(name, rdtype, search=False)
-            except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
-                return []
-            except (dns.exception.Timeout, dns.resolver.NoNameservers) as exc:
-                last = exc
-                continue
-            except dns.exception.DNSException as exc:  # a malformed name or answer: permanent
-                raise ValueError(f"DNS lookup of {name} {rdtype} failed: {exc}") from exc
-            return [_text(rdata) for rdata in answer]
+        started = time.monotonic()
+        try:
+            for _ in range(self.settings.attempts):
+                lifetime = min(self.settings.timeout, left - (time.monotonic() - started))
+                if lifetime <= 0:
+                    break
+                try:
+                    answer = self.dnspython.resolve(qname, rdtype, search=False, lifetime=lifetime)
+                except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+                    return []
+                except (dns.exception.Timeout, dns.resolver.NoNameservers) as exc:
+                    last = exc
+                    continue
+                except dns.exception.DNSException as exc:  # a malformed name or answer: permanent
+                    raise ValueError(f"DNS lookup of {name} {rdtype} failed: {exc}") from exc
+                return [_text(rdata) for rdata in answer]
+        finally:
+            if budget is not None:
+                budget.charge(time.monotonic() - started)
         raise DnsTempError(f"DNS lookup of {name} {rdtype} failed: {type(last).__name__}: {last}")
 
-    def txt(self, name: str) -> list[str]:
+    def txt(self, name: str, budget: DnsBudget | None = None, reserved: bool = False) -> list[str]:
         """TXT records, each with its strings joined (as SPF, DKIM and DMARC read them)."""
-        return self.query(name, "TXT")
+        return self.query(name, "TXT", budget, reserved)
 
-    def ptr(self, address: str) -> list[str]:
-        return self.query(dns.reversename.from_address(address).to_text(), "PTR")
+    def ptr(self, address: str, budget: DnsBudget | None = None) -> list[str]:
+        return self.query(dns.reversename.from_address(address).to_text(), "PTR", budget)
+
+
+def _qname(name: str) -> dns.name.Name:
+    """`name` as a DNS name; ValueError for one that is not (bytes outside ASCII that are not a
+    valid IDN, an empty or over-long label): such a name comes from message bytes, never from DNS."""
+    try:
+        return dns.name.from_text(name.rstrip(".") + ".")
+    except (dns.exception.DNSException, UnicodeError) as exc:
+        raise ValueError(f"{name[:80]!r} is not a DNS name: {exc}") from exc
 
 
 def _text(rdata: dns.rdata.Rdata) -> str:

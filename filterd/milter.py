@@ -35,12 +35,12 @@ from typing import Any
 import Milter
 import milter
 
-from filterd.auth.results import AR_HEADER, configured_authserv_id
+from filterd.auth.results import our_ids
 from filterd.check import Direction, Stage
 from filterd.pipeline import Action, Pipeline, Verdict
 from filterd.quarantine import QuarantineError, QuarantineStore, meta_from
 from filterd.replies import R451_CHECK_FAILED, Decision, Discard, Reject, TempFail
-from filterd.report import FORGEABLE_PREFIXES, is_forgeable, log_line, verdict_headers
+from filterd.report import CLAIM_HEADERS, FORGEABLE_PREFIXES, is_forgeable, log_line, verdict_headers
 from filterd.transaction import Session, Transaction
 
 log = logging.getLogger("filterd")
@@ -108,7 +108,7 @@ holder: PipelineHolder | None = None  # set by the worker before libmilter start
 # The first letters of every header name `is_forgeable` can be true for, in both cases: the other
 # headers -- nearly all of them -- cost one slice and one set lookup on the hot path.
 _FORGEABLE_INITIALS = frozenset(
-    c for prefix in (*FORGEABLE_PREFIXES, AR_HEADER) for c in (prefix[0].lower(), prefix[0].upper())
+    c for prefix in (*FORGEABLE_PREFIXES, *CLAIM_HEADERS) for c in (prefix[0].lower(), prefix[0].upper())
 )
 
 # The callbacks whose reply Postfix may be told not to wait for, and the option bit that says so.
@@ -240,7 +240,7 @@ class FilterdMilter(Milter.Base):
         self.forged = []
         self.held_decision = None
         if self._authserv_ids_of is not self.pipeline:  # once per connection and configuration
-            self._authserv_ids = (configured_authserv_id(self.pipeline.config),)
+            self._authserv_ids = our_ids(self.pipeline.config, self.session.macros.get("j"))
             self._authserv_ids_of = self.pipeline
         if self._quiet("envfrom"):  # a decision can only be held (e.g. after a reload mid-connection)
             self.held_decision = self.session_decision or self.pipeline.run_stage(Stage.MAIL_FROM, tx)
@@ -423,7 +423,7 @@ def on_header(ctx: Any, name: str, value: bytes) -> int:
         headers = tx.raw_headers
         headers.append((name, text))
         tx.size += len(name) + len(value) + 3
-        if name[:1] in _FORGEABLE_INITIALS and is_forgeable(name, text, m._authserv_ids):
+        if name[:1] in _FORGEABLE_INITIALS and is_forgeable(name, text, m._authserv_ids, tx.add_headers):
             key = name.lower()
             m.forged.append((name, sum(1 for n, _ in headers if n.lower() == key)))
     return m._header_rc

@@ -166,14 +166,16 @@ class Entry:
         return self.stored()[int(self.meta.get("header_offset", 0)) :]
 
     def for_release(self) -> bytes:
-        """What a release re-injects: the bytes received, less incoming X-Spam-*/X-Virus-* headers.
+        """What a release re-injects: the bytes received, less incoming X-Spam-*/X-Virus-* headers
+        and forged Authentication-Results / Received-SPF (`filterd.report.drop_forged`).
 
         The re-injection listener runs no milter, so nothing else would remove a sender's forged
         "X-Spam-Status: No" or "X-Virus-Status: Clean" before the user's Sieve rules see it.  The
         rest of the header block and the body stay byte for byte as received."""
-        from filterd.report import is_forgeable  # late: report imports the pipeline, which imports config
+        from filterd.report import drop_forged  # late: report imports the pipeline, which imports config
 
-        return drop_headers(self.original(), is_forgeable)
+        offset = int(self.meta.get("header_offset", 0))  # forged A-R/Received-SPF: judged by our headers
+        return drop_forged(self.original(), self.stored()[:offset])
 
 
 class QuarantineStore:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 
-from filterd.auth.results import AR_HEADER, authserv_id_of
-from filterd.check import Stage
+from filterd.auth.results import AR_HEADER, authserv_id_of, normalise_id, receivers_of
+from filterd.check import AddHeader, Stage
 from filterd.pipeline import Verdict
 from filterd.transaction import Transaction
 
@@ -19,19 +19,93 @@ REPORT_HEADER = "X-Spam-Report"
 FORGEABLE_PREFIXES = ("x-spam-", "x-filterd-", "x-virus-")
 
 
-def is_forgeable(name: str, value: str = "", authserv_ids: Collection[str] = ()) -> bool:
+RECEIVED_SPF = "Received-SPF"
+# Headers that speak for a receiving host: forged when an incoming one claims to be us.
+CLAIM_HEADERS = (AR_HEADER, RECEIVED_SPF)
+_AR, _RSPF = AR_HEADER.lower(), RECEIVED_SPF.lower()
+
+
+def is_forgeable(
+    name: str, value: str = "", authserv_ids: Collection[str] = (), ours: Iterable[AddHeader] = ()
+) -> bool:
     """True for an incoming header that must be removed before ours are added.
 
-    Besides the X-Spam-* family, that is an Authentication-Results header claiming one of our
-    `authserv_ids` (RFC 8601 section 5): only we may speak for our authserv-id.  The milter
-    passes the header's value and ``(configured_authserv_id(config),)``."""
+    - the X-Spam-* family (`FORGEABLE_PREFIXES`), always;
+    - an Authentication-Results header claiming one of `authserv_ids` (RFC 8601 section 5: only
+      we may speak for our authserv-id);
+    - a Received-SPF header naming one of `authserv_ids` as its receiver, or any incoming
+      Received-SPF when `ours` (the headers we are adding to this message) holds our own: ours is
+      added below the incoming ones, and a reader takes the topmost, so one written by the client
+      or anyone before it would be read in place of ours.  When we add none (a trusted forwarder,
+      SPF off) an upstream Received-SPF is left alone.
+
+    Ids compare without case or a trailing dot.  The milter passes the header's value,
+    ``our_ids(config, j)`` and the transaction's added headers; a quarantine release uses
+    `drop_forged`."""
     lname = name.lower()
     if lname.startswith(FORGEABLE_PREFIXES):  # str.startswith with a tuple: one C call
         return True
-    if lname == AR_HEADER.lower() and authserv_ids:
-        claimed = authserv_id_of(value).lower()
-        return bool(claimed) and claimed in {a.lower() for a in authserv_ids}
+    if lname == _AR:
+        if not authserv_ids:
+            return False
+        claimed = normalise_id(authserv_id_of(value))
+        return bool(claimed) and claimed in {normalise_id(a) for a in authserv_ids}
+    if lname == _RSPF:
+        if any(h.name.lower() == _RSPF for h in ours):
+            return True
+        ids = {normalise_id(a) for a in authserv_ids}
+        return any(r in ids for r in receivers_of(value))
     return False
+
+
+def drop_forged(raw: bytes, our_head: bytes) -> bytes:
+    """`raw` (a message as received) without its forged headers, judged by `our_head`: the
+    header lines filterd added to it (a quarantined message keeps them apart from the original).
+
+    Our authserv-ids are the ones our own Authentication-Results and Received-SPF headers there
+    claim, and an incoming Received-SPF goes whenever we added one, as `is_forgeable` decides in
+    the milter.  The rest of the header block and the body stay byte for byte."""
+    ours = [AddHeader(n, v) for n, v in _fields(our_head)]
+    ids = [authserv_id_of(h.value) for h in ours if h.name.lower() == _AR]
+    ids += [r for h in ours if h.name.lower() == _RSPF for r in receivers_of(h.value)]
+    ids = [i for i in ids if i]
+    end = _header_end(raw)
+    kept: list[bytes] = []
+    for name, value, lines in _field_lines(raw[:end]):
+        if not is_forgeable(name, value, ids, ours):
+            kept.append(lines)
+    return b"".join(kept) + raw[end:]
+
+
+def _field_lines(block: bytes) -> Iterable[tuple[str, str, bytes]]:
+    """Each header field of `block`: name, unfolded value, and its lines as they were."""
+    current: list[bytes] = []
+    for line in block.splitlines(keepends=True):
+        if current and line[:1] not in (b" ", b"\t"):
+            yield _field(current)
+            current = []
+        current.append(line)
+    if current:
+        yield _field(current)
+
+
+def _field(lines: list[bytes]) -> tuple[str, str, bytes]:
+    text = b"".join(lines)
+    name, colon, value = text.partition(b":")
+    if not colon:  # not a field (a stray line): never judged forged
+        return "", "", text
+    unfolded = b" ".join(value.split())
+    return name.decode("ascii", "replace").strip(), unfolded.decode("utf-8", "replace"), text
+
+
+def _fields(block: bytes) -> list[tuple[str, str]]:
+    return [(n, v) for n, v, _ in _field_lines(block) if n]
+
+
+def _header_end(raw: bytes) -> int:
+    """Offset just past the last header line's ending (the blank line follows)."""
+    ends = [i + len(sep) // 2 for sep in (b"\r\n\r\n", b"\n\n") if (i := raw.find(sep)) >= 0]
+    return min(ends) if ends else len(raw)
 
 
 def verdict_headers(verdict: Verdict) -> list[tuple[str, str]]:

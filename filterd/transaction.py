@@ -13,6 +13,7 @@ from functools import cached_property
 from typing import Any
 
 from filterd.check import AddHeader, Direction, Finding, Stage
+from filterd.dns import DnsBudget, DnsSettings
 from filterd.message import Message
 from filterd.replies import Quarantine
 
@@ -64,6 +65,8 @@ class Transaction:
     # SPF/DKIM/DMARC/ARC results by method, for DMARC and the Authentication-Results header
     # (keys and types in filterd.auth.results)
     auth_results: dict[str, Any] = field(default_factory=dict)
+    # what DNS this message may still cause, shared by every check (see `dns_budget_for`)
+    dns_budget: DnsBudget | None = None
     # raw_headers by lower-case name: (the list it was built from, its length then, the index)
     _header_index: tuple[list[tuple[str, str]], int, dict[str, list[str]]] | None = field(
         default=None, init=False, repr=False, compare=False
@@ -77,6 +80,13 @@ class Transaction:
     def current_rcpt(self) -> str:
         """At RCPT: the recipient being checked now."""
         return self.rcpts[-1]
+
+    def dns_budget_for(self, settings: DnsSettings) -> DnsBudget:
+        """The message's one DNS budget (``[dns] max_lookups_per_message`` and
+        ``max_seconds_per_message``), made at the first lookup: every check's lookups draw from it."""
+        if self.dns_budget is None:
+            self.dns_budget = DnsBudget.from_settings(settings)
+        return self.dns_budget
 
     def header_values(self, name: str) -> list[str]:
         """Values of the headers called `name` (case-insensitive), unfolded and stripped.

@@ -13,11 +13,14 @@ from filterd.auth.results import (
     SpfResult,
     authserv_id_of,
     configured_authserv_id,
+    our_ids,
     pvalue,
+    receivers_of,
     render,
 )
+from filterd.check import AddHeader
 from filterd.config import parse_config
-from filterd.report import is_forgeable
+from filterd.report import drop_forged, is_forgeable
 from filterd.settings import ConfigError
 from tests.harness.auth import PublishedKey, headers_of, message, pipeline, run, symbols, unique
 from tests.harness.dns import LocalDns
@@ -100,6 +103,60 @@ def test_is_forgeable_for_our_authserv_id_only() -> None:
     assert not is_forgeable("Authentication-Results", " mx.filterd.test; spf=pass")  # no id given
     assert not is_forgeable("ARC-Authentication-Results", " i=1; mx.filterd.test; spf=pass", ours)
     assert is_forgeable("X-Spam-Status", "Yes")  # the existing rule is unchanged
+
+
+def test_is_forgeable_ignores_case_and_a_trailing_dot() -> None:
+    """Before: "mx.filterd.test." was not recognised as ours, and the forged header was kept."""
+    assert is_forgeable("Authentication-Results", " mx.filterd.test.; dkim=pass", ("mx.filterd.test",))
+    assert is_forgeable("Authentication-Results", ' "MX.FILTERD.TEST."; dkim=pass', ("mx.filterd.test.",))
+    assert not is_forgeable(
+        "Authentication-Results", " mx.filterd.test.evil; dkim=pass", ("mx.filterd.test",)
+    )
+
+
+def test_received_spf_naming_us_or_above_ours_is_forged() -> None:
+    ours = ("mx.filterd.test",)
+    forged = " Pass (mx.filterd.test: domain of bank.example designates 1.2.3.4) receiver=MX.filterd.test.;"
+    assert receivers_of(forged) == ("mx.filterd.test", "mx.filterd.test")
+    assert is_forgeable("Received-SPF", forged, ours)
+    assert is_forgeable("received-spf", " Pass (mx.filterd.test: forged, no receiver key)", ours)
+    upstream = " Pass (mx.upstream.test: domain of a.example) client-ip=1.2.3.4; receiver=mx.upstream.test;"
+    assert not is_forgeable("Received-SPF", upstream, ours)  # we add no Received-SPF of our own
+    spf_added = [AddHeader("Received-SPF", "Pass (mx.filterd.test: ...) receiver=mx.filterd.test;")]
+    assert is_forgeable("Received-SPF", upstream, ours, spf_added)  # ours is below it: it goes
+    assert not is_forgeable("Received", " from x by y", ours, spf_added)
+
+
+def test_our_ids_default_to_the_name_postfix_announces() -> None:
+    """Before: with no hostname configured the authserv-id was the FQDN (often "localhost")."""
+    assert our_ids(parse_config({}), "MX.Example.NET.") == ("mx.example.net",)
+    assert configured_authserv_id(parse_config({}), "mx.example.net") == "mx.example.net"
+    assert (
+        configured_authserv_id(parse_config({"network": {"hostname": "h.example"}}), "j.example")
+        == "h.example"
+    )
+    both = parse_config(
+        {"network": {"hostname": "mx.example"}, "checks": {"auth_results": {"authserv_id": "ex"}}}
+    )
+    assert our_ids(both, "j.example") == ("ex", "mx.example")
+
+
+def test_drop_forged_judges_a_stored_message_by_the_headers_we_added() -> None:
+    head = (
+        b"Received-SPF: Pass (mx.filterd.test: domain of a.example) receiver=mx.filterd.test;\r\n"
+        b"Authentication-Results: mx.filterd.test;\r\n\tdmarc=fail header.from=bank.example\r\n"
+        b"X-Spam-Status: Yes, score=9\r\n"
+    )
+    raw = (
+        b"Authentication-Results: MX.filterd.test.;\r\n\tdmarc=pass header.from=bank.example\r\n"
+        b"Authentication-Results: upstream.example; spf=pass\r\n"
+        b"Received-SPF: Pass (client.example: forged) receiver=client.example;\r\n"
+        b"X-Spam-Status: No\r\nSubject: hi\r\n\r\nAuthentication-Results: mx.filterd.test; body\r\n"
+    )
+    assert drop_forged(raw, head) == (
+        b"Authentication-Results: upstream.example; spf=pass\r\n"
+        b"Subject: hi\r\n\r\nAuthentication-Results: mx.filterd.test; body\r\n"
+    )
 
 
 def test_authserv_id_setting_and_fallbacks() -> None:

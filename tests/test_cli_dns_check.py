@@ -129,3 +129,45 @@ def test_dns_failure_is_a_fail_not_a_crash(local_dns: LocalDns, tmp_path: Path) 
 def test_bad_domain_argument(local_dns: LocalDns, tmp_path: Path) -> None:
     result = dns_check(local_dns, tmp_path, "not a domain")
     assert result.exit_code == 2 and "is not a domain name" in result.output
+
+
+def test_spf_include_chain_of_30_stops_at_the_lookup_limit(local_dns: LocalDns, tmp_path: Path) -> None:
+    """Before: every include was followed, 30 of them (36 queries); a wide tree of includes grew
+    exponentially (5 includes a record, 4 deep: 786 queries).  Now the walk stops past 10."""
+    base = unique("chain")
+    for i in range(30):
+        local_dns.add(f'l{i}.{base}. 60 IN TXT "v=spf1 include:l{i + 1}.{base} -all"')
+    local_dns.add(f'l30.{base}. 60 IN TXT "v=spf1 ip4:192.0.2.1 -all"')
+    result = dns_check(local_dns, tmp_path, f"l0.{base}")
+    assert result.exit_code != 0
+    spf = [d for s, c, d in rows(result) if c == "SPF" and s == "FAIL"]
+    assert any(d.startswith("at least 1") and "over the limit of 10" in d for d in spf), result.output
+    asked = [q for q in local_dns.queries if q.endswith("." + base) and q.startswith("l")]
+    assert len(set(asked)) <= 12  # l0 .. l11: the limit and the one that went past it
+
+
+def test_spf_wide_include_tree_stays_within_the_lookup_limit(local_dns: LocalDns, tmp_path: Path) -> None:
+    base = unique("tree")
+
+    def node(path: str, depth: int) -> None:
+        terms = " ".join(f"include:n{path}x{k}.{base}" for k in range(5)) if depth else "ip4:192.0.2.1"
+        local_dns.add(f'n{path}.{base}. 60 IN TXT "v=spf1 {terms} -all"')
+        for k in range(5 if depth else 0):
+            node(f"{path}x{k}", depth - 1)
+
+    node("r", 4)
+    result = dns_check(local_dns, tmp_path, f"nr.{base}")
+    assert result.exit_code != 0
+    assert local_dns.queries_under(base) <= 20
+
+
+def test_spf_include_loop_is_reported_once_followed(local_dns: LocalDns, tmp_path: Path) -> None:
+    base = unique("loop")
+    local_dns.add(f'a.{base}. 60 IN TXT "v=spf1 include:b.{base} -all"')
+    local_dns.add(f'b.{base}. 60 IN TXT "v=spf1 include:c.{base} -all"')
+    local_dns.add(f'c.{base}. 60 IN TXT "v=spf1 include:a.{base} -all"')
+    result = dns_check(local_dns, tmp_path, f"a.{base}")
+    assert result.exit_code != 0
+    spf = [d for s, c, d in rows(result) if c == "SPF" and s == "FAIL"]
+    assert any("loops back" in d and f"include:a.{base}" in d for d in spf), result.output
+    assert local_dns.queries_under(f"b.{base}") == 1 and local_dns.queries_under(f"c.{base}") == 1

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from filterd.quarantine import QuarantineSettings, QuarantineStore
 from tests.harness.auth import PublishedKey, publish_txt, unique
 from tests.harness.dns import LocalDns
 from tests.harness.stack import Stack, make_message
@@ -22,6 +23,27 @@ from tests.harness.stack import Stack, make_message
 pytestmark = pytest.mark.stack
 
 INBOUND, OUTBOUND = "127.0.0.1", "127.0.0.2"
+
+
+def test_authserv_id_defaults_to_the_name_postfix_announces(stack: Stack, local_dns: LocalDns) -> None:
+    """No hostname or authserv_id configured: before, the header said "localhost" (this host's
+    FQDN); now it is Postfix's myhostname (the j macro), mx.filterd.test.  First in the module, so
+    it runs before the `auth` fixture configures a hostname for the rest."""
+    domain = unique("e2ejmacro")
+    local_dns.add(f'{domain}. 60 IN TXT "v=spf1 ip4:127.0.0.1 -all"')
+    dns = {"nameservers": ["127.0.0.1"], "port": local_dns.port, "timeout": 0.5, "attempts": 1}
+    msg, marker = make_message(
+        "j macro",
+        sender=f"a@{domain}",
+        headers=[("Authentication-Results", "mx.filterd.test.; dmarc=pass header.from=bank.example")],
+    )
+    with stack.configured({"dns": dns}):
+        assert stack.send(msg, f"a@{domain}") == {}
+        got = stack.sink.find(marker)
+    [ar] = got.header("Authentication-Results")  # the forged one is gone
+    assert ar.startswith("mx.filterd.test;") and "bank.example" not in ar
+    [spf] = got.header("Received-SPF")
+    assert "receiver=mx.filterd.test;" in spf
 
 
 class Auth:
@@ -199,3 +221,104 @@ def test_forged_authentication_results_removed_others_kept(auth: Auth) -> None:
     assert any(v.startswith("upstream.example.org;") for v in values)
     [ours] = [v for v in values if v.lower().startswith("mx.filterd.test")]
     assert "bank.example" not in ours and "spf=pass" in ours
+
+
+def forged_signature(key: PublishedKey, raw: bytes) -> bytes:
+    """`raw` signed by `key`, with the signature's b= made "A===" (not base64 dkimpy can read)."""
+    sig, sep, rest = key.sign(raw).partition(b"\r\nFrom:")
+    return sig[: sig.rindex(b" b=")] + b" b=A===" + sep + rest
+
+
+def assert_rejected_by_dmarc(auth: Auth, msg: bytes, marker: str) -> None:
+    with pytest.raises(smtplib.SMTPDataError) as info:
+        auth.send(msg, f"a@{auth.spf_ok}")
+    assert info.value.smtp_code == 550 and info.value.smtp_error.decode().startswith("5.7.26")
+    time.sleep(0.5)
+    assert auth.stack.sink.count(marker) == 0
+
+
+def test_forged_from_with_an_unreadable_signature_is_rejected(auth: Auth) -> None:
+    """Before: b=A=== made dkimpy raise, the dkim check was skipped (CHECK_ERROR), DMARC said
+    temperror and the forged From of a p=reject domain was delivered."""
+    msg, marker = make_message("b=A===", sender=f"ceo@{auth.signer}")
+    assert_rejected_by_dmarc(auth, forged_signature(auth.rsa, msg), marker)
+
+
+def test_forged_from_with_a_thousand_groups_is_rejected(auth: Auth) -> None:
+    """Before: email.utils.getaddresses hit RecursionError, DMARC was skipped and the message
+    delivered."""
+    msg, marker = make_message("groups", sender=f"ceo@{auth.signer}")
+    msg = msg.replace(
+        f"From: Alice <ceo@{auth.signer}>".encode(), f"From: ceo@{auth.signer}{', g:g:' * 1000}".encode()
+    )
+    assert f"ceo@{auth.signer}, g:g:".encode() in msg
+    assert_rejected_by_dmarc(auth, msg, marker)
+
+
+def test_second_from_domain_does_not_weaken_p_reject(auth: Auth) -> None:
+    """Before: two From domains only scored DMARC_MULTI_FROM and the message was delivered."""
+    msg, marker = make_message("two froms", sender=f"ceo@{auth.signer}")
+    msg = msg.replace(b"From: Alice <", f"From: x@{auth.spf_ok}, Alice <".encode())
+    assert f"From: x@{auth.spf_ok}, Alice <ceo@{auth.signer}>".encode() in msg
+    assert_rejected_by_dmarc(auth, msg, marker)
+
+
+def test_forged_received_spf_and_trailing_dot_authserv_id_removed(auth: Auth) -> None:
+    msg, marker = make_message(
+        "forged spf",
+        sender=f"a@{auth.spf_ok}",
+        headers=[
+            (
+                "Received-SPF",
+                "Pass (mx.filterd.test: domain of bank.example designates 127.0.0.1) receiver=x;",
+            ),
+            ("Received-SPF", "Pass (client.example: domain of bank.example) receiver=client.example;"),
+            ("Authentication-Results", "MX.filterd.test.; dkim=pass header.d=bank.example"),
+        ],
+    )
+    got = auth.delivered(msg, f"a@{auth.spf_ok}", marker)
+    [spf] = got.header("Received-SPF")  # only ours: the incoming ones would be read before it
+    assert spf.startswith("Pass (mx.filterd.test: domain of") and "bank.example" not in spf
+    [ar] = got.header("Authentication-Results")
+    assert ar.startswith("mx.filterd.test;") and "bank.example" not in ar
+
+
+def test_released_quarantine_mail_has_no_forged_authentication_results(auth: Auth) -> None:
+    """Before: the release re-injected the sender's "mx.filterd.test; dmarc=pass" as it came."""
+    domain = unique("e2erelease")
+    publish_txt(auth.dns, f"_dmarc.{domain}", "v=DMARC1; p=quarantine")
+    msg, marker = make_message(
+        "release forged ar",
+        sender=f"x@{domain}",
+        headers=[
+            ("Authentication-Results", f"mx.filterd.test.; dmarc=pass header.from={domain}"),
+            ("Received-SPF", "Pass (mx.filterd.test: forged) receiver=mx.filterd.test;"),
+            ("Authentication-Results", "upstream.example.org; spf=pass smtp.mailfrom=x"),
+        ],
+    )
+    assert auth.send(msg, f"a@{auth.spf_ok}") == {}
+    store = QuarantineStore(QuarantineSettings(**auth.stack.base_config["quarantine"]))
+    deadline = time.monotonic() + 10
+    held = []
+    while time.monotonic() < deadline and not held:
+        held = [e for e in store.entries() if marker.encode() in e.original()]
+        time.sleep(0.1)
+    assert held, "the message is not in filterd's quarantine"
+    store.release(held[0].id)
+    got = auth.stack.sink.find(marker)
+    assert got.header("Authentication-Results") == ["upstream.example.org; spf=pass smtp.mailfrom=x"]
+    assert got.header("Received-SPF") == []
+    store.delete(held[0].id)
+
+
+def test_200_arc_sets_cost_no_lookup_through_postfix(auth: Auth) -> None:
+    """Before: 400 key lookups (two per set) for one message; now a fail without any."""
+    from tests.test_auth_budget import arc_sets
+
+    under = unique("e2earc")
+    msg, marker = make_message("arc flood", sender=f"a@{auth.spf_ok}")
+    started = time.monotonic()
+    got = auth.delivered(arc_sets(200, under) + msg, f"a@{auth.spf_ok}", marker)
+    assert time.monotonic() - started < 10
+    assert auth.dns.queries_under(under) == 0
+    assert "arc=fail (i=200; more than 50 ARC sets" in ar_of(got)

@@ -10,27 +10,28 @@ from __future__ import annotations
 
 import dkim
 
-from filterd.dns import DnsTempError, Resolver
+from filterd.dns import DnsBudget, DnsTempError, Resolver
 
 
 class KeyLookup:
     """``dnsfunc(name: bytes, timeout=5) -> bytes | None`` for dkimpy, over `Resolver.txt`."""
 
-    def __init__(self, resolver: Resolver) -> None:
+    def __init__(self, resolver: Resolver, budget: DnsBudget | None = None) -> None:
         self.resolver = resolver
+        self.budget = budget  # the message's DNS budget: past it, a lookup is a temporary failure
         self.temp_error = ""  # set when a lookup failed in a way that may go away
         self.missing = ""  # set to the name when a key record does not exist
         self.looked_up: list[str] = []
 
     def __call__(self, name: bytes, timeout: float = 5) -> bytes | None:
-        qname = name.decode("ascii", "replace").rstrip(".")
+        qname = name.decode("utf-8", "replace").rstrip(".")
         self.looked_up.append(qname)
         try:
-            records = self.resolver.txt(qname)
+            records = self.resolver.txt(qname, self.budget)
         except DnsTempError as exc:
             self.temp_error = str(exc)
             raise dkim.DnsTimeoutError(str(exc)) from exc
-        except ValueError:  # a malformed name or answer: there is no usable key
+        except ValueError:  # a malformed name (8-bit bytes in d= or s=) or answer: no usable key
             records = []
         if not records:
             self.missing = qname

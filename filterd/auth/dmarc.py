@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 
-from filterd.dns import Resolver
+from filterd.dns import DnsBudget, Resolver
 
 POLICIES = ("none", "quarantine", "reject")
 _TAG = re.compile(r"^\s*([A-Za-z][A-Za-z0-9_]*)\s*=\s*(.*?)\s*$", re.S)
@@ -134,24 +134,26 @@ class Policy:
         return self.record.sp if self.subdomain_policy else self.record.p
 
 
-def find_policy(resolver: Resolver, from_domain: str) -> Policy | None:
+def find_policy(resolver: Resolver, from_domain: str, budget: DnsBudget | None = None) -> Policy | None:
     """The DMARC record for `from_domain` (RFC 7489 6.6.3), or None when there is none.
 
-    Raises `DnsTempError` on a DNS failure and `RecordError` for a record with no usable policy."""
+    Raises `DnsTempError` on a DNS failure (or when the message's DNS `budget` is spent, past the
+    share kept for DMARC), `RecordError` for a record with no usable policy, and `ValueError`
+    when `from_domain` is not a DNS name."""
     domain = from_domain.lower().rstrip(".")
-    record = _record_at(resolver, domain)
+    record = _record_at(resolver, domain, budget)
     if record is not None:
         return Policy(record, domain, False)
     org = org_domain(domain)
     if org != domain:
-        record = _record_at(resolver, org)
+        record = _record_at(resolver, org, budget)
         if record is not None:
             return Policy(record, org, True)
     return None
 
 
-def _record_at(resolver: Resolver, domain: str) -> DmarcRecord | None:
-    records = [t for t in resolver.txt(f"_dmarc.{domain}") if is_dmarc(t)]
+def _record_at(resolver: Resolver, domain: str, budget: DnsBudget | None) -> DmarcRecord | None:
+    records = [t for t in resolver.txt(f"_dmarc.{domain}", budget, reserved=True) if is_dmarc(t)]
     if not records:
         return None
     if len(records) > 1:  # RFC 7489 6.6.3: discovery ends, no policy applies (and no fallback)

@@ -113,10 +113,15 @@ def spf_records(resolver: Resolver, domain: str) -> list[str]:
 
 @dataclass
 class _SpfWalk:
+    """What walking one domain's SPF records found.  The walk stops following include and
+    redirect once past RFC 7208's limit of `MAX_LOOKUPS` lookups (a receiver stops there too, with
+    permerror), so a long chain or a wide tree of includes costs at most that many TXT lookups."""
+
     lookups: int = 0
     void: int = 0
     problems: list[str] | None = None
     warnings: list[str] | None = None
+    stopped: bool = False  # past the lookup limit: the rest was not followed
 
 
 def _spf(resolver: Resolver, domain: str) -> list[Item]:
@@ -130,9 +135,8 @@ def _spf(resolver: Resolver, domain: str) -> list[Item]:
     assert walk.problems is not None and walk.warnings is not None
     items = [Item("fail", "SPF", p) for p in walk.problems]
     if walk.lookups > MAX_LOOKUPS:
-        items.append(
-            Item("fail", "SPF", f"{walk.lookups} DNS lookups: over the limit of {MAX_LOOKUPS} (permerror)")
-        )
+        count = f"at least {walk.lookups}" if walk.stopped else str(walk.lookups)
+        items.append(Item("fail", "SPF", f"{count} DNS lookups: over the limit of {MAX_LOOKUPS} (permerror)"))
     if walk.void > MAX_VOID:
         items.append(Item("warn", "SPF", f"{walk.void} lookups find nothing: over {MAX_VOID} is a permerror"))
     items.extend(Item("warn", "SPF", w) for w in walk.warnings)
@@ -197,11 +201,15 @@ def _walk_spf(
 
 
 def _follow(resolver: Resolver, target: str, walk: _SpfWalk, seen: set[str], what: str) -> None:
+    """Walk the record an include or redirect names; `seen` holds the domains on the way here."""
     assert walk.problems is not None
     if "%" in target:
         return  # a macro: expanded per message, cannot be followed here
     if target in seen:
         walk.problems.append(f"{what}: loops back to a record already included")
+        return
+    if walk.lookups > MAX_LOOKUPS:  # a receiver has given up by now: so do we
+        walk.stopped = True
         return
     records = spf_records(resolver, target)
     if not records:

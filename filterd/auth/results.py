@@ -64,10 +64,29 @@ class ArcResult:
     reason: str = ""
 
 
-def configured_authserv_id(config: Config) -> str:
-    """Our authserv-id: ``[checks.auth_results] authserv_id``, else ``[network] hostname``, else the FQDN."""
+def our_hostname(config: Config, announced: str | None = None) -> str:
+    """This host's name in our headers: ``[network] hostname``, else the name Postfix announces
+    (its ``j`` macro, `announced`, when filterd runs as a milter), else the FQDN."""
+    return config.network.hostname or (announced or "").strip() or _fqdn()
+
+
+def configured_authserv_id(config: Config, announced: str | None = None) -> str:
+    """Our authserv-id: ``[checks.auth_results] authserv_id``, else `our_hostname`."""
     settings = config.check_settings("auth_results")
-    return settings.authserv_id or config.network.hostname or _fqdn()
+    return settings.authserv_id or our_hostname(config, announced)
+
+
+def our_ids(config: Config, announced: str | None = None) -> tuple[str, ...]:
+    """The names an incoming Authentication-Results or Received-SPF header must not claim: our
+    authserv-id and our host name (they differ when authserv_id is set to, say, the domain)."""
+    ids = (configured_authserv_id(config, announced), our_hostname(config, announced))
+    return tuple(dict.fromkeys(normalise_id(i) for i in ids if i))
+
+
+def normalise_id(value: str) -> str:
+    """An authserv-id or host name as compared: case and a trailing dot do not matter (RFC 8601
+    2.5 compares authserv-ids case-insensitively; ``mx.example.net.`` names ``mx.example.net``)."""
+    return value.strip().lower().rstrip(".")
 
 
 @cache
@@ -108,6 +127,20 @@ def _strip_comments(value: str) -> str:
         elif depth == 0:
             out.append(ch)
     return "".join(out)
+
+
+_RECEIVER = re.compile(r'(?i)(?:^|[;\s])receiver\s*=\s*"?([^";\s]+)')
+_COMMENT_HOST = re.compile(r"^\s*[A-Za-z]+\s*\(\s*([^:\s()]+)\s*:")
+
+
+def receivers_of(value: str) -> tuple[str, ...]:
+    """The hosts a Received-SPF value (RFC 7208 9.1) says wrote it: its ``receiver=`` key and the
+    host that opens its comment (``Pass (mx.example.net: domain of ...)``, as pyspf writes it)."""
+    found = [m.group(1) for m in _RECEIVER.finditer(value[:4096])]
+    m = _COMMENT_HOST.match(value[:1024])
+    if m:
+        found.append(m.group(1))
+    return tuple(normalise_id(f) for f in found)
 
 
 def authserv_id_of(value: str) -> str:

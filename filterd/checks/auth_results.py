@@ -1,9 +1,11 @@
 """The one Authentication-Results header (RFC 8601) carrying SPF, DKIM, DMARC and ARC.
 
 Runs at end of message after the authentication checks and writes what they left on
-``tx.auth_results``.  The authserv-id is ``authserv_id`` here, else ``[network] hostname``, else the
-host's FQDN; incoming Authentication-Results headers that claim it are removed by the milter
-(`filterd.report.is_forgeable`), so a downstream filter reading ours can trust it.
+``tx.auth_results``.  The authserv-id is ``authserv_id`` here, else ``[network] hostname``, else the host
+name Postfix announces (the ``j`` macro), else the host's FQDN; incoming Authentication-Results
+headers that claim it (compared without case or a trailing dot) are removed by the milter and on
+release from quarantine (`filterd.report.is_forgeable`), so a downstream filter reading ours can
+trust it.
 
 A check that ends the transaction early with a decision that still delivers (DMARC's quarantine)
 adds the header itself through `header_for`, since this check will not run after it.
@@ -31,7 +33,8 @@ def _check_id(value: str) -> str | None:
 class AuthResultsSettings(CheckSettings):
     authserv_id: str = setting(
         "",
-        "authserv-id of our Authentication-Results header; empty: [network] hostname, else the FQDN",
+        "authserv-id of our Authentication-Results header; empty: [network] hostname, else the host"
+        " name Postfix announces (its j macro), else the FQDN",
         _check_id,
     )
 
@@ -53,7 +56,7 @@ def header_for(tx: Transaction, config: Config) -> AddHeader | None:
     """The Authentication-Results header for `tx`, once: None if already given, disabled or empty."""
     if tx.auth_results.get(HEADER_DONE) or not config.check_settings("auth_results").enabled:
         return None
-    value = render(configured_authserv_id(config), tx.auth_results)
+    value = render(configured_authserv_id(config, tx.session.macros.get("j")), tx.auth_results)
     if value is None:
         return None
     tx.auth_results[HEADER_DONE] = True

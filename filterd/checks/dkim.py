@@ -11,6 +11,12 @@ its domain (RSA and Ed25519) is not scored twice.
 
 dkimpy's own `verify()` cannot tell a DNS timeout from a bad signature; each signature is
 verified with a `KeyLookup` that remembers what the key lookup met (see filterd.auth.dkimdns).
+Key lookups draw from the message's DNS budget (``[dns] max_lookups_per_message``).
+
+A signature is hostile input, and dkimpy raises many kinds of exception on one it cannot read
+(binascii.Error for ``b=A===``, KeyError, IndexError, ValueError...).  Any exception while
+verifying one signature makes that signature ``permerror`` and verification goes on with the
+next: the check itself never fails on message bytes, so DMARC always sees a DKIM result.
 """
 
 from __future__ import annotations
@@ -22,12 +28,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import dkim
-from dkim.util import InvalidTagValueList, parse_tag_value
+from dkim.util import parse_tag_value
 
 from filterd.auth.dkimdns import KeyLookup
 from filterd.auth.results import DKIM, DkimResult
 from filterd.check import Check, CheckSettings, Finding, Output, Stage
 from filterd.config import Config
+from filterd.dns import DnsBudget
 from filterd.services import Services
 from filterd.settings import setting
 from filterd.transaction import Transaction
@@ -104,6 +111,7 @@ class Dkim(Check):
         results = verify_all(
             tx.message.raw,
             self.services.resolver,
+            budget=tx.dns_budget_for(self.config.dns),
             min_rsa_bits=self.dkim_settings.min_rsa_bits,
             max_signatures=self.dkim_settings.max_signatures,
             accept_rsa_sha1=self.dkim_settings.accept_rsa_sha1,
@@ -124,6 +132,7 @@ def verify_all(
     raw: bytes,
     resolver: Any,
     *,
+    budget: DnsBudget | None = None,
     min_rsa_bits: int = 1024,
     max_signatures: int = 10,
     accept_rsa_sha1: bool = False,
@@ -132,8 +141,8 @@ def verify_all(
     journal = LibraryLog()
     try:
         d = dkim.DKIM(raw, logger=journal, minkey=min_rsa_bits)
-    except dkim.MessageFormatError as exc:  # no header/body split dkimpy can read
-        return [DkimResult("permerror", "", "", "", "", f"message cannot be parsed: {exc}")]
+    except Exception as exc:  # no header/body split dkimpy can read, whatever it raises
+        return [DkimResult("permerror", "", "", "", "", f"message cannot be parsed: {exc}"[:120])]
     signatures = [value for name, value in d.headers if name.lower() == b"dkim-signature"]
     results = []
     for idx, value in enumerate(signatures):
@@ -154,7 +163,10 @@ def verify_all(
         if not tags:
             results.append(result("permerror", "signature header cannot be parsed"))
             continue
-        lookup = KeyLookup(resolver)
+        if len(value) > MAX_SIGNATURE_BYTES:
+            results.append(result("permerror", f"signature header over {MAX_SIGNATURE_BYTES} bytes"))
+            continue
+        lookup = KeyLookup(resolver, budget)
         journal.last_error = ""
         try:
             ok = d.verify(idx=idx, dnsfunc=lookup)
@@ -168,7 +180,8 @@ def verify_all(
         except dkim.KeyFormatError as exc:  # raised for a key under minkey
             results.append(result("policy", str(exc)[:120]))
             continue
-        except dkim.DKIMException as exc:
+        except Exception as exc:  # dkimpy on a hostile signature: binascii.Error, KeyError...
+            # DKIMException and everything else alike: this signature cannot be verified.
             results.append(result("permerror", f"{type(exc).__name__}: {exc}"[:120]))
             continue
         if ok and algorithm == "rsa-sha1" and not accept_rsa_sha1:
@@ -186,8 +199,13 @@ def verify_all(
     return results
 
 
+# A signature longer than this is not verified (dkim=permerror): real ones are under 2 KB even
+# with a long h= list, and dkimpy's work grows with h= times the number of headers.
+MAX_SIGNATURE_BYTES = 8192
+
+
 def _tags(value: bytes) -> dict[bytes, bytes]:
     try:
         return dict(parse_tag_value(value))
-    except (InvalidTagValueList, ValueError):
+    except Exception:  # any tag list dkimpy cannot split is unreadable
         return {}

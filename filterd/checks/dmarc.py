@@ -11,23 +11,30 @@ organisational domain of a subdomain), made one step milder when pct= leaves it 
 sample.  ``reject`` rejects with ``550 5.7.26`` by default (or quarantines, or only scores);
 ``quarantine`` quarantines by default (or only scores).  A DNS failure gives dmarc=temperror and
 no action.  If the DKIM check did not run (the message was over max_scan_bytes, or the check
-failed) and SPF did not align, DMARC cannot be judged: temperror, no action -- never a reject on
-half the evidence.
+failed), that is no DKIM pass: the message fails DMARC, and a reject disposition is held in
+quarantine instead (a signature might have passed), so an error never lets a forged From through
+and never loses mail.  The DKIM check itself turns every unreadable signature into a permerror.
 
 A message with no From address is out of DMARC's scope (dmarc=none, DMARC_NO_FROM).  From
-addresses of several domains cannot be judged either (dmarc=permerror, DMARC_MULTI_FROM); the
-``multiple_from`` setting scores or rejects them (RFC 7489 6.6.1 allows rejecting).
+addresses of several domains give DMARC_MULTI_FROM; the ``multiple_from`` setting rejects them
+(RFC 7489 6.6.1 allows it) or scores them and judges every domain, the strictest outcome applying
+(so adding a second domain never weakens a p=reject).  A From naming more than `MAX_FROM_DOMAINS`
+domains is held in quarantine.  The From header is read by `filterd.auth.fromheader`: linear
+and bounded, whatever the header holds.
+
+Policy lookups draw from the message's DNS budget, with a share kept for them so that other
+lookups (DKIM keys, ARC sets) cannot leave DMARC without.
 """
 
 from __future__ import annotations
 
-import email.utils
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal
 
 from filterd.auth.dmarc import RecordError, aligned, disposition, find_policy
+from filterd.auth.fromheader import from_domains
 from filterd.auth.results import DKIM, DMARC, SPF, SPF_HELO, DkimResult, DmarcResult, SpfResult
 from filterd.check import Check, CheckSettings, Finding, Output, Stage
 from filterd.checks.auth_results import header_for
@@ -53,6 +60,28 @@ class DmarcSettings(CheckSettings):
     )
 
 
+# From domains judged one by one; a From naming more is held (see Dmarc.run).  Each costs up to
+# two policy lookups, from the share of the DNS budget kept for DMARC (filterd.dns.RESERVED_LOOKUPS).
+MAX_FROM_DOMAINS = 4
+
+# How strict an outcome is, to pick the one that applies when From names several domains.
+_SEVERITY = {"pass": 0, "none": 1, "temperror": 2, "permerror": 3}
+_FAIL_SEVERITY = {"none": 4, "quarantine": 5, "reject": 6}
+
+
+@dataclass
+class _Outcome:
+    result: DmarcResult
+    findings: list[Finding]
+    disposition: str = "none"
+
+    @property
+    def severity(self) -> int:
+        if self.result.result == "fail":
+            return _FAIL_SEVERITY[self.disposition]
+        return _SEVERITY[self.result.result]
+
+
 class Dmarc(Check):
     name = "dmarc"
     stage = Stage.EOM
@@ -76,66 +105,105 @@ class Dmarc(Check):
         self.dmarc_settings = settings
 
     def run(self, tx: Transaction) -> Iterable[Output]:
-        addresses = [a for _, a in email.utils.getaddresses(tx.header_values("From")) if "@" in a]
-        domains = sorted({a.rpartition("@")[2].lower().rstrip(".") for a in addresses})
+        found = from_domains(tx.header_values("From"))
+        domains = found.domains
         if not domains:
             tx.auth_results[DMARC] = DmarcResult("none", "", reason="no From address")
             yield Finding("DMARC_NO_FROM", "no From address: DMARC does not apply")
             return
-        if len(domains) > 1:
-            tx.auth_results[DMARC] = DmarcResult("permerror", "", reason=f"From domains {', '.join(domains)}")
-            yield Finding("DMARC_MULTI_FROM", f"From addresses of several domains: {', '.join(domains)}")
+        if len(domains) > 1 or found.truncated:
+            listed = ", ".join(domains[:MAX_FROM_DOMAINS]) + (
+                ", ..." if len(domains) > MAX_FROM_DOMAINS else ""
+            )
+            yield Finding("DMARC_MULTI_FROM", f"From addresses of several domains: {listed}")
             if self.dmarc_settings.multiple_from == "reject":
-                yield Reject(R550_FROM_AMBIGUOUS, f"From domains {', '.join(domains)}")
-            return
-        yield from self._evaluate(tx, domains[0])
+                tx.auth_results[DMARC] = DmarcResult("permerror", "", reason=f"From domains {listed}")
+                yield Reject(R550_FROM_AMBIGUOUS, f"From domains {listed}")
+                return
+            if len(domains) > MAX_FROM_DOMAINS or found.truncated:
+                # Too many to look up within the DNS budget, and one of them may be a p=reject
+                # domain put last on purpose: hold the message rather than judge part of it.
+                tx.auth_results[DMARC] = DmarcResult("permerror", "", reason=f"From domains {listed}")
+                yield from self._hold(tx, f"From names more than {MAX_FROM_DOMAINS} domains")
+                return
+        # Several From domains: each is judged and the strictest outcome applies, so naming a
+        # second domain never weakens the policy of the first (RFC 7489 6.6.1).
+        outcomes = [self._evaluate(tx, d) for d in domains]
+        worst = max(outcomes, key=lambda o: o.severity)
+        tx.auth_results[DMARC] = worst.result
+        for o in outcomes:
+            yield from o.findings
+        yield from self._act(tx, worst)
 
-    def _evaluate(self, tx: Transaction, from_domain: str) -> Iterable[Output]:
-        def record(result: str, reason: str, policy: str = "", dis: str = "none") -> None:
-            tx.auth_results[DMARC] = DmarcResult(result, from_domain, policy, dis, reason)
+    def _evaluate(self, tx: Transaction, from_domain: str) -> _Outcome:
+        """The DMARC outcome of one From domain: its result, findings and the disposition."""
 
+        def outcome(
+            result: str, reason: str, finding: Finding, policy: str = "", dis: str = "none"
+        ) -> _Outcome:
+            return _Outcome(DmarcResult(result, from_domain, policy, dis, reason), [finding])
+
+        budget = tx.dns_budget_for(self.config.dns)
         try:
-            policy = find_policy(self.services.resolver, from_domain)
+            policy = find_policy(self.services.resolver, from_domain, budget)
         except DnsTempError as exc:
-            record("temperror", "policy lookup failed")
-            yield Finding("DMARC_TEMPERROR", f"{from_domain}: {exc}")
-            return
+            return outcome(
+                "temperror", "policy lookup failed", Finding("DMARC_TEMPERROR", f"{from_domain}: {exc}")
+            )
         except RecordError as exc:
-            record("permerror", str(exc))
-            yield Finding("DMARC_PERMERROR", f"{from_domain}: bad DMARC record: {exc}")
-            return
+            return outcome(
+                "permerror", str(exc), Finding("DMARC_PERMERROR", f"{from_domain}: bad DMARC record: {exc}")
+            )
+        except ValueError as exc:  # not a DNS name: 8-bit bytes, an empty or over-long label
+            return outcome(
+                "permerror", "From domain is not a DNS name", Finding("DMARC_PERMERROR", f"{exc}"[:200])
+            )
         if policy is None:
-            record("none", "no DMARC record")
-            yield Finding("DMARC_NONE", f"{from_domain} publishes no DMARC record")
-            return
+            return outcome(
+                "none", "no DMARC record", Finding("DMARC_NONE", f"{from_domain} publishes no DMARC record")
+            )
         rec = policy.record
         passed = self._aligned_pass(tx, from_domain, rec.aspf, rec.adkim)
         if passed:
-            record("pass", "", policy.requested)
-            yield Finding("DMARC_PASS", f"{from_domain}: {passed}")
-            return
-        if DKIM not in tx.auth_results:
-            record("temperror", "DKIM was not evaluated", policy.requested)
-            yield Finding("DMARC_TEMPERROR", f"{from_domain}: SPF not aligned and DKIM was not evaluated")
-            return
+            return outcome("pass", "", Finding("DMARC_PASS", f"{from_domain}: {passed}"), policy.requested)
         dis = disposition(policy.requested, rec.pct, self.sample)
-        record("fail", "", policy.requested, dis)
         where = f"p={policy.requested}" + (f" pct={rec.pct}" if rec.pct < 100 else "")
         where += f" from _dmarc.{policy.found_at}"
         reason = f"{from_domain}: no aligned SPF or DKIM pass ({where}); disposition {dis}"
-        yield Finding(f"DMARC_FAIL_{dis.upper()}", reason)
+        unverified = ""
+        if DKIM not in tx.auth_results:
+            # DKIM did not run (the body was over max_scan_bytes, the check is off or failed):
+            # that is no DKIM pass, never a reason to let the message through.  Since a signature
+            # might have passed, a reject is held in quarantine instead, where nothing is lost.
+            unverified = "DKIM was not evaluated"
+            reason += f"; {unverified}"
+            if dis == "reject":
+                dis = "quarantine"
+                reason += ": held instead of rejected"
+        return _Outcome(
+            DmarcResult("fail", from_domain, policy.requested, dis, unverified),
+            [Finding(f"DMARC_FAIL_{dis.upper()}", reason)],
+            dis,
+        )
+
+    def _act(self, tx: Transaction, o: _Outcome) -> Iterable[Output]:
+        """The action the chosen outcome's disposition asks for under our settings."""
         action = {
             "reject": self.dmarc_settings.on_reject,
             "quarantine": self.dmarc_settings.on_quarantine,
-        }.get(dis, "score")
+        }.get(o.disposition, "score")
+        domain = o.result.from_domain
         if action == "reject":
-            text = f"Rejected by the DMARC policy of {from_domain} (no aligned SPF or DKIM pass)"
-            yield Reject(R550_DMARC_REJECT.with_text(text), f"DMARC {dis} for {from_domain}")
+            text = f"Rejected by the DMARC policy of {domain} (no aligned SPF or DKIM pass)"
+            yield Reject(R550_DMARC_REJECT.with_text(text), f"DMARC {o.disposition} for {domain}")
         elif action == "quarantine":
-            header = header_for(tx, self.config)  # the auth_results check will not run after a decision
-            if header is not None:
-                yield header
-            yield Quarantine(f"DMARC {dis} for {from_domain}")
+            yield from self._hold(tx, f"DMARC {o.disposition} for {domain}")
+
+    def _hold(self, tx: Transaction, why: str) -> Iterable[Output]:
+        header = header_for(tx, self.config)  # the auth_results check will not run after a decision
+        if header is not None:
+            yield header
+        yield Quarantine(why)
 
     def _aligned_pass(self, tx: Transaction, from_domain: str, aspf: str, adkim: str) -> str:
         """Why the message passes DMARC ("" when it does not)."""

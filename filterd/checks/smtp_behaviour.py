@@ -171,8 +171,9 @@ class ClientDns(Check):
             return
         resolver = self.services.resolver
         budget = _Budget(self.settings.dns_budget)
+        shared = tx.dns_budget_for(self.config.dns)  # the message's (here the connection stage's) budget
         try:
-            names = [n.lower().rstrip(".") for n in resolver.ptr(str(ip))]
+            names = [n.lower().rstrip(".") for n in resolver.ptr(str(ip), shared)]
         except DnsTempError as exc:
             yield Finding("RDNS_TEMPERROR", f"PTR of {ip}: {exc}")
             return
@@ -185,7 +186,7 @@ class ClientDns(Check):
                 yield Finding("RDNS_TEMPERROR", f"DNS budget of {self.settings.dns_budget:g}s spent")
                 return
             try:
-                addresses = resolver.query(name, "A" if ip.version == 4 else "AAAA")
+                addresses = resolver.query(name, "A" if ip.version == 4 else "AAAA", shared)
             except DnsTempError as exc:
                 yield Finding("RDNS_TEMPERROR", f"forward lookup of {name}: {exc}")
                 return
@@ -271,8 +272,9 @@ class SenderDns(Check):
             return  # the null sender, or an address-literal domain
         resolver = self.services.resolver
         budget = _Budget(self.settings.dns_budget)
+        shared = tx.dns_budget_for(self.config.dns)  # the message's budget, with SPF's lookups
         try:
-            mx = resolver.query(domain, "MX")
+            mx = resolver.query(domain, "MX", shared)
             if any(_is_null_mx(r) for r in mx):
                 yield Finding("SENDER_NULL_MX", f"{domain} publishes a null MX (RFC 7505): it sends no mail")
                 return
@@ -284,7 +286,7 @@ class SenderDns(Check):
                         "SENDER_DNS_TEMPERROR", f"DNS budget of {self.settings.dns_budget:g}s spent"
                     )
                     return
-                if resolver.query(domain, rdtype):
+                if resolver.query(domain, rdtype, shared):
                     return
         except DnsTempError as exc:
             yield Finding("SENDER_DNS_TEMPERROR", f"sender domain {domain}: {exc}")

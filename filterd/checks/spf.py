@@ -13,7 +13,10 @@ forwarder's address is never in the original sender's SPF record.
 
 pyspf does the evaluation.  Its DNS goes through dnspython's default resolver, which
 `Services.resolver` points at our resolver (same servers, same TTL cache), and ``max_time`` bounds
-the whole evaluation (pyspf's querytime): past it the result is temperror.
+the whole evaluation (pyspf's querytime): past it the result is temperror.  Every lookup pyspf
+makes is also counted against the message's DNS budget (`_BudgetedQuery`), and the evaluation may
+take no longer than the budget's seconds left: past either, the result is temperror.  pyspf's own
+limits (RFC 7208 4.6.4: 10 lookups that count, 2 void lookups) still apply within it.
 """
 
 from __future__ import annotations
@@ -21,15 +24,17 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import spf
 
-from filterd.auth.results import SPF, SPF_HELO, SpfResult
+from filterd.auth.results import SPF, SPF_HELO, SpfResult, our_hostname
 from filterd.check import AddHeader, Check, CheckSettings, Finding, Output, Stage
 from filterd.config import Config
+from filterd.dns import DnsBudget, DnsTempError
 from filterd.replies import (
     R451_SPF_DEFERRED,
     R451_SPF_TEMPERROR,
@@ -109,7 +114,6 @@ class Spf(Check):
         super().__init__(settings, config, services)
         self.spf_settings = settings
         self.forwarders = [ipaddress.ip_network(n, strict=False) for n in settings.trusted_forwarders]
-        self.receiver = config.network.hostname or "unknown"
         services.resolver  # noqa: B018 -- made now, it points dnspython's default resolver (pyspf's) at ours
         self.per_lookup = min(settings.max_time, config.dns.timeout * config.dns.attempts)
 
@@ -136,38 +140,50 @@ class Spf(Check):
             shown = helo[:60] or "(none)"
             yield Finding("SPF_HELO_NONE", f"HELO {shown!r} is not a host name: no HELO identity to check")
             return
-        result, header = self._evaluate(ip, "", helo, "helo")
+        result, header = self._evaluate(tx, ip, "", helo, "helo")
         tx.auth_results[SPF_HELO] = result
         action = self.spf_settings.helo_on_fail if result.result == "fail" else "score"
         yield from self._outputs(result, header, ip, "SPF_HELO", action)
 
     def _mail_from(self, tx: Transaction, ip: str, sender: str, helo: str) -> Iterable[Output]:
-        result, header = self._evaluate(ip, sender, helo or "unknown", "mailfrom")
+        result, header = self._evaluate(tx, ip, sender, helo or "unknown", "mailfrom")
         tx.auth_results[SPF] = result
         action: str = getattr(self.spf_settings, f"on_{result.result}", "score")
         yield from self._outputs(result, header, ip, "SPF", action)
 
     def _evaluate(
-        self, ip: str, sender: str, helo: str, identity: Literal["mailfrom", "helo"]
+        self, tx: Transaction, ip: str, sender: str, helo: str, identity: Literal["mailfrom", "helo"]
     ) -> tuple[SpfResult, str]:
         """The SPF result of one identity, and the Received-SPF value pyspf writes for it."""
-        q = spf.query(
+        budget = tx.dns_budget_for(self.config.dns)
+        left = budget.remaining_seconds()
+        receiver = our_hostname(self.config, tx.session.macros.get("j"))
+        q = _BudgetedQuery(
+            budget,
             i=ip,
             s=sender,
             h=helo,
-            receiver=self.receiver,
-            querytime=self.spf_settings.max_time,
+            receiver=receiver,
+            # pyspf reads querytime 0 as "no bound": a spent budget is a tiny positive one
+            querytime=max(0.001, min(self.spf_settings.max_time, left)),
         )
         # pyspf sets the per-lookup timeout to querytime; put ours back, so one silent server
         # costs one lookup's time ([dns] timeout x attempts), while querytime still bounds the whole.
-        q.timeout = self.per_lookup
-        result, _code, explanation = q.check()
+        q.timeout = min(self.per_lookup, q.querytime)
+        started = time.monotonic()
+        try:
+            result, _code, explanation = q.check()
+        except Exception as exc:  # pyspf on a name DNS cannot hold (8-bit bytes: IDNAException...)
+            log.debug("pyspf failed on %r / %r: %s: %s", sender, helo, type(exc).__name__, exc)
+            result, explanation = "permerror", f"cannot be evaluated: {type(exc).__name__}"
+        finally:
+            budget.charge(time.monotonic() - started)
         domain = helo.lower().rstrip(".") if identity == "helo" else sender.rpartition("@")[2].lower()
         checked = q.s if identity == "helo" else sender
         try:
-            header = q.get_header(result, self.receiver)
+            header = q.get_header(result, receiver)
         except (AttributeError, KeyError, ValueError):  # pyspf's header needs state a failed query lacks
-            header = f"{result.capitalize()} ({self.receiver}: {explanation}) identity={identity}"
+            header = f"{result.capitalize()} ({receiver}: {explanation}) identity={identity}"
         return SpfResult(result, identity, domain, checked, str(explanation or "")), header
 
     def _outputs(self, r: SpfResult, header: str, ip: str, prefix: str, action: str) -> Iterable[Output]:
@@ -184,6 +200,26 @@ class Spf(Check):
         elif action == "tempfail":
             reply = R451_SPF_TEMPERROR if r.result == "temperror" else R451_SPF_DEFERRED
             yield TempFail(reply.with_text(_reply_text(r, ip)), f"SPF {r.result} for {ident}")
+
+
+class _BudgetedQuery(spf.query):
+    """pyspf's query, with each lookup it makes counted against the message's DNS budget.
+
+    `dns` is pyspf's one way to DNS (CNAMEs are followed through it too); an answer pyspf already
+    holds costs nothing.  Time is charged for the whole evaluation by the caller."""
+
+    def __init__(self, budget: DnsBudget, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.budget = budget
+
+    def dns(self, name: Any, qtype: Any, cnames: Any = None, ignore_void: bool = False) -> Any:
+        key = (str(name or "").lower().rstrip("."), qtype)
+        if not self.cache.get(key):
+            try:
+                self.budget.spend(f"{key[0]} {qtype}")
+            except DnsTempError as exc:
+                raise spf.TempError(str(exc)) from exc
+        return super().dns(name, qtype, cnames=cnames, ignore_void=ignore_void)
 
 
 def _reply_text(r: SpfResult, ip: str) -> str:

@@ -24,6 +24,7 @@ class _ZoneResolver(BaseResolver):  # type: ignore[misc]
         qname = request.q.qname
         qtype = QTYPE[request.q.qtype]
         with self.server.lock:
+            self.server.queries.append(str(qname).rstrip(".").lower())
             if any(qname.matchSuffix(DNSLabel(s)) for s in self.server.silent):
                 raise DNSError("silent name: no answer")  # dnslib drops the request without a reply
             records = list(self.server.records)
@@ -51,6 +52,7 @@ class LocalDns:
         self.port = free_port()
         self.records: list[RR] = []
         self.silent: set[str] = set()
+        self.queries: list[str] = []  # every name asked, lower-case, as it arrived (UDP and TCP)
         self.lock = threading.Lock()
         resolver = _ZoneResolver(self)
         self.udp = DNSServer(resolver, port=self.port, address="127.0.0.1", tcp=False, logger=_QuietLogger())
@@ -73,6 +75,12 @@ class LocalDns:
         with self.lock:
             self.records.clear()
             self.silent.clear()
+
+    def queries_under(self, domain: str) -> int:
+        """How many queries asked for `domain` or a name below it."""
+        domain = domain.lower()
+        with self.lock:
+            return sum(1 for q in self.queries if q == domain or q.endswith("." + domain))
 
     def make_silent(self, name: str) -> None:
         """Stop answering for `name` and everything below it (the client times out)."""
