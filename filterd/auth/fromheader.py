@@ -51,6 +51,11 @@ def from_domains(values: Iterable[str]) -> FromDomains:
     return FromDomains(tuple(domains), count, truncated)
 
 
+def addresses_of(value: str) -> list[str]:
+    """The addresses of one header value, read linearly (quoted display names dropped)."""
+    return list(_addresses(_skeleton(value)))
+
+
 def _skeleton(value: str) -> str:
     """`value` with comments removed and each quoted string replaced by ``q`` (one pass).
 

@@ -25,7 +25,6 @@ headers), and relaxed header canonicalisation ignores how Postfix refolds it.
 
 from __future__ import annotations
 
-import email.utils
 import re
 import types
 from collections.abc import Iterable, Mapping
@@ -34,6 +33,7 @@ from typing import Any
 
 import dkim
 
+from filterd.addresses import getaddresses
 from filterd.auth.keys import SigningKey, load_signing_key
 from filterd.check import AddHeader, Check, CheckSettings, Direction, Finding, Output, Stage
 from filterd.config import Config
@@ -139,7 +139,7 @@ class DkimSign(Check):
     def run(self, tx: Transaction) -> Iterable[Output]:
         if not self.table:
             return
-        addresses = [a for _, a in email.utils.getaddresses(tx.header_values("From")) if "@" in a]
+        addresses = [a for _, a in getaddresses(tx.header_values("From")) if "@" in a]
         domains = {a.rpartition("@")[2].lower().rstrip(".") for a in addresses}
         if len(domains) != 1:
             why = "no From address" if not domains else f"From addresses of {len(domains)} domains"

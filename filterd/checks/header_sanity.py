@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from filterd.addresses import getaddresses
 from filterd.check import Check, CheckSettings, Finding, Output, Stage
 from filterd.settings import positive, setting
 from filterd.transaction import Transaction
@@ -106,7 +107,7 @@ def _addresses(value: str) -> list[str]:
     if '"' in value or "(" in value:
         if (m := _QUOTED_NAME.match(value) or _COMMENTED.match(value)) is not None:
             return [m.group(1)]
-        return [a for _, a in email.utils.getaddresses([value]) if a]
+        return [a for _, a in getaddresses([value]) if a]
     bracketed = _BRACKETED.findall(value)
     if bracketed:
         return [a.strip() for a in bracketed if a.strip()]

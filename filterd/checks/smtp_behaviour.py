@@ -30,6 +30,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
 
+from filterd.addresses import getaddresses
 from filterd.check import Check, CheckSettings, Finding, Output, Stage
 from filterd.dns import DnsTempError
 from filterd.keys import domain_of
@@ -377,7 +378,7 @@ class HeaderHeuristics(Check):
         values = tx.header_values("From")
         if not values or not self.domains:
             return
-        pairs = email.utils.getaddresses([values[0]])
+        pairs = getaddresses([values[0]])
         if not pairs:
             return
         display, address = pairs[0]

@@ -9,13 +9,13 @@ never redone, so the rules and the Bayes tokenizer pay for it once between them.
 from __future__ import annotations
 
 import contextlib
-import email.utils
 import html
 import re
 import urllib.parse
 from dataclasses import dataclass
 from functools import cached_property
 
+from filterd.addresses import getaddresses
 from filterd.message import Message, decode_words
 from filterd.rules.engine import compile_pattern
 
@@ -176,7 +176,7 @@ class Targets:
         """(display name, address) pairs of an address header, parsed once for :addr and :name."""
         if key not in self._address_cache:
             decoded = [self.decode(v) for v in self._headers.get(key, ())]
-            self._address_cache[key] = email.utils.getaddresses(decoded)
+            self._address_cache[key] = getaddresses(decoded)
         return self._address_cache[key]
 
     @cached_property
