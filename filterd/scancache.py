@@ -72,7 +72,7 @@ class ScanCache:
 
     def put(self, key: str, result: ScanResult) -> None:
         """Store a fresh scan result and count the miss that caused it."""
-        value = FOUND + "\t".join(result.viruses).encode() if result.infected else CLEAN
+        value = FOUND + "\t".join(result.viruses).encode() if result.viruses else CLEAN
         pipe = self.redis.pipeline(transaction=False)
         pipe.set(key, value, ex=self.ttl)
         pipe.hincrby(self.stats_key, "misses", 1)

@@ -16,6 +16,7 @@ from filterd.pipeline import Action, Pipeline, SmtpContext, Verdict, scan
 from filterd.replies import Reject, TempFail
 from filterd.report import is_forgeable
 from filterd.scancache import ScanCache
+from filterd.scanlimits import ScanLimits, exceeded
 from filterd.services import Services
 from filterd.settings import ConfigError
 from filterd.transaction import Transaction
@@ -354,3 +355,180 @@ def test_incoming_virus_headers_are_forgeable() -> None:
     """The milter removes incoming headers that are forgeable before adding ours."""
     assert is_forgeable("X-Virus-Status") and is_forgeable("x-virus-scanned")
     assert not is_forgeable("X-Virusfree-Promise")
+
+
+# -- past clamd's limits: never "Clean" ------------------------------------------------------------
+
+PAST_LIMITS = {
+    "mime19": (lambda: avsamples.eicar_nested_multipart(19), "MaxRecursion"),
+    "zip18": (lambda: avsamples.eicar_nested_zip(18), "MaxRecursion"),
+    "zip-member-over-25MiB": (lambda: avsamples.eicar_behind_big_member(eicar_in_big=True), "MaxFileSize"),
+}
+
+
+@pytest.fixture(scope="module")
+def clamd_without_alert(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClamdServer]:
+    """A clamd as Debian ships it: no AlertExceedsMax, so it answers OK past its limits."""
+    server = ClamdServer(tmp_path_factory.mktemp("clamd-noalert"), {"AlertExceedsMax": "no"})
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("alert", [True, False], ids=["AlertExceedsMax", "no-AlertExceedsMax"])
+@pytest.mark.parametrize("sample", list(PAST_LIMITS))
+def test_eicar_past_clamd_limits_is_never_clean(
+    sample: str,
+    alert: bool,
+    clamd_server: ClamdServer,
+    clamd_without_alert: ClamdServer,
+    redis_server: RedisServer,
+    make_pipeline: Any,
+) -> None:
+    make, limit = PAST_LIMITS[sample]
+    clamd = clamd_server if alert else clamd_without_alert
+    p = make_pipeline(make_config([clamd.unix_address], redis_server.url))
+    _, verdict = run(p, make())
+    assert verdict.action is Action.REJECT
+    reply = str(verdict.decision.reply)  # type: ignore[union-attr]
+    assert reply.startswith("554 5.7.1 Message rejected: it cannot be fully scanned for viruses")
+    assert limit in reply
+    assert limit in symbols_of(verdict)["CLAM_UNSCANNABLE"]
+    assert "X-Virus-Status" not in headers_of(verdict)
+
+
+def test_clamd_alone_answers_ok_past_its_limits_without_alert(clamd_without_alert: ClamdServer) -> None:
+    """Why filterd counts for itself: clamd without AlertExceedsMax calls all three samples clean,
+    and even with it the oversized zip member (trimmed silently) comes back OK."""
+    from filterd.clamd import ClamdPool
+
+    def scan_with(address: str, raw: bytes) -> tuple[str, ...]:
+        return ClamdPool((address,), 10.0, 1.0, 1.0).scan(raw).viruses
+
+    for make, _ in PAST_LIMITS.values():
+        assert scan_with(clamd_without_alert.unix_address, make()) == ()
+    # what we can still check cheaply: just inside the limits, clamd does find EICAR
+    assert scan_with(clamd_without_alert.unix_address, avsamples.eicar_nested_multipart(18))
+    assert scan_with(clamd_without_alert.unix_address, avsamples.eicar_nested_zip(15))
+
+
+def test_alert_exceeds_max_names_the_limit(clamd_server: ClamdServer) -> None:
+    from filterd.clamd import ClamdPool
+
+    pool = ClamdPool((clamd_server.unix_address,), 10.0, 1.0, 1.0)
+    result = pool.scan(avsamples.eicar_nested_zip(18))
+    assert result.viruses == ("Heuristics.Limits.Exceeded.MaxRecursion",)
+    assert not result.infected and result.unscannable == result.viruses
+    # ...but not for a zip member over MaxFileSize: clamd trims it and says OK
+    assert pool.scan(avsamples.eicar_behind_big_member(eicar_in_big=True)).viruses == ()
+
+
+@pytest.mark.parametrize("policy", ["accept", "quarantine"])
+def test_unscannable_accept_and_quarantine_say_unscanned(
+    policy: str, clamd_server: ClamdServer, redis_server: RedisServer, make_pipeline: Any
+) -> None:
+    p = make_pipeline(make_config([clamd_server.unix_address], redis_server.url, on_unscannable=policy))
+    _, verdict = run(p, avsamples.eicar_nested_zip(18))
+    # accepted, and its score (6 here, with HELO_IS_OURS) marks it as spam
+    assert verdict.action is (Action.ADD_HEADER if policy == "accept" else Action.QUARANTINE)
+    h = headers_of(verdict)
+    assert h["X-Virus-Status"] == "Unscanned (limits exceeded: MaxRecursion)"
+    assert h["X-Virus-Scanned"].startswith("ClamAV ")
+    assert next(s.score for s in verdict.symbols if s.name == "CLAM_UNSCANNABLE") == 6.0
+
+
+def test_a_cached_ok_is_not_clean_past_the_limits(
+    clamd_without_alert: ClamdServer, redis_server: RedisServer, make_pipeline: Any
+) -> None:
+    """The limits are counted on every message, cache hit included."""
+    p = make_pipeline(make_config([clamd_without_alert.unix_address], redis_server.url))
+    for _ in range(2):
+        _, verdict = run(p, avsamples.eicar_nested_multipart(19))
+        assert verdict.action is Action.REJECT
+    assert "(cached)" not in symbols_of(verdict)["CLAM_UNSCANNABLE"]  # clamd said OK; our count spoke
+
+
+def test_a_virus_next_to_a_limit_is_a_virus(
+    clamd_server: ClamdServer, redis_server: RedisServer, make_pipeline: Any
+) -> None:
+    p = make_pipeline(make_config([clamd_server.unix_address], redis_server.url))
+    _, verdict = run(p, avsamples.eicar_behind_big_member())  # EICAR as its own member after the big one
+    assert verdict.action is Action.REJECT
+    assert "virus found: Eicar-Test-Signature" in str(verdict.decision.reply)  # type: ignore[union-attr]
+
+
+def test_clean_nested_content_within_the_limits_is_clean(
+    clamd_without_alert: ClamdServer, redis_server: RedisServer, make_pipeline: Any
+) -> None:
+    p = make_pipeline(make_config([clamd_without_alert.unix_address], redis_server.url))
+    harmless = avsamples.nested_zip(5, inner=b"just text\n", inner_name="note.txt")
+    raw = avsamples.attachment("five zips", "nested.zip", "application/zip", harmless)
+    _, verdict = run(p, raw)
+    assert verdict.action is Action.ACCEPT and headers_of(verdict)["X-Virus-Status"] == "Clean"
+
+
+# -- filterd's own count (filterd/scanlimits.py), unit tests on generated archives ----------------
+
+LIMITS = ScanLimits(max_recursion=17, max_file_size=1000, max_scan_size=5000, max_files=20)
+
+
+def test_own_count_of_depth_and_sizes() -> None:
+    from filterd.message import Message
+
+    def problems(raw: bytes, limits: ScanLimits = LIMITS) -> list[str]:
+        return exceeded(Message(raw), limits)
+
+    clamds = ScanLimits(17, 25 * 1024 * 1024, 100 * 1024 * 1024, 10000)  # clamd's defaults
+    assert problems(avsamples.eicar_zip(), clamds) == []
+    assert problems(avsamples.eicar_nested_zip(15), clamds) == []  # MIME depth 1 + 15 zips
+    assert problems(avsamples.eicar_nested_zip(16), clamds) == [
+        "MaxRecursion (MIME depth 1 + archive depth 16 >= 17)"
+    ]
+    assert problems(avsamples.eicar_nested_multipart(16), clamds) == []
+    assert problems(avsamples.eicar_nested_multipart(17), clamds) == ["MaxRecursion (MIME depth 17 >= 17)"]
+    # a member over max_file_size, found from the central directory without unpacking it
+    big = avsamples.attachment("big", "b.zip", "application/zip", avsamples.zip_with_big_member(1001))
+    assert problems(big) == ["MaxFileSize (zip member 'big.bin' of 1001 bytes > 1000)"]
+    # members adding up past max_scan_size, and too many members
+    many = avsamples.attachment(
+        "many", "m.zip", "application/zip", avsamples.zip_of([(f"f{i}", bytes(900)) for i in range(6)])
+    )
+    # the MIME parts count too (the text and the zip itself), as clamd counts what it scans
+    [only] = problems(many)
+    assert only.startswith("MaxScanSize (") and only.endswith(" bytes in parts and archive members > 5000)")
+    assert problems(many, ScanLimits(17, 1000, 10_000, 5)) == ["MaxFiles (6 archive members > 5)"]
+
+
+def test_own_count_reads_the_local_header_size_too() -> None:
+    """clamd trusts the local header's size: a central directory that understates it is not believed."""
+    from filterd.message import Message
+
+    data = bytearray(avsamples.zip_of([("big.bin", bytes(2000))]))
+    central = data.rfind(b"PK\x01\x02")
+    assert central > 0
+    data[central + 24 : central + 28] = (10).to_bytes(4, "little")  # the central directory says 10 bytes
+    raw = avsamples.attachment("liar", "l.zip", "application/zip", bytes(data))
+    assert exceeded(Message(raw), LIMITS) == ["MaxFileSize (zip member 'big.bin' of 2000 bytes > 1000)"]
+
+
+def test_own_count_survives_broken_and_absurd_input() -> None:
+    from filterd.message import TOO_DEEP, Message
+
+    broken = avsamples.attachment(
+        "broken", "x.zip", "application/zip", b"PK\x03\x04" + bytes(100) + b"PK\x05\x06"
+    )
+    assert exceeded(Message(broken), LIMITS) == []  # unreadable: clamd's to judge, no exception
+    deep = Message(avsamples.eicar_nested_multipart(5000))
+    assert deep.mime_depth == TOO_DEEP
+    assert exceeded(deep, LIMITS)[0].startswith("MaxRecursion")
+
+
+def test_unscannable_names() -> None:
+    from filterd.clamd import ScanResult, is_unscannable
+
+    assert is_unscannable("Heuristics.Limits.Exceeded.MaxFileSize")
+    assert is_unscannable("Heuristics.Broken.Executable") and is_unscannable("Heuristics.Encrypted.Zip")
+    assert not is_unscannable("Heuristics.Phishing.Email.SpoofedDomain")
+    assert not is_unscannable("Eicar-Test-Signature")
+    mixed = ScanResult(("Heuristics.Limits.Exceeded.MaxRecursion", "Eicar-Test-Signature"), "x")
+    assert mixed.infected and mixed.threats == ("Eicar-Test-Signature",)

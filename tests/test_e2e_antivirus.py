@@ -266,3 +266,56 @@ def test_oversized_quarantine_goes_to_the_hold_queue_whole(
     assert list(qdir.iterdir()) == []
     assert stack.sink.count(marker) == 0
     held[0].unlink()
+
+
+@pytest.fixture(scope="module")
+def clamd_without_alert(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClamdServer]:
+    """clamd as Debian ships it (no AlertExceedsMax): it answers OK past its limits."""
+    server = ClamdServer(tmp_path_factory.mktemp("e2e-clamd-noalert"), {"AlertExceedsMax": "no"})
+    server.start()
+    yield server
+    server.stop()
+
+
+PAST_LIMITS = {
+    "mime19": (lambda: avsamples.eicar_nested_multipart(19), b"MaxRecursion"),
+    "zip18": (lambda: avsamples.eicar_nested_zip(18), b"MaxRecursion"),
+    # a 25 MiB + 69 byte member, deflated: the message is about 36 KB, far under the test
+    # Postfix's message_size_limit (60 MiB)
+    "zip-member-over-25MiB": (lambda: avsamples.eicar_behind_big_member(eicar_in_big=True), b"MaxFileSize"),
+}
+
+
+@pytest.mark.parametrize("alert", [True, False], ids=["AlertExceedsMax", "no-AlertExceedsMax"])
+@pytest.mark.parametrize("sample", list(PAST_LIMITS))
+def test_eicar_past_clamd_limits_is_rejected_through_postfix(
+    stack: Stack,
+    clamd: ClamdServer,
+    clamd_without_alert: ClamdServer,
+    redis_server: RedisServer,
+    qdir: Path,
+    sample: str,
+    alert: bool,
+) -> None:
+    make, limit = PAST_LIMITS[sample]
+    with stack.configured(av_config(stack, clamd if alert else clamd_without_alert, redis_server, qdir)):
+        msg, marker = tagged(make())
+        with pytest.raises(smtplib.SMTPDataError) as info:
+            stack.send(msg)
+    assert info.value.smtp_code == 554
+    assert b"5.7.1" in info.value.smtp_error and b"cannot be fully scanned" in info.value.smtp_error
+    assert limit in info.value.smtp_error
+    time.sleep(0.5)
+    assert stack.sink.count(marker) == 0
+
+
+def test_unscannable_accepted_by_policy_is_marked_unscanned_never_clean(
+    stack: Stack, clamd_without_alert: ClamdServer, redis_server: RedisServer, qdir: Path
+) -> None:
+    config = av_config(stack, clamd_without_alert, redis_server, qdir, on_unscannable="accept")
+    with stack.configured(config):
+        msg, marker = tagged(avsamples.eicar_nested_multipart(19))
+        assert stack.send(msg) == {}
+        got = stack.sink.find(marker)
+    assert got.header("X-Virus-Status") == ["Unscanned (limits exceeded: MaxRecursion)"]
+    assert "CLAM_UNSCANNABLE" in " ".join(got.header("X-Spam-Status") + got.header("X-Spam-Report"))

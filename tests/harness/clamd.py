@@ -77,6 +77,9 @@ class ClamdServer:
             "PidFile": str(self.workdir / "clamd.pid"),
             "TemporaryDirectory": str(tmp),
             "SelfCheck": "0",
+            # as in contrib (asserted here so a test clamd never answers OK past its limits);
+            # a test that needs the old behaviour passes {"AlertExceedsMax": "no"}
+            "AlertExceedsMax": "yes",
             **self.options,
         }
         conf.write_text("".join(f"{key} {value}\n" for key, value in settings.items()))
