@@ -11,17 +11,18 @@ from typing import Any
 import pytest
 
 from filterd.checks.antivirus import Antivirus
+from filterd.clamd import ScanResult
 from filterd.config import Config, parse_config
 from filterd.pipeline import Action, Pipeline, SmtpContext, Verdict, scan
 from filterd.replies import Reject, TempFail
 from filterd.report import is_forgeable
-from filterd.scancache import ScanCache
+from filterd.scancache import ScanCache, write_secret
 from filterd.scanlimits import ScanLimits, exceeded
 from filterd.services import Services
 from filterd.settings import ConfigError
 from filterd.transaction import Transaction
 from tests.harness import avsamples
-from tests.harness.clamd import ClamdServer
+from tests.harness.clamd import ClamdServer, cache_key_file
 from tests.harness.net import free_port
 from tests.harness.redis import RedisServer
 
@@ -31,12 +32,19 @@ CTX = SmtpContext(
 
 
 def make_config(sockets: list[str], redis_url: str, prefix: str | None = None, **av: Any) -> Config:
+    av.setdefault("cache_key_file", cache_key_file())
     return parse_config(
         {
             "redis": {"url": redis_url, "key_prefix": prefix or f"t{secrets.token_hex(4)}:"},
             "network": {"hostname": "mx.example.test"},
             "checks": {"antivirus": {"enabled": True, "sockets": sockets, "timeout": 2.0, **av}},
         }
+    )
+
+
+def cache_of(config: Config, check: Antivirus) -> ScanCache:
+    return ScanCache(
+        Services(config).redis, config.redis.key_prefix, 3600, check.s.cache_headers, check.cache_secret
     )
 
 
@@ -172,18 +180,18 @@ def test_second_identical_scan_is_a_cache_hit(
     config = make_config([private_clamd.unix_address], redis_server.url)
     p = make_pipeline(config)
     check = next(c for c in p.checks if isinstance(c, Antivirus))
-    cache = ScanCache(Services(config).redis, config.redis.key_prefix, 3600, check.s.cache_headers)
+    cache = cache_of(config, check)
     first = avsamples.clean(to="one@example.test", msgid="<a@x>")
     assert run(p, first)[1].action is Action.ACCEPT
-    assert cache.counters() == {"hits": 0, "misses": 1}
+    assert cache.counters() == {"hits": 0, "misses": 1, "forged": 0}
     # clamd gone: only the cache can answer.  Another copy of the same bulk mail (other To,
     # other Message-ID, same body) is a hit; the EICAR message is not, and so tempfails.
     private_clamd.stop()
     _, verdict = run(p, avsamples.clean(to="two@example.test", msgid="<b@x>"))
     assert verdict.action is Action.ACCEPT and headers_of(verdict)["X-Virus-Status"] == "Clean"
-    assert cache.counters() == {"hits": 1, "misses": 1}
+    assert cache.counters() == {"hits": 1, "misses": 1, "forged": 0}
     assert run(p, avsamples.eicar_plain())[1].action is Action.TEMPFAIL
-    assert cache.counters() == {"hits": 1, "misses": 2}
+    assert cache.counters() == {"hits": 1, "misses": 2, "forged": 0}
 
 
 def test_infected_results_are_cached_too(
@@ -195,8 +203,7 @@ def test_infected_results_are_cached_too(
     for _ in range(3):
         _, verdict = run(p, avsamples.eicar_zip())
         assert verdict.action is Action.REJECT
-    cache = ScanCache(Services(config).redis, config.redis.key_prefix, 3600, check.s.cache_headers)
-    assert cache.counters() == {"hits": 2, "misses": 1}
+    assert cache_of(config, check).counters() == {"hits": 2, "misses": 1, "forged": 0}
     assert "(cached)" in symbols_of(verdict)["CLAM_VIRUS"]
 
 
@@ -241,7 +248,13 @@ def test_redis_that_does_not_answer_costs_one_timeout_not_one_per_message(
         config = parse_config(
             {
                 "redis": {"url": url, "timeout": 0.3},
-                "checks": {"antivirus": {"enabled": True, "sockets": [clamd_server.unix_address]}},
+                "checks": {
+                    "antivirus": {
+                        "enabled": True,
+                        "sockets": [clamd_server.unix_address],
+                        "cache_key_file": cache_key_file(),
+                    }
+                },
             }
         )
         p = make_pipeline(config)
@@ -532,3 +545,88 @@ def test_unscannable_names() -> None:
     assert not is_unscannable("Eicar-Test-Signature")
     mixed = ScanResult(("Heuristics.Limits.Exceeded.MaxRecursion", "Eicar-Test-Signature"), "x")
     assert mixed.infected and mixed.threats == ("Eicar-Test-Signature",)
+
+
+# -- the cache is signed: Redis is not trusted -----------------------------------------------------
+
+
+def test_forged_clean_entry_in_redis_does_not_let_eicar_through(
+    clamd_server: ClamdServer, redis_server: RedisServer, make_pipeline: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Any local user can write to an unprotected Redis: a "clean" written there straight (as the
+    old, unsigned format, and as a genuine signed "clean" copied from another message's key) is
+    ignored, logged, and the message is scanned and rejected."""
+    import redis as redislib
+
+    from filterd.message import Message
+
+    config = make_config([clamd_server.unix_address], redis_server.url)
+    p = make_pipeline(config)
+    check = next(c for c in p.checks if isinstance(c, Antivirus))
+    cache = cache_of(config, check)
+    eicar = avsamples.eicar_zip()
+    key = cache.key(check.engine_version(), Message(eicar))
+    attacker = redislib.Redis.from_url(redis_server.url)
+    attacker.set(key, b"clean")  # the format the cache used before it was signed
+    _, verdict = run(p, eicar)
+    assert verdict.action is Action.REJECT and "Eicar-Test-Signature" in symbols_of(verdict)["CLAM_VIRUS"]
+    assert "(cached)" not in symbols_of(verdict)["CLAM_VIRUS"]
+    assert f"entry {key} has no valid signature" in caplog.text
+    # a genuine signed "clean" of a clean message, replayed under EICAR's key
+    clean_key = cache.key(check.engine_version(), Message(avsamples.clean()))
+    assert run(p, avsamples.clean())[1].action is Action.ACCEPT
+    attacker.set(key, attacker.get(clean_key))
+    assert run(p, eicar)[1].action is Action.REJECT
+    # and a "clean" signed with a key guessed wrong
+    wrong = ScanCache(attacker, config.redis.key_prefix, 3600, check.s.cache_headers, b"0" * 32)
+    wrong.put(key, ScanResult((), "x"))
+    assert run(p, eicar)[1].action is Action.REJECT
+    assert cache.counters()["forged"] == 3
+    # each time the fresh result overwrote the forgery: the next copy is a genuine cached hit
+    _, verdict = run(p, eicar)
+    assert verdict.action is Action.REJECT and "(cached)" in symbols_of(verdict)["CLAM_VIRUS"]
+
+
+def test_no_key_file_means_no_cache(
+    clamd_server: ClamdServer, redis_server: RedisServer, make_pipeline: Any
+) -> None:
+    config = make_config([clamd_server.unix_address], redis_server.url, cache_key_file="")
+    p = make_pipeline(config)
+    for _ in range(2):
+        _, verdict = run(p, avsamples.eicar_zip())
+        assert "(cached)" not in symbols_of(verdict)["CLAM_VIRUS"]
+    assert ScanCache(Services(config).redis, config.redis.key_prefix, 1, ()).counters() == {
+        "hits": 0,
+        "misses": 0,
+        "forged": 0,
+    }
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660])
+def test_key_file_readable_by_others_is_refused(tmp_path: Path, mode: int) -> None:
+    key = tmp_path / "k"
+    write_secret(key)
+    key.chmod(mode)
+    config = make_config([f"unix:{tmp_path}/none.sock"], "redis://127.0.0.1:1/0", cache_key_file=str(key))
+    # the daemon builds the pipeline once at start (filterd/daemon.py read_config): it refuses to start
+    with pytest.raises(ConfigError, match=r"cache_key_file: .* has mode 0\d{3}: group or other users"):
+        Pipeline.from_config(config)
+
+
+def test_key_file_problems_are_clear(tmp_path: Path) -> None:
+    from filterd.scancache import SecretFileError, read_secret
+
+    with pytest.raises(SecretFileError, match="cannot open"):
+        read_secret(str(tmp_path / "missing"))
+    short = tmp_path / "short"
+    short.write_bytes(b"abc")
+    short.chmod(0o600)
+    with pytest.raises(SecretFileError, match="fewer than 16"):
+        read_secret(str(short))
+    link = tmp_path / "link"
+    link.symlink_to(short)
+    with pytest.raises(SecretFileError, match="cannot open"):
+        read_secret(str(link))
+    good = tmp_path / "good"
+    write_secret(good)
+    assert len(read_secret(str(good))) == 64 and (good.stat().st_mode & 0o777) == 0o600

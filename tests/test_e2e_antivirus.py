@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 from filterd.cli.filterctl import cli
 from tests.harness import avsamples
-from tests.harness.clamd import ClamdServer
+from tests.harness.clamd import ClamdServer, cache_key_file
 from tests.harness.redis import RedisServer
 from tests.harness.stack import Stack, make_message, private_dir
 
@@ -46,6 +46,7 @@ def qdir() -> Iterator[Path]:
 def av_config(
     stack: Stack, clamd: ClamdServer, redis: RedisServer, quarantine_dir: Path, **av: Any
 ) -> dict[str, Any]:
+    av.setdefault("cache_key_file", cache_key_file())
     return {
         "redis": {"url": redis.url, "key_prefix": f"e2e{secrets.token_hex(4)}:"},
         "network": {"hostname": "mx.filterd.test"},
@@ -319,3 +320,33 @@ def test_unscannable_accepted_by_policy_is_marked_unscanned_never_clean(
         got = stack.sink.find(marker)
     assert got.header("X-Virus-Status") == ["Unscanned (limits exceeded: MaxRecursion)"]
     assert "CLAM_UNSCANNABLE" in " ".join(got.header("X-Spam-Status") + got.header("X-Spam-Report"))
+
+
+def test_forged_clean_cache_entry_does_not_let_eicar_through_postfix(
+    stack: Stack, clamd: ClamdServer, redis_server: RedisServer, qdir: Path
+) -> None:
+    """A local user writes "clean" under EICAR's cache key straight into Redis: still 554."""
+    import redis as redislib
+
+    from filterd.clamd import ClamdPool
+    from filterd.message import Message
+    from filterd.scancache import ScanCache
+
+    config = av_config(stack, clamd, redis_server, qdir)
+    prefix = config["redis"]["key_prefix"]
+    msg, marker = tagged(avsamples.eicar_base64())
+    version = ClamdPool((clamd.unix_address,), 5.0, 1.0, 1.0).version()
+    # the key depends on the body and the MIME headers only, so the attacker can compute it
+    key = ScanCache(None, prefix, 3600, ("Content-Type", "Content-Transfer-Encoding", "MIME-Version")).key(
+        version, Message(msg)
+    )
+    attacker = redislib.Redis.from_url(redis_server.url)
+    attacker.set(key, b"clean", ex=3600)
+    with stack.configured(config) as filterd:
+        with pytest.raises(smtplib.SMTPDataError) as info:
+            stack.send(msg)
+        assert info.value.smtp_code == 554 and b"Eicar-Test-Signature" in info.value.smtp_error
+        assert f"entry {key} has no valid signature" in filterd.log()
+    assert attacker.get(key) != b"clean"  # overwritten by the signed result of the real scan
+    time.sleep(0.5)
+    assert stack.sink.count(marker) == 0

@@ -25,6 +25,8 @@ Replaces clamav-milter.  What happens in each case, and why:
   and [milter] oversize_action decides (filterd/checks/message_size.py).  That is why
   `needs_body` stays False here: the pipeline skips needs_body checks on oversized messages, and
   this check must still say what it did with them.
+- the result cache in Redis is signed (filterd/scancache.py): a "clean" written into Redis by
+  anyone without the key in ``cache_key_file`` is ignored, and without a key there is no cache.
 - Redis (the result cache) failing never stops a scan: the message is scanned as if the cache
   were off, and CLAM_CACHE_FAIL says so in the report.
 """
@@ -53,10 +55,10 @@ from filterd.replies import (
     Reject,
     TempFail,
 )
-from filterd.scancache import ScanCache
+from filterd.scancache import ScanCache, SecretFileError, read_secret
 from filterd.scanlimits import ScanLimits, exceeded
 from filterd.services import Services
-from filterd.settings import not_negative, positive, setting
+from filterd.settings import ConfigError, not_negative, positive, setting
 from filterd.transaction import Transaction
 
 log = logging.getLogger("filterd.checks.antivirus")
@@ -139,6 +141,11 @@ class AntivirusSettings(CheckSettings):
         "seconds a scan result is kept in Redis, keyed by a hash of the body (0: no cache)",
         not_negative,
     )
+    cache_key_file: str = setting(
+        "",
+        "file holding the secret that signs cache entries (HMAC-SHA256), mode 0600, at least 16 bytes: "
+        "head -c 32 /dev/urandom | base64 > FILE; empty: no cache (Redis is not trusted unsigned)",
+    )
     cache_headers: tuple[str, ...] = setting(
         ("Content-Type", "Content-Transfer-Encoding", "MIME-Version"),
         "headers whose values are part of the cache key besides the body (they decide how clamd decodes it)",
@@ -177,6 +184,14 @@ class Antivirus(Check):
         self._version: tuple[float, str] | None = None
         self._version_lock = threading.Lock()
         self._cache_down_until = 0.0
+        self.cache_secret = b""
+        if settings.cache_ttl and settings.cache_key_file:
+            try:
+                self.cache_secret = read_secret(settings.cache_key_file)
+            except SecretFileError as exc:
+                raise ConfigError("checks.antivirus.cache_key_file", str(exc)) from None
+        elif settings.cache_ttl:
+            log.info("antivirus: result cache off: no cache_key_file to sign its entries with")
         try:
             log.info("antivirus: clamd %s", self.engine_version())
         except ClamdError as exc:
@@ -190,10 +205,14 @@ class Antivirus(Check):
     # -- the cache ---------------------------------------------------------------------------
 
     def _cache(self) -> ScanCache | None:
-        if not self.s.cache_ttl:
+        if not self.s.cache_ttl or not self.cache_secret:
             return None
         return ScanCache(
-            self.services.redis, self.config.redis.key_prefix, self.s.cache_ttl, self.s.cache_headers
+            self.services.redis,
+            self.config.redis.key_prefix,
+            self.s.cache_ttl,
+            self.s.cache_headers,
+            self.cache_secret,
         )
 
     def engine_version(self) -> str:
