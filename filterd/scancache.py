@@ -165,4 +165,8 @@ class ScanCache:
     def counters(self) -> dict[str, int]:
         raw = self.redis.hgetall(self.stats_key)
         out = {k.decode(): int(v) for k, v in raw.items()}
-        return {"hits": out.get("hits", 0), "misses": out.get("misses", 0), "forged": out.get("forged", 0)}
+        return {"hits": out.get("hits", 0), "misses": out.get("misses", 0)}
+
+    def forged(self) -> int:
+        """Entries refused so far because their signature did not verify."""
+        return int(self.redis.hget(self.stats_key, "forged") or 0)
