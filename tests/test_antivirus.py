@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import time
 from collections.abc import Iterator
@@ -629,3 +630,27 @@ def test_key_file_problems_are_clear(tmp_path: Path) -> None:
     good = tmp_path / "good"
     write_secret(good)
     assert len(read_secret(str(good))) == 64 and (good.stat().st_mode & 0o777) == 0o600
+
+
+def test_cache_on_a_password_protected_redis_over_a_unix_socket(
+    tmp_path: Path, clamd_server: ClamdServer, make_pipeline: Any
+) -> None:
+    """The quick start's and contrib's Redis: requirepass, and only a unix socket of mode 0600."""
+    password = secrets.token_hex(16)
+    server = RedisServer(tmp_path / "redis", password=password, unix_socket=True)
+    server.start()
+    try:
+        assert server.socket_path is not None and server.socket_path.stat().st_mode & 0o777 == 0o600
+        base = make_config([clamd_server.unix_address], server.url)
+        with_password = dataclasses.replace(base, redis=dataclasses.replace(base.redis, password=password))
+        p = make_pipeline(with_password)
+        for _ in range(2):
+            _, verdict = run(p, avsamples.eicar_zip())
+            assert verdict.action is Action.REJECT and "CLAM_CACHE_FAIL" not in symbols_of(verdict)
+        assert "(cached)" in symbols_of(verdict)["CLAM_VIRUS"]
+        # without the password Redis refuses (NOAUTH): the message is scanned all the same
+        _, verdict = run(make_pipeline(base), avsamples.eicar_zip())
+        assert verdict.action is Action.REJECT and "CLAM_CACHE_FAIL" in symbols_of(verdict)
+        assert "(cached)" not in symbols_of(verdict)["CLAM_VIRUS"]
+    finally:
+        server.stop()
