@@ -295,21 +295,45 @@ def test_over_max_size(
         assert str(verdict.decision.reply).startswith(code)  # type: ignore[union-attr]
 
 
-def test_over_milter_max_scan_bytes_still_says_not_scanned(
-    clamd_server: ClamdServer, redis_server: RedisServer, make_pipeline: Any
+@pytest.mark.parametrize("action", ["reject", "tempfail", "accept"])
+def test_over_milter_max_scan_bytes_follows_oversize_action(
+    action: str, clamd_server: ClamdServer, redis_server: RedisServer, make_pipeline: Any
 ) -> None:
-    """Past [milter] max_scan_bytes the body is not kept; the check runs anyway and says so."""
+    """Past [milter] max_scan_bytes the body is not kept: [milter] oversize_action decides (reject
+    by default), and the antivirus check says Not scanned, never Clean."""
+    milter: dict[str, Any] = {"max_scan_bytes": 300}
+    if action != "reject":
+        milter["oversize_action"] = action
     config = parse_config(
         {
-            "milter": {"max_scan_bytes": 300},
+            "milter": milter,
             "redis": {"url": redis_server.url},
             "checks": {"antivirus": {"enabled": True, "sockets": [clamd_server.unix_address]}},
         }
     )
     p = make_pipeline(config)
-    _, verdict = run(p, avsamples.eicar_zip())
-    assert verdict.action is Action.ACCEPT
-    assert headers_of(verdict)["X-Virus-Status"].startswith("Not scanned")
+    tx, verdict = run(p, avsamples.eicar_zip())
+    assert "SCAN_SKIPPED_SIZE" in symbols_of(verdict)
+    if action == "reject":
+        assert verdict.action is Action.REJECT
+        assert str(verdict.decision.reply) == (  # type: ignore[union-attr]
+            "552 5.3.4 Message size exceeds the limit of 300 bytes of this site's content filter"
+        )
+    elif action == "tempfail":
+        assert verdict.action is Action.TEMPFAIL
+        assert str(verdict.decision.reply).startswith("452 4.3.4 ")  # type: ignore[union-attr]
+    else:
+        assert verdict.action is Action.ACCEPT and "CLAM_SKIPPED_SIZE" in symbols_of(verdict)
+        assert headers_of(verdict)["X-Virus-Status"] == f"Not scanned (message too large: {tx.size} bytes)"
+
+
+def test_oversize_action_applies_to_outbound_mail_too(
+    clamd_server: ClamdServer, redis_server: RedisServer, make_pipeline: Any
+) -> None:
+    config = parse_config({"milter": {"max_scan_bytes": 300}, "redis": {"url": redis_server.url}})
+    outbound = SmtpContext(auth_user="alice", mail_from="alice@example.test", rcpts=("x@example.org",))
+    _, verdict = scan(make_pipeline(config), avsamples.eicar_zip(), outbound)
+    assert verdict.action is Action.REJECT
 
 
 def test_oversized_by_clamd_stream_max_length(

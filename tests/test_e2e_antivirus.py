@@ -18,6 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from filterd.cli.filterctl import cli
+from filterd.config import load_config
 from tests.harness import avsamples
 from tests.harness.clamd import ClamdServer, cache_key_file
 from tests.harness.redis import RedisServer
@@ -253,7 +254,7 @@ def test_oversized_quarantine_goes_to_the_hold_queue_whole(
     """Past max_scan_bytes filterd did not keep the body, so it cannot store the message: Postfix holds it."""
     config = {
         **av_config(stack, clamd, redis_server, qdir),
-        "milter": {"max_scan_bytes": 1000},
+        "milter": {"max_scan_bytes": 1000, "oversize_action": "accept"},
         "actions": {"quarantine": 3.0},
         "scores": {"MISSING_DATE": 4.0},
     }
@@ -350,3 +351,66 @@ def test_forged_clean_cache_entry_does_not_let_eicar_through_postfix(
     assert attacker.get(key) != b"clean"  # overwritten by the signed result of the real scan
     time.sleep(0.5)
     assert stack.sink.count(marker) == 0
+
+
+def _sized(subject: str, size: int, payload: bytes = b"") -> tuple[bytes, str]:
+    """A message of exactly `size` bytes on the wire: `payload` (if any) in the body, then filler."""
+    msg, marker = make_message(subject, body="")
+    line = b"A" * 78 + b"\r\n"
+    data = msg + payload + line * ((size - len(msg) - len(payload) - 3) // len(line))  # 3 or more left
+    data += b"B" * (size - len(data) - 2) + b"\r\n"
+    assert len(data) == size
+    return data, marker
+
+
+@pytest.mark.parametrize("action", [None, "tempfail", "accept"], ids=["default", "tempfail", "accept"])
+def test_message_over_max_scan_bytes_through_postfix(
+    stack: Stack, clamd: ClamdServer, redis_server: RedisServer, qdir: Path, action: str | None
+) -> None:
+    """EICAR past [milter] max_scan_bytes: by default 552 naming the limit, never delivered unscanned."""
+    milter: dict[str, Any] = {"max_scan_bytes": 100_000}
+    if action:
+        milter["oversize_action"] = action
+    config = {**av_config(stack, clamd, redis_server, qdir), "milter": milter}
+    msg, marker = _sized("oversized", 150_000, avsamples.EICAR + b"\r\n")
+    with stack.configured(config):
+        if action == "accept":
+            assert stack.send(msg) == {}
+            got = stack.sink.find(marker)
+        else:
+            with pytest.raises(smtplib.SMTPDataError) as info:
+                stack.send(msg)
+    if action is None:
+        assert info.value.smtp_code == 552
+        assert info.value.smtp_error == (
+            b"5.3.4 Message size exceeds the limit of 100000 bytes of this site's content filter"
+        )
+    elif action == "tempfail":
+        assert info.value.smtp_code == 452 and info.value.smtp_error.startswith(b"4.3.4 ")
+    else:  # the admin chose to deliver it unscanned: it says so
+        [status] = got.header("X-Virus-Status")
+        assert status.startswith("Not scanned (message too large: ")
+        assert "SCAN_SKIPPED_SIZE" in got.header("X-Spam-Report")[0]
+        return
+    time.sleep(0.5)
+    assert stack.sink.count(marker) == 0
+
+
+def test_message_just_under_postfix_default_size_limit_is_scanned(
+    stack: Stack, clamd: ClamdServer, redis_server: RedisServer, qdir: Path
+) -> None:
+    """Postfix's default message_size_limit (10240000) accepts at most about 10230000 bytes on the
+    wire (measured); filterd counts within 50 bytes of the wire size, so its default max_scan_bytes
+    (10 MiB = 10485760) scans every such message instead of refusing it."""
+    assert load_config(None).milter.max_scan_bytes == 10 * 1024 * 1024
+    with stack.configured(av_config(stack, clamd, redis_server, qdir)):
+        msg, marker = _sized("big but scanned", 10_230_000)
+        assert stack.send(msg) == {}
+        got = stack.sink.find(marker, timeout=120)
+        eicar, eicar_marker = _sized("big eicar", 10_230_000, avsamples.EICAR + b"\r\n")
+        with pytest.raises(smtplib.SMTPDataError) as info:
+            stack.send(eicar)
+    assert stack.sink.count(eicar_marker) == 0
+    assert got.header("X-Virus-Status") == ["Clean"]
+    assert "SCAN_SKIPPED_SIZE" not in got.header("X-Spam-Report")[0]
+    assert info.value.smtp_code == 554 and b"Eicar-Test-Signature" in info.value.smtp_error
