@@ -15,8 +15,10 @@ message Clean when the count says clamd may not have seen all of it:
 - depth: the MIME depth (`Message.mime_depth`, root 0) plus the deepest nesting of zip archives
   in any part.  Each level counts one; clamd also counts the message itself and each decoded
   attachment, so its count is higher than ours, and flagging at ``depth >= max_recursion`` errs
-  on the safe side (measured with clamd 1.4.6 and MaxRecursion 17: EICAR is missed at MIME depth
-  19 or in 16 zips in an attachment; we flag MIME depth 17, or 16 zips at MIME depth 1).
+  on the safe side.  Measured with clamd 1.4.6: at MaxRecursion 17 EICAR is missed at MIME depth
+  19 or in 16 zips in an attachment, at 16 (Debian's value) at MIME depth 18 or in 15 zips; with
+  max_recursion 16 we flag MIME depth 16, or 15 zips at MIME depth 1.  max_recursion must not be
+  above clamd's MaxRecursion (clamd cannot be asked for it).
 - sizes: every MIME leaf and every zip member (its declared size, the larger of the central
   directory's and the local header's) against max_file_size, and their sum against max_scan_size.
 - files: the zip members counted against max_files.

@@ -282,6 +282,7 @@ def clamd_without_alert(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cl
 PAST_LIMITS = {
     "mime19": (lambda: avsamples.eicar_nested_multipart(19), b"MaxRecursion"),
     "zip18": (lambda: avsamples.eicar_nested_zip(18), b"MaxRecursion"),
+    "zip15": (lambda: avsamples.eicar_nested_zip(15), b"MaxRecursion"),  # missed at MaxRecursion 16
     # a 25 MiB + 69 byte member, deflated: the message is about 36 KB, far under the test
     # Postfix's message_size_limit (60 MiB)
     "zip-member-over-25MiB": (lambda: avsamples.eicar_behind_big_member(eicar_in_big=True), b"MaxFileSize"),

@@ -125,7 +125,10 @@ class AntivirusSettings(CheckSettings):
     # clamd without AlertExceedsMax cannot turn "did not look" into "Clean".  Keep them equal to
     # (or below) clamd's.
     max_recursion: int = setting(
-        17, "clamd's MaxRecursion: MIME depth plus zip nesting at or past this is unscannable", positive
+        16,
+        "clamd's MaxRecursion (Debian ships 16, ClamAV's default is 17; set it to your clamd's): "
+        "MIME depth plus zip nesting at or past this is unscannable",
+        positive,
     )
     max_file_size: int = setting(
         25 * 1024 * 1024, "clamd's MaxFileSize: a MIME part or zip member larger is unscannable", positive
