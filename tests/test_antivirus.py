@@ -327,6 +327,24 @@ def test_over_milter_max_scan_bytes_follows_oversize_action(
         assert headers_of(verdict)["X-Virus-Status"] == f"Not scanned (message too large: {tx.size} bytes)"
 
 
+def test_oversize_action_holds_with_the_message_size_check_off(
+    clamd_server: ClamdServer, redis_server: RedisServer, make_pipeline: Any
+) -> None:
+    config = parse_config(
+        {
+            "milter": {"max_scan_bytes": 300},
+            "redis": {"url": redis_server.url},
+            "checks": {
+                "message_size": {"enabled": False},
+                "antivirus": {"enabled": True, "sockets": [clamd_server.unix_address]},
+            },
+        }
+    )
+    _, verdict = run(make_pipeline(config), avsamples.eicar_zip())
+    assert verdict.action is Action.REJECT and "CLAM_SKIPPED_SIZE" in symbols_of(verdict)
+    assert str(verdict.decision.reply).startswith("552 5.3.4 ")  # type: ignore[union-attr]
+
+
 def test_oversize_action_applies_to_outbound_mail_too(
     clamd_server: ClamdServer, redis_server: RedisServer, make_pipeline: Any
 ) -> None:

@@ -21,8 +21,9 @@ Replaces clamav-milter.  What happens in each case, and why:
   virus found next to a limit is a virus (on_infected).  CLAM_UNSCANNABLE says which limit.
 - larger than ``max_size`` or than clamd's StreamMaxLength -> ``on_oversize``: ``reject`` (552
   5.3.4, the default), ``tempfail`` or ``accept`` with a Not-scanned header.  Over [milter]
-  max_scan_bytes the body was not kept: this check only says "Not scanned" (CLAM_SKIPPED_SIZE),
-  and [milter] oversize_action decides (filterd/checks/message_size.py).  That is why
+  max_scan_bytes the body was not kept: [milter] oversize_action decides (applied by
+  filterd/checks/message_size.py first, and here again should that check be off); with "accept"
+  this check says "Not scanned" (CLAM_SKIPPED_SIZE).  That is why
   `needs_body` stays False here: the pipeline skips needs_body checks on oversized messages, and
   this check must still say what it did with them.
 - the result cache in Redis is signed (filterd/scancache.py): a "clean" written into Redis by
@@ -43,6 +44,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from filterd.check import AddHeader, Check, CheckSettings, Direction, Finding, Output, Stage
+from filterd.checks.message_size import oversize_decision
 from filterd.clamd import ClamdError, ClamdPool, ClamdTooLarge, ScanResult, check_address
 from filterd.config import Config
 from filterd.replies import (
@@ -233,10 +235,15 @@ class Antivirus(Check):
 
     def run(self, tx: Transaction) -> Iterable[Output]:
         if tx.oversized:
-            # the body was not kept: [milter] oversize_action (message_size) decides its fate
+            # the body was not kept: [milter] oversize_action decides (the message_size check
+            # normally has already; applied here too in case that check is turned off)
             reason = f"message of {tx.size} bytes not scanned for viruses: over [milter] max_scan_bytes"
             yield Finding("CLAM_SKIPPED_SIZE", reason)
-            yield AddHeader(STATUS_HEADER, f"Not scanned (message too large: {tx.size} bytes)")
+            decision = oversize_decision(self.config, reason)
+            if decision is not None:
+                yield decision
+            else:
+                yield AddHeader(STATUS_HEADER, f"Not scanned (message too large: {tx.size} bytes)")
             return
         message = tx.message
         if len(message.raw) > self.max_size:

@@ -18,11 +18,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from filterd.check import Check, CheckSettings, Direction, Finding, Output, Stage
 from filterd.replies import R452_TOO_BIG_TO_SCAN, R552_MESSAGE_TOO_BIG, Reject, TempFail
 from filterd.settings import setting
 from filterd.transaction import Transaction
+
+if TYPE_CHECKING:
+    from filterd.config import Config
 
 
 def _not_negative(value: int) -> str | None:
@@ -60,10 +64,22 @@ class MessageSize(Check):
         max_bytes = self.config.milter.max_scan_bytes
         reason = f"message of {tx.size} bytes is over max_scan_bytes ({max_bytes}): content not scanned"
         yield Finding("SCAN_SKIPPED_SIZE", reason)
-        action = self.config.milter.oversize_action
-        if action == "reject":
-            text = f"Message size exceeds the limit of {max_bytes} bytes of this site's content filter"
-            yield Reject(R552_MESSAGE_TOO_BIG.with_text(text), reason)
-        elif action == "tempfail":
-            text = f"Message larger than {max_bytes} bytes cannot be scanned now, please try again later"
-            yield TempFail(R452_TOO_BIG_TO_SCAN.with_text(text), reason)
+        decision = oversize_decision(self.config, reason)
+        if decision is not None:
+            yield decision
+
+
+def oversize_decision(config: Config, reason: str) -> Reject | TempFail | None:
+    """What [milter] oversize_action says for a message over max_scan_bytes (None: accept it).
+
+    Also called by the antivirus check, so that turning this check off does not let oversized
+    mail through unscanned."""
+    max_bytes = config.milter.max_scan_bytes
+    action = config.milter.oversize_action
+    if action == "reject":
+        text = f"Message size exceeds the limit of {max_bytes} bytes of this site's content filter"
+        return Reject(R552_MESSAGE_TOO_BIG.with_text(text), reason)
+    if action == "tempfail":
+        text = f"Message larger than {max_bytes} bytes cannot be scanned now, please try again later"
+        return TempFail(R452_TOO_BIG_TO_SCAN.with_text(text), reason)
+    return None
