@@ -39,7 +39,7 @@ from filterd.config import parse_config  # noqa: E402
 from filterd.scancache import ScanCache  # noqa: E402
 from filterd.services import Services  # noqa: E402
 from filterd.transaction import Session, Transaction  # noqa: E402
-from tests.harness.clamd import ClamdServer  # noqa: E402
+from tests.harness.clamd import ClamdServer, cache_key_file  # noqa: E402
 from tests.harness.redis import RedisServer  # noqa: E402
 
 
@@ -74,7 +74,12 @@ def run(clamd: ClamdServer, redis: RedisServer, messages: list[bytes], cache_ttl
         {
             "redis": {"url": redis.url, "key_prefix": prefix},
             "checks": {
-                "antivirus": {"enabled": True, "sockets": [clamd.unix_address], "cache_ttl": cache_ttl}
+                "antivirus": {
+                    "enabled": True,
+                    "sockets": [clamd.unix_address],
+                    "cache_ttl": cache_ttl,
+                    "cache_key_file": cache_key_file(),  # no signing key, no cache
+                }
             },
         }
     )

@@ -48,7 +48,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.harness.clamd import ClamdServer  # noqa: E402
+from tests.harness.clamd import ClamdServer, cache_key_file  # noqa: E402
 from tests.harness.dns import LocalDns  # noqa: E402
 from tests.harness.filterd import Filterd  # noqa: E402
 from tests.harness.net import free_port, port_open, run_sessions, wait_for  # noqa: E402
@@ -311,6 +311,7 @@ def main() -> int:
     if clamd is not None:
         clamd.start()
         extra += f'\n[checks.antivirus]\nenabled = true\nsockets = ["{clamd.unix_address}"]\n'
+        extra += f'cache_key_file = "{cache_key_file()}"\n'  # the cache is off without a signing key
     filterd.configure({"dns": {"nameservers": ["127.0.0.1"], "port": dns.port}})
     if extra:
         filterd.config_path.write_text(filterd.config_path.read_text() + "\n" + extra)

@@ -48,14 +48,37 @@ class ClamdTooLarge(ClamdError):
     """The message is over clamd's StreamMaxLength (clamd replied "INSTREAM size limit exceeded")."""
 
 
+# FOUND names that say "I could not look at all of it", not "I found malware": a limit passed
+# (AlertExceedsMax: Heuristics.Limits.Exceeded.MaxRecursion, .MaxFileSize, .MaxScanSize, .MaxFiles,
+# ...), a file too broken to parse (AlertBrokenExecutables, AlertBrokenMedia: Heuristics.Broken.*),
+# or an archive or document it cannot decrypt (AlertEncrypted*: Heuristics.Encrypted.*).  Other
+# Heuristics.* names (Phishing, OLE2 macros, ...) are detections like any signature.
+UNSCANNABLE_PREFIXES = ("Heuristics.Limits.Exceeded", "Heuristics.Broken.", "Heuristics.Encrypted.")
+
+
+def is_unscannable(name: str) -> bool:
+    """True for a FOUND name that reports a limit or an unreadable file rather than malware."""
+    return name.startswith(UNSCANNABLE_PREFIXES)
+
+
 @dataclass(frozen=True)
 class ScanResult:
-    viruses: tuple[str, ...]  # empty when clean
+    viruses: tuple[str, ...]  # every FOUND name, unscannable ones included; empty when clean
     address: str  # the clamd that answered ("cache" when the answer came from Redis)
 
     @property
+    def threats(self) -> tuple[str, ...]:
+        """The names that report malware (a signature or a detection heuristic)."""
+        return tuple(v for v in self.viruses if not is_unscannable(v))
+
+    @property
+    def unscannable(self) -> tuple[str, ...]:
+        """The names that report a limit passed or a file clamd could not read."""
+        return tuple(v for v in self.viruses if is_unscannable(v))
+
+    @property
     def infected(self) -> bool:
-        return bool(self.viruses)
+        return bool(self.threats)
 
 
 def check_address(value: str) -> str | None:

@@ -72,10 +72,21 @@ class MilterSettings:
     shutdown_grace: float = setting(
         30.0, "seconds a stopping worker waits for messages in flight", not_negative
     )
+    # 10 MiB: at or above Postfix's default message_size_limit (10240000) plus what Postfix adds
+    # (its Received header), so no message Postfix accepts by default is over it.  Raise it with
+    # message_size_limit; each message in flight keeps up to this much in memory.
     max_scan_bytes: int = setting(
         10 * 1024 * 1024,
-        "messages larger than this are delivered unscanned by content checks and marked so in the report",
+        "bytes of a message (headers and body, CRLF line ends, as Postfix hands it over) kept and "
+        "scanned; past it oversize_action applies.  Keep it at or above Postfix's message_size_limit "
+        "(default 10240000) plus a few KiB, and clamd's StreamMaxLength above it",
         positive,
+    )
+    oversize_action: Literal["reject", "tempfail", "accept"] = setting(
+        "reject",
+        'a message over max_scan_bytes, whose content cannot be checked: "reject" (552 5.3.4 naming '
+        'the limit), "tempfail" (452 4.3.4), or "accept" it unscanned: no antivirus, DKIM, DMARC, '
+        "rules or Bayes (only what was known before the body counts)",
     )
     log_level: Literal["debug", "info", "warning", "error"] = setting("info", "log level (logs go to stderr)")
 

@@ -17,8 +17,10 @@ import email.parser
 import email.policy
 import itertools
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 import fast_mail_parser
 
@@ -26,6 +28,7 @@ from filterd.htmlscan import HtmlScan, scan_html
 
 MAX_TEXT_CHARS = 200_000  # text kept per message for content checks
 MAX_PARTS = 200  # MIME parts looked at
+TOO_DEEP = 10_000  # the mime_depth of a tree nested too deep for the parsers to read
 
 _HEADER_NAME = re.compile(r"[!-9;-~]+")  # RFC 5322 ftext
 _URL = re.compile(r"""(?i)\b(?:https?://|www\.)[^\s<>"'()\[\]{}]{2,2000}""")
@@ -117,6 +120,20 @@ class Message:
             return [_StdlibNode(p) for p in itertools.islice(tree.walk(), MAX_PARTS)]
 
     @cached_property
+    def mime_depth(self) -> int:
+        """The deepest MIME nesting level, the root being 0, counted over the whole tree (not only
+        the first `MAX_PARTS` nodes).  A tree too deep for both parsers counts as `TOO_DEEP`."""
+        try:
+            root = fast_mail_parser.parse_email_tree(self.raw, mode="lazy")
+        except fast_mail_parser.ParseError:
+            try:
+                tree = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(self.raw)
+            except RecursionError:  # the stdlib parser recurses once per level
+                return TOO_DEEP
+            return _depth(tree, lambda p: p.get_payload() if p.is_multipart() else [])
+        return _depth(root, lambda n: n.children)
+
+    @cached_property
     def leaves(self) -> list[MimeNode]:
         """The MIME nodes that carry content."""
         return [node for node in self.mime if not node.is_container]
@@ -188,6 +205,17 @@ class Message:
         for u in found:
             seen.setdefault(u.rstrip(".,;:!?"), None)
         return list(seen)
+
+
+def _depth(root: Any, children: Callable[[Any], Any]) -> int:
+    """The deepest level under `root` (0), walked without recursion."""
+    deepest = 0
+    stack = [(root, 0)]
+    while stack:
+        node, level = stack.pop()
+        deepest = max(deepest, level)
+        stack.extend((child, level + 1) for child in children(node) if not isinstance(child, str))
+    return deepest
 
 
 def decode_words(value: str) -> str:

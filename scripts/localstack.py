@@ -7,11 +7,17 @@ State lives in run/ at the repository root.  Postfix listens on 127.0.0.1:2525 a
 smtp-sink, which writes every delivered message into run/mail/ so the verdict headers can be read.
 filterd runs on its defaults plus the antivirus check (run/filterd.toml), against a clamd that loads
 only the test signatures in tests/clamav/; production uses the system clamd with the official ones.
+
+Redis is its own, never a shared one: no TCP port, only the unix socket run/redis.sock (mode 0600:
+the user running the quick start alone can connect) and a random password (requirepass), written
+into run/filterd.toml (mode 0600) -- on an open Redis any local user could write "clean" into the
+antivirus cache.  The cache's entries are also signed with the key in run/av-cache.key (0600).
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -24,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from filterd.config import load_config  # noqa: E402
+from filterd.scancache import write_secret  # noqa: E402
 from tests.harness.clamd import ClamdServer  # noqa: E402
 from tests.harness.net import port_open, wait_for  # noqa: E402
 from tests.harness.postfix import Postfix  # noqa: E402
@@ -72,13 +79,16 @@ def up() -> int:
     mail.mkdir(exist_ok=True)
     os.chmod(RUN, 0o755)
     os.chmod(mail, 0o777)  # smtp-sink writes as nobody
-    redis_port = 6379
-    if port_open(redis_port):
-        print(f"redis:    using the redis-server already listening on 127.0.0.1:{redis_port}")
-    else:
-        _start_detached("redis", redis_argv(redis_port, RUN))
-        wait_for(lambda: port_open(redis_port), 10, "redis-server")
-        print(f"redis:    started on 127.0.0.1:{redis_port}")
+    # our own Redis: a unix socket only the current user can open, and a password
+    redis_socket = RUN / "redis.sock"
+    redis_password = secrets.token_urlsafe(24)
+    redis_socket.unlink(missing_ok=True)
+    _start_detached("redis", redis_argv(0, RUN, redis_password, redis_socket))
+    wait_for(redis_socket.exists, 10, "redis-server")
+    print(f"redis:    started on {redis_socket} (mode 0600, password in run/filterd.toml), no TCP port")
+    cache_key = RUN / "av-cache.key"
+    if not cache_key.exists():
+        write_secret(cache_key)
 
     # clamd on the test signatures (tests/clamav/: EICAR and ClamAV's test file) -- a production
     # server uses the system clamd with the official signatures (docs/antivirus.md)
@@ -93,10 +103,15 @@ def up() -> int:
     # filterd's defaults, plus the antivirus check on that clamd and a quarantine under run/
     postfix = Postfix(RUN / "postfix", load_config(None).milter.socket, SINK_PORT, port=SMTP_PORT)
     config_path = RUN / "filterd.toml"
-    config_path.write_text(
-        f'[checks.antivirus]\nenabled = true\nsockets = ["{clamd.unix_address}"]\n\n'
-        f'[quarantine]\ndirectory = "{RUN / "quarantine"}"\nrelease_via = "127.0.0.1:{postfix.reinject_port}"\n'
-    )
+    config_path.unlink(missing_ok=True)
+    fd = os.open(config_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # it holds the password
+    with os.fdopen(fd, "w") as f:
+        f.write(
+            f'[redis]\nurl = "unix://{redis_socket}?db=0"\npassword = "{redis_password}"\n\n'
+            f'[checks.antivirus]\nenabled = true\nsockets = ["{clamd.unix_address}"]\n'
+            f'cache_key_file = "{cache_key}"\n\n'
+            f'[quarantine]\ndirectory = "{RUN / "quarantine"}"\nrelease_via = "127.0.0.1:{postfix.reinject_port}"\n'
+        )
     config = load_config(config_path)
     socket_path = Path(config.milter.socket.split(":", 1)[1])
     _start_detached("filterd", [sys.executable, "-m", "filterd", "--config", str(config_path)])

@@ -237,7 +237,9 @@ def test_dkim_not_evaluated_is_no_pass_and_holds_instead_of_rejecting(
 ) -> None:
     publish_txt(local_dns, f"_dmarc.{domain}", "v=DMARC1; p=reject")
     raw = message(f"a@{domain}", body="x" * 5000 + "\r\n")
-    p = pipeline(local_dns, {"spf": {"on_fail": "score"}}, milter={"max_scan_bytes": 1000})
+    p = pipeline(
+        local_dns, {"spf": {"on_fail": "score"}}, milter={"max_scan_bytes": 1000, "oversize_action": "accept"}
+    )
     try:
         tx, verdict = run(p, raw, client_addr=BAD_IP, helo="mx.example.org", mail_from=f"b@{domain}")
     finally:

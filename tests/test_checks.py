@@ -134,10 +134,16 @@ def test_message_size_limit_and_scan_skip() -> None:
     tx = Transaction(session=Session(), size=2000)
     (decision,) = check.run(tx)
     assert isinstance(decision, Reject) and decision.reply.code == 552
-    config = parse_config({})
+    config = parse_config({"milter": {"oversize_action": "accept"}})
     check = MessageSize(config.check_settings("message_size"), config, Services(config))
     tx = Transaction(session=Session(), size=50_000_000, oversized=True)
     assert [f.symbol for f in check.run(tx)] == ["SCAN_SKIPPED_SIZE"]  # type: ignore[union-attr]
+    config = parse_config({})  # the default: over max_scan_bytes is refused, naming the limit
+    check = MessageSize(config.check_settings("message_size"), config, Services(config))
+    finding, decision = check.run(tx)
+    assert isinstance(finding, Finding) and finding.symbol == "SCAN_SKIPPED_SIZE"
+    assert isinstance(decision, Reject) and str(decision.reply).startswith("552 5.3.4 ")
+    assert "10485760 bytes" in decision.reply.text
 
 
 def test_clock_default_is_real_time() -> None:

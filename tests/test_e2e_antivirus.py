@@ -18,8 +18,9 @@ import pytest
 from click.testing import CliRunner
 
 from filterd.cli.filterctl import cli
+from filterd.config import load_config
 from tests.harness import avsamples
-from tests.harness.clamd import ClamdServer
+from tests.harness.clamd import ClamdServer, cache_key_file
 from tests.harness.redis import RedisServer
 from tests.harness.stack import Stack, make_message, private_dir
 
@@ -46,6 +47,7 @@ def qdir() -> Iterator[Path]:
 def av_config(
     stack: Stack, clamd: ClamdServer, redis: RedisServer, quarantine_dir: Path, **av: Any
 ) -> dict[str, Any]:
+    av.setdefault("cache_key_file", cache_key_file())
     return {
         "redis": {"url": redis.url, "key_prefix": f"e2e{secrets.token_hex(4)}:"},
         "network": {"hostname": "mx.filterd.test"},
@@ -252,7 +254,7 @@ def test_oversized_quarantine_goes_to_the_hold_queue_whole(
     """Past max_scan_bytes filterd did not keep the body, so it cannot store the message: Postfix holds it."""
     config = {
         **av_config(stack, clamd, redis_server, qdir),
-        "milter": {"max_scan_bytes": 1000},
+        "milter": {"max_scan_bytes": 1000, "oversize_action": "accept"},
         "actions": {"quarantine": 3.0},
         "scores": {"MISSING_DATE": 4.0},
     }
@@ -266,3 +268,150 @@ def test_oversized_quarantine_goes_to_the_hold_queue_whole(
     assert list(qdir.iterdir()) == []
     assert stack.sink.count(marker) == 0
     held[0].unlink()
+
+
+@pytest.fixture(scope="module")
+def clamd_without_alert(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClamdServer]:
+    """clamd as Debian ships it (no AlertExceedsMax): it answers OK past its limits."""
+    server = ClamdServer(tmp_path_factory.mktemp("e2e-clamd-noalert"), {"AlertExceedsMax": "no"})
+    server.start()
+    yield server
+    server.stop()
+
+
+PAST_LIMITS = {
+    "mime19": (lambda: avsamples.eicar_nested_multipart(19), b"MaxRecursion"),
+    "zip18": (lambda: avsamples.eicar_nested_zip(18), b"MaxRecursion"),
+    "zip15": (lambda: avsamples.eicar_nested_zip(15), b"MaxRecursion"),  # missed at MaxRecursion 16
+    # a 25 MiB + 69 byte member, deflated: the message is about 36 KB, far under the test
+    # Postfix's message_size_limit (60 MiB)
+    "zip-member-over-25MiB": (lambda: avsamples.eicar_behind_big_member(eicar_in_big=True), b"MaxFileSize"),
+}
+
+
+@pytest.mark.parametrize("alert", [True, False], ids=["AlertExceedsMax", "no-AlertExceedsMax"])
+@pytest.mark.parametrize("sample", list(PAST_LIMITS))
+def test_eicar_past_clamd_limits_is_rejected_through_postfix(
+    stack: Stack,
+    clamd: ClamdServer,
+    clamd_without_alert: ClamdServer,
+    redis_server: RedisServer,
+    qdir: Path,
+    sample: str,
+    alert: bool,
+) -> None:
+    make, limit = PAST_LIMITS[sample]
+    with stack.configured(av_config(stack, clamd if alert else clamd_without_alert, redis_server, qdir)):
+        msg, marker = tagged(make())
+        with pytest.raises(smtplib.SMTPDataError) as info:
+            stack.send(msg)
+    assert info.value.smtp_code == 554
+    assert b"5.7.1" in info.value.smtp_error and b"cannot be fully scanned" in info.value.smtp_error
+    assert limit in info.value.smtp_error
+    time.sleep(0.5)
+    assert stack.sink.count(marker) == 0
+
+
+def test_unscannable_accepted_by_policy_is_marked_unscanned_never_clean(
+    stack: Stack, clamd_without_alert: ClamdServer, redis_server: RedisServer, qdir: Path
+) -> None:
+    config = av_config(stack, clamd_without_alert, redis_server, qdir, on_unscannable="accept")
+    with stack.configured(config):
+        msg, marker = tagged(avsamples.eicar_nested_multipart(19))
+        assert stack.send(msg) == {}
+        got = stack.sink.find(marker)
+    assert got.header("X-Virus-Status") == ["Unscanned (limits exceeded: MaxRecursion)"]
+    assert "CLAM_UNSCANNABLE" in " ".join(got.header("X-Spam-Status") + got.header("X-Spam-Report"))
+
+
+def test_forged_clean_cache_entry_does_not_let_eicar_through_postfix(
+    stack: Stack, clamd: ClamdServer, redis_server: RedisServer, qdir: Path
+) -> None:
+    """A local user writes "clean" under EICAR's cache key straight into Redis: still 554."""
+    import redis as redislib
+
+    from filterd.clamd import ClamdPool
+    from filterd.message import Message
+    from filterd.scancache import ScanCache
+
+    config = av_config(stack, clamd, redis_server, qdir)
+    prefix = config["redis"]["key_prefix"]
+    msg, marker = tagged(avsamples.eicar_base64())
+    version = ClamdPool((clamd.unix_address,), 5.0, 1.0, 1.0).version()
+    # the key depends on the body and the MIME headers only, so the attacker can compute it
+    key = ScanCache(None, prefix, 3600, ("Content-Type", "Content-Transfer-Encoding", "MIME-Version")).key(
+        version, Message(msg)
+    )
+    attacker = redislib.Redis.from_url(redis_server.url)
+    attacker.set(key, b"clean", ex=3600)
+    with stack.configured(config) as filterd:
+        with pytest.raises(smtplib.SMTPDataError) as info:
+            stack.send(msg)
+        assert info.value.smtp_code == 554 and b"Eicar-Test-Signature" in info.value.smtp_error
+        assert f"entry {key} has no valid signature" in filterd.log()
+    assert attacker.get(key) != b"clean"  # overwritten by the signed result of the real scan
+    time.sleep(0.5)
+    assert stack.sink.count(marker) == 0
+
+
+def _sized(subject: str, size: int, payload: bytes = b"") -> tuple[bytes, str]:
+    """A message of exactly `size` bytes on the wire: `payload` (if any) in the body, then filler."""
+    msg, marker = make_message(subject, body="")
+    line = b"A" * 78 + b"\r\n"
+    data = msg + payload + line * ((size - len(msg) - len(payload) - 3) // len(line))  # 3 or more left
+    data += b"B" * (size - len(data) - 2) + b"\r\n"
+    assert len(data) == size
+    return data, marker
+
+
+@pytest.mark.parametrize("action", [None, "tempfail", "accept"], ids=["default", "tempfail", "accept"])
+def test_message_over_max_scan_bytes_through_postfix(
+    stack: Stack, clamd: ClamdServer, redis_server: RedisServer, qdir: Path, action: str | None
+) -> None:
+    """EICAR past [milter] max_scan_bytes: by default 552 naming the limit, never delivered unscanned."""
+    milter: dict[str, Any] = {"max_scan_bytes": 100_000}
+    if action:
+        milter["oversize_action"] = action
+    config = {**av_config(stack, clamd, redis_server, qdir), "milter": milter}
+    msg, marker = _sized("oversized", 150_000, avsamples.EICAR + b"\r\n")
+    with stack.configured(config):
+        if action == "accept":
+            assert stack.send(msg) == {}
+            got = stack.sink.find(marker)
+        else:
+            with pytest.raises(smtplib.SMTPDataError) as info:
+                stack.send(msg)
+    if action is None:
+        assert info.value.smtp_code == 552
+        assert info.value.smtp_error == (
+            b"5.3.4 Message size exceeds the limit of 100000 bytes of this site's content filter"
+        )
+    elif action == "tempfail":
+        assert info.value.smtp_code == 452 and info.value.smtp_error.startswith(b"4.3.4 ")
+    else:  # the admin chose to deliver it unscanned: it says so
+        [status] = got.header("X-Virus-Status")
+        assert status.startswith("Not scanned (message too large: ")
+        assert "SCAN_SKIPPED_SIZE" in got.header("X-Spam-Report")[0]
+        return
+    time.sleep(0.5)
+    assert stack.sink.count(marker) == 0
+
+
+def test_message_just_under_postfix_default_size_limit_is_scanned(
+    stack: Stack, clamd: ClamdServer, redis_server: RedisServer, qdir: Path
+) -> None:
+    """Postfix's default message_size_limit (10240000) accepts at most about 10230000 bytes on the
+    wire (measured); filterd counts within 50 bytes of the wire size, so its default max_scan_bytes
+    (10 MiB = 10485760) scans every such message instead of refusing it."""
+    assert load_config(None).milter.max_scan_bytes == 10 * 1024 * 1024
+    with stack.configured(av_config(stack, clamd, redis_server, qdir)):
+        msg, marker = _sized("big but scanned", 10_230_000)
+        assert stack.send(msg) == {}
+        got = stack.sink.find(marker, timeout=120)
+        eicar, eicar_marker = _sized("big eicar", 10_230_000, avsamples.EICAR + b"\r\n")
+        with pytest.raises(smtplib.SMTPDataError) as info:
+            stack.send(eicar)
+    assert stack.sink.count(eicar_marker) == 0
+    assert got.header("X-Virus-Status") == ["Clean"]
+    assert "SCAN_SKIPPED_SIZE" not in got.header("X-Spam-Report")[0]
+    assert info.value.smtp_code == 554 and b"Eicar-Test-Signature" in info.value.smtp_error

@@ -11,11 +11,23 @@ Replaces clamav-milter.  What happens in each case, and why:
 - clamd unreachable, too slow, or answering ERROR (every listed socket tried) ->
   ``on_unavailable``: ``tempfail`` (451, Postfix keeps the message and the client retries; like
   clamav-milter's OnFail Defer, the default) or ``accept`` with ``X-Virus-Status: Not scanned``.
-- larger than ``max_size`` (or than [milter] max_scan_bytes, past which the body is not kept) ->
-  ``on_oversize``: ``accept`` with a Not-scanned header (the default, as clamav-milter does past
-  MaxFileSize), ``tempfail`` or ``reject``.  That is why `needs_body` stays False here: the
-  pipeline skips needs_body checks on oversized messages, and this check must still say what it
-  did with them.
+- clamd may not have looked at all of it -> ``on_unscannable``: ``reject`` (the default: 554 5.7.1
+  saying why), ``quarantine``, or ``accept`` with ``X-Virus-Status: Unscanned (...)``; never
+  "Clean".  That is clamd's own word (a ``Heuristics.Limits.Exceeded.*``, ``Heuristics.Broken.*``
+  or ``Heuristics.Encrypted.*`` name: contrib/clamd/clamd.conf turns on AlertExceedsMax) or ours:
+  filterd/scanlimits.py counts MIME depth, zip nesting and member sizes against mirrors of clamd's
+  limits, because clamd without AlertExceedsMax answers OK for what it skipped, and even with it
+  trims an oversized zip member silently.  clamav-milter treats these names as viruses.  A real
+  virus found next to a limit is a virus (on_infected).  CLAM_UNSCANNABLE says which limit.
+- larger than ``max_size`` or than clamd's StreamMaxLength -> ``on_oversize``: ``reject`` (552
+  5.3.4, the default), ``tempfail`` or ``accept`` with a Not-scanned header.  Over [milter]
+  max_scan_bytes the body was not kept: [milter] oversize_action decides (applied by
+  filterd/checks/message_size.py first, and here again should that check be off); with "accept"
+  this check says "Not scanned" (CLAM_SKIPPED_SIZE).  That is why
+  `needs_body` stays False here: the pipeline skips needs_body checks on oversized messages, and
+  this check must still say what it did with them.
+- the result cache in Redis is signed (filterd/scancache.py): a "clean" written into Redis by
+  anyone without the key in ``cache_key_file`` is ignored, and without a key there is no cache.
 - Redis (the result cache) failing never stops a scan: the message is scanned as if the cache
   were off, and CLAM_CACHE_FAIL says so in the report.
 """
@@ -32,6 +44,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from filterd.check import AddHeader, Check, CheckSettings, Direction, Finding, Output, Stage
+from filterd.checks.message_size import oversize_decision
 from filterd.clamd import ClamdError, ClamdPool, ClamdTooLarge, ScanResult, check_address
 from filterd.config import Config
 from filterd.replies import (
@@ -44,9 +57,10 @@ from filterd.replies import (
     Reject,
     TempFail,
 )
-from filterd.scancache import ScanCache
+from filterd.scancache import ScanCache, SecretFileError, read_secret
+from filterd.scanlimits import ScanLimits, exceeded
 from filterd.services import Services
-from filterd.settings import not_negative, positive, setting
+from filterd.settings import ConfigError, not_negative, positive, setting
 from filterd.transaction import Transaction
 
 log = logging.getLogger("filterd.checks.antivirus")
@@ -99,13 +113,43 @@ class AntivirusSettings(CheckSettings):
         "keep it below clamd's StreamMaxLength",
         not_negative,
     )
-    on_oversize: Literal["accept", "tempfail", "reject"] = setting(
-        "accept", 'a message over max_size: "accept" with X-Virus-Status: Not scanned, "tempfail" or "reject"'
+    on_oversize: Literal["reject", "tempfail", "accept"] = setting(
+        "reject",
+        'a message over max_size or clamd\'s StreamMaxLength: "reject" (552), "tempfail" (452) or '
+        '"accept" with X-Virus-Status: Not scanned',
     )
+    on_unscannable: Literal["reject", "quarantine", "accept"] = setting(
+        "reject",
+        "clamd may not have seen all of the message (a limit passed, a broken or encrypted file): "
+        '"reject" (554), "quarantine", or "accept" with X-Virus-Status: Unscanned; never Clean',
+    )
+    # Mirrors of clamd's limits (contrib/clamd/clamd.conf): filterd counts for itself, so that a
+    # clamd without AlertExceedsMax cannot turn "did not look" into "Clean".  Keep them equal to
+    # (or below) clamd's.
+    max_recursion: int = setting(
+        16,
+        "clamd's MaxRecursion (Debian ships 16, ClamAV's default is 17; set it to your clamd's): "
+        "MIME depth plus zip nesting at or past this is unscannable",
+        positive,
+    )
+    max_file_size: int = setting(
+        25 * 1024 * 1024, "clamd's MaxFileSize: a MIME part or zip member larger is unscannable", positive
+    )
+    max_scan_size: int = setting(
+        100 * 1024 * 1024,
+        "clamd's MaxScanSize: parts and zip members adding up to more are unscannable",
+        positive,
+    )
+    max_files: int = setting(10000, "clamd's MaxFiles: more zip members than this is unscannable", positive)
     cache_ttl: int = setting(
         3600,
         "seconds a scan result is kept in Redis, keyed by a hash of the body (0: no cache)",
         not_negative,
+    )
+    cache_key_file: str = setting(
+        "",
+        "file holding the secret that signs cache entries (HMAC-SHA256), mode 0600, at least 16 bytes: "
+        "head -c 32 /dev/urandom | base64 > FILE; empty: no cache (Redis is not trusted unsigned)",
     )
     cache_headers: tuple[str, ...] = setting(
         ("Content-Type", "Content-Transfer-Encoding", "MIME-Version"),
@@ -121,6 +165,8 @@ class Antivirus(Check):
         "CLAM_VIRUS": 20.0,
         "CLAM_VIRUS_FAIL": 0.0,
         "CLAM_SKIPPED_SIZE": 0.0,
+        # what clamd did not see may be anything: enough to mark as spam under on_unscannable = "accept"
+        "CLAM_UNSCANNABLE": 6.0,
         "CLAM_CACHE_FAIL": 0.0,
     }
     Settings = AntivirusSettings
@@ -135,11 +181,22 @@ class Antivirus(Check):
             settings.sockets, settings.timeout, settings.connect_timeout, settings.retry_after
         )
         self.max_size = settings.max_size or config.milter.max_scan_bytes
+        self.limits = ScanLimits(
+            settings.max_recursion, settings.max_file_size, settings.max_scan_size, settings.max_files
+        )
         # gethostname, not getfqdn: getfqdn may block on DNS while the daemon starts
         self.hostname = config.network.hostname or socket.gethostname()
         self._version: tuple[float, str] | None = None
         self._version_lock = threading.Lock()
         self._cache_down_until = 0.0
+        self.cache_secret = b""
+        if settings.cache_ttl and settings.cache_key_file:
+            try:
+                self.cache_secret = read_secret(settings.cache_key_file)
+            except SecretFileError as exc:
+                raise ConfigError("checks.antivirus.cache_key_file", str(exc)) from None
+        elif settings.cache_ttl:
+            log.info("antivirus: result cache off: no cache_key_file to sign its entries with")
         try:
             log.info("antivirus: clamd %s", self.engine_version())
         except ClamdError as exc:
@@ -153,10 +210,14 @@ class Antivirus(Check):
     # -- the cache ---------------------------------------------------------------------------
 
     def _cache(self) -> ScanCache | None:
-        if not self.s.cache_ttl:
+        if not self.s.cache_ttl or not self.cache_secret:
             return None
         return ScanCache(
-            self.services.redis, self.config.redis.key_prefix, self.s.cache_ttl, self.s.cache_headers
+            self.services.redis,
+            self.config.redis.key_prefix,
+            self.s.cache_ttl,
+            self.s.cache_headers,
+            self.cache_secret,
         )
 
     def engine_version(self) -> str:
@@ -174,7 +235,15 @@ class Antivirus(Check):
 
     def run(self, tx: Transaction) -> Iterable[Output]:
         if tx.oversized:
-            yield from self._too_large(tx.size, "over [milter] max_scan_bytes")
+            # the body was not kept: [milter] oversize_action decides (the message_size check
+            # normally has already; applied here too in case that check is turned off)
+            reason = f"message of {tx.size} bytes not scanned for viruses: over [milter] max_scan_bytes"
+            yield Finding("CLAM_SKIPPED_SIZE", reason)
+            decision = oversize_decision(self.config, reason)
+            if decision is not None:
+                yield decision
+            else:
+                yield AddHeader(STATUS_HEADER, f"Not scanned (message too large: {tx.size} bytes)")
             return
         message = tx.message
         if len(message.raw) > self.max_size:
@@ -193,11 +262,20 @@ class Antivirus(Check):
             return
         yield from findings
         cached = " (cached)" if result.address == "cache" else ""
-        if not result.infected:
-            yield AddHeader(SCANNED_HEADER, f"{version} at {self.hostname}")
-            yield AddHeader(STATUS_HEADER, "Clean")
+        if result.infected:
+            yield from self._infected(result.threats, version, cached)
             return
-        names = ", ".join(result.viruses)
+        # counted on every message, cache hit or not: a cached OK says nothing about clamd's limits
+        unscannable = [f"clamd: {name}{cached}" for name in result.unscannable]
+        unscannable += [f"filterd's count: {p}" for p in exceeded(message, self.limits)]
+        if unscannable:
+            yield from self._unscannable(unscannable, version)
+            return
+        yield AddHeader(SCANNED_HEADER, f"{version} at {self.hostname}")
+        yield AddHeader(STATUS_HEADER, "Clean")
+
+    def _infected(self, threats: tuple[str, ...], version: str, cached: str) -> Iterable[Output]:
+        names = ", ".join(threats)
         reason = f"virus {names} found by clamd{cached}"
         yield Finding("CLAM_VIRUS", reason)
         if self.s.on_infected == "reject":
@@ -208,6 +286,19 @@ class Antivirus(Check):
             # the stored copy shows what was found, as the delivered one would have
             yield AddHeader(SCANNED_HEADER, f"{version} at {self.hostname}")
             yield AddHeader(STATUS_HEADER, f"Infected ({names})")
+            yield Quarantine(reason)
+
+    def _unscannable(self, why: list[str], version: str) -> Iterable[Output]:
+        """clamd may not have looked at all of the message: never "Clean" (module docstring)."""
+        reason = "not fully scanned for viruses: " + "; ".join(why)
+        yield Finding("CLAM_UNSCANNABLE", reason)
+        if self.s.on_unscannable == "reject":
+            text = "Message rejected: it cannot be fully scanned for viruses (" + _short(why) + ")"
+            yield Reject(R554_VIRUS_FOUND.with_text(text), reason)
+            return
+        yield AddHeader(SCANNED_HEADER, f"{version} at {self.hostname}")
+        yield AddHeader(STATUS_HEADER, f"Unscanned ({_short(why)})")
+        if self.s.on_unscannable == "quarantine":
             yield Quarantine(reason)
 
     def _scan(self, tx: Transaction, findings: list[Output]) -> tuple[ScanResult, str]:
@@ -270,3 +361,15 @@ class Antivirus(Check):
             yield Reject(R552_MESSAGE_TOO_BIG.with_text("Message too large for the virus scanner"), reason)
         else:
             yield AddHeader(STATUS_HEADER, f"Not scanned (message too large: {size} bytes)")
+
+
+def _short(why: list[str]) -> str:
+    """The limits named in `why`, for a header or an SMTP reply ("limits exceeded: MaxRecursion")."""
+    names = []
+    for text in why:
+        tail = text.split(": ", 1)[-1]
+        name = tail.split(" ", 1)[0]
+        name = name.removeprefix("Heuristics.Limits.Exceeded.").removeprefix("Heuristics.")
+        if name not in names:
+            names.append(name)
+    return "limits exceeded: " + ", ".join(names)

@@ -11,12 +11,16 @@ read the temp dir; a `User clamav` line would need the files to be readable by t
 
 from __future__ import annotations
 
+import atexit
+import functools
 import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 from pathlib import Path
 
+from filterd.scancache import write_secret
 from tests.harness.net import free_port, wait_for
 
 SIGNATURES = Path(__file__).resolve().parent.parent / "clamav"
@@ -36,6 +40,17 @@ def contrib_settings() -> dict[str, str]:
             if key not in _NOT_FOR_TESTS:
                 settings[key] = value.strip()
     return settings
+
+
+@functools.cache
+def cache_key_file() -> str:
+    """A signing key for the antivirus result cache ([checks.antivirus] cache_key_file), mode 0600,
+    one per test run.  filterd runs as the test's user, so a 0700 directory is fine."""
+    workdir = tempfile.mkdtemp(prefix="filterd-avkey-")
+    atexit.register(shutil.rmtree, workdir, True)
+    path = Path(workdir) / "av-cache.key"
+    write_secret(path)
+    return str(path)
 
 
 class ClamdServer:
@@ -77,6 +92,9 @@ class ClamdServer:
             "PidFile": str(self.workdir / "clamd.pid"),
             "TemporaryDirectory": str(tmp),
             "SelfCheck": "0",
+            # as in contrib (asserted here so a test clamd never answers OK past its limits);
+            # a test that needs the old behaviour passes {"AlertExceedsMax": "no"}
+            "AlertExceedsMax": "yes",
             **self.options,
         }
         conf.write_text("".join(f"{key} {value}\n" for key, value in settings.items()))
