@@ -218,3 +218,41 @@ def test_train_from_the_quarantine_and_release_as_ham(tmp_path: Path, sink: Smtp
         cli, ["--config", str(config), "train", "spam", "--quarantine", "20240101-000000-abcdef0123"]
     )
     assert bad.exit_code == 2 and "no quarantined message" in bad.output
+
+
+# ESC, a CSI sequence (clear screen), an OSC window-title sequence ended by BEL, the one-character
+# C1 CSI (U+009B), a carriage return that would overwrite the line, and a bidi override.
+HOSTILE = "\x1b[2J\x1b]0;pwned\x07\u009b31m\rfake\u202etxt"
+RAW_CONTROLS = [chr(c) for c in (*range(0x00, 0x09), *range(0x0B, 0x20), *range(0x7F, 0xA0))] + ["\u202e"]
+
+
+def test_show_and_list_never_write_the_senders_control_characters(tmp_path: Path) -> None:
+    """Whatever the sender put in the subject, envelope or text, `show` and `list` (table and
+    JSON) write it with its control characters escaped, never raw to the admin's terminal."""
+    config = tmp_path / "filterd.toml"
+    config.write_text(f'[quarantine]\ndirectory = "{tmp_path / "q"}"\n')
+    store = QuarantineStore(QuarantineSettings(directory=str(tmp_path / "q")))
+    raw = (
+        f"Subject: hi {HOSTILE}\r\nFrom: x@example.test\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+        f"body {HOSTILE}\r\n"
+    ).encode()
+    qid = store.put(
+        raw,
+        [("X-Spam-Status", "Yes")],
+        {"mail_from": f"a{HOSTILE}@evil.test", "rcpts": [f"b{HOSTILE}@example.test"], "reason": HOSTILE},
+    )
+    outputs = {
+        "show": run(config, "quarantine", "show", qid),
+        "list": run(config, "quarantine", "list"),
+        "list --json": run(config, "quarantine", "list", "--json"),
+    }
+    for name, result in outputs.items():
+        assert result.exit_code == 0, (name, result.output)
+        leaked = sorted({c for c in result.output if c in RAW_CONTROLS})
+        assert leaked == [], (name, leaked)
+    assert "hi \\x1b[2J\\x1b]0;pwned\\x07\\x9b31m" in outputs["show"].output
+    assert "body \\x1b[2J" in outputs["show"].output
+    assert "\\x1b[2J" in outputs["list"].output
+    row = json.loads(outputs["list --json"].output)
+    assert row["subject"] == f"hi {HOSTILE}"  # the JSON still decodes to what was received
+    assert row["mail_from"] == f"a{HOSTILE}@evil.test"
