@@ -158,7 +158,7 @@ def test_read_only_directory_raises(tmp_path: Path) -> None:
 def test_full_directory_raises(tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root to mount a tiny tmpfs (a full disk cannot be made otherwise)")
-    with tmpfs(tmp_path / "full", "size=64k") as d:
+    with tmpfs(tmp_path / "full", "size=64k,mode=0700") as d:  # as the store makes its directory
         filler = d / "filler"
         with contextlib.suppress(OSError), filler.open("wb") as f:
             while True:

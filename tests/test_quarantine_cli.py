@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import pwd
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ from tests.harness.clamd import ClamdServer
 from tests.harness.redis import RedisServer
 from tests.harness.smtpsink import SmtpSink
 
+NOBODY = pwd.getpwnam("nobody").pw_uid
 SYMBOLS = [{"name": "CLAM_VIRUS", "score": 20.0, "reason": "virus Eicar-Test-Signature found by clamd"}]
 
 
@@ -256,3 +259,77 @@ def test_show_and_list_never_write_the_senders_control_characters(tmp_path: Path
     row = json.loads(outputs["list --json"].output)
     assert row["subject"] == f"hi {HOSTILE}"  # the JSON still decodes to what was received
     assert row["mail_from"] == f"a{HOSTILE}@evil.test"
+
+
+def _planted(setup: tuple[Path, QuarantineStore, list[str]], suffix: str) -> tuple[Path, str, Path]:
+    """The path of one entry's file of `suffix` in the quarantine, the entry's id, and a secret
+    file outside the quarantine that only root can read."""
+    config, store, (virus, _) = setup
+    secret = config.parent / "secret"
+    secret.write_bytes(b"Subject: root only\r\n\r\nroot:$6$hash\r\n")
+    secret.chmod(0o600)
+    return store.dir / f"{virus}{suffix}", virus, secret
+
+
+@pytest.mark.parametrize("suffix", [".eml", ".json"])
+def test_show_and_release_refuse_a_planted_symlink(
+    setup: tuple[Path, QuarantineStore, list[str]], sink: SmtpSink, suffix: str
+) -> None:
+    """Someone who can write the quarantine (the filterd user, say) replaces an entry's file by a
+    symlink to a file only root may read: root's `show` and `release` refuse it, and its content
+    is neither printed nor mailed."""
+    config, _, _ = setup
+    path, qid, secret = _planted(setup, suffix)
+    if suffix == ".json":
+        secret.write_text(json.dumps({"rcpts": ["attacker@evil.test"], "header_offset": 0}))
+    path.unlink()
+    path.symlink_to(secret)
+    for command in ("show", "release"):
+        result = run(config, "quarantine", command, qid)
+        assert result.exit_code == 1, (command, result.output)
+        assert f"refusing to read {path}: it is a symbolic link" in result.output
+        assert "root:$6$hash" not in result.output
+    assert sink.messages == []
+    assert secret.read_bytes().startswith((b"Subject: root only", b"{"))  # untouched
+
+
+def test_show_refuses_a_hard_link_a_foreign_owned_or_writable_file(
+    setup: tuple[Path, QuarantineStore, list[str]],
+) -> None:
+    config, store, _ = setup
+    path, qid, secret = _planted(setup, ".eml")
+    path.unlink()
+    os.link(secret, path)
+    result = run(config, "quarantine", "show", qid)
+    assert result.exit_code == 1 and "it has 2 hard links" in result.output, result.output
+    assert "root:$6$hash" not in result.output
+    path.unlink()
+    path.write_bytes(b"Subject: planted\r\n\r\nx\r\n")
+    os.chown(path, NOBODY, -1)
+    result = run(config, "quarantine", "show", qid)
+    assert result.exit_code == 1 and f"owned by uid {NOBODY}" in result.output, result.output
+    os.chown(path, 0, -1)
+    path.chmod(0o666)
+    result = run(config, "quarantine", "show", qid)
+    assert result.exit_code == 1 and "writable by group or others (mode 0666)" in result.output
+
+
+def test_a_world_writable_or_symlinked_directory_is_refused(
+    setup: tuple[Path, QuarantineStore, list[str]],
+) -> None:
+    config, store, (virus, _) = setup
+    store.dir.chmod(0o1777)
+    result = run(config, "quarantine", "show", virus)
+    assert result.exit_code == 1 and "writable by group or others (mode 1777" in result.output, result.output
+    store.dir.chmod(0o700)
+    real = store.dir.rename(store.dir.with_name("real"))
+    store.dir.symlink_to(real)
+    result = run(config, "quarantine", "show", virus)
+    assert result.exit_code == 1 and "it is a symbolic link" in result.output, result.output
+
+
+def test_ids_with_path_characters_are_refused(setup: tuple[Path, QuarantineStore, list[str]]) -> None:
+    config, _, (virus, _) = setup
+    for bad in (f"{virus}\n", f"../{virus}", f"{virus}/x", "x\x00y"):
+        result = run(config, "quarantine", "show", bad)
+        assert result.exit_code == 2 and "is not a quarantine id" in result.output, (bad, result.output)
