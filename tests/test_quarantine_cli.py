@@ -296,7 +296,7 @@ def test_show_and_release_refuse_a_planted_symlink(
 def test_show_refuses_a_hard_link_a_foreign_owned_or_writable_file(
     setup: tuple[Path, QuarantineStore, list[str]],
 ) -> None:
-    config, store, _ = setup
+    config, _, _ = setup
     path, qid, secret = _planted(setup, ".eml")
     path.unlink()
     os.link(secret, path)
