@@ -27,9 +27,9 @@ from filterd.checks.spf import Spf
 ALL_CHECKS: tuple[type[Check], ...] = (
     ClientLists,
     SenderLists,
-    RateLimit,  # MAIL FROM: before SPF, so a throttled client costs one round trip and no DNS
     Spf,
     RecipientLists,
+    RateLimit,  # RCPT, one token per recipient: after the deny list (a refused one costs none), before greylisting
     HeaderSanity,
     MessageSize,
     ClientDns,  # CONNECT: after the client lists, so a denied client costs no lookup
