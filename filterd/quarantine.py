@@ -46,6 +46,7 @@ import os
 import re
 import secrets
 import smtplib
+import socket
 import stat
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -85,11 +86,27 @@ def _check_absolute(value: str) -> str | None:
     return None if value.startswith("/") else "expected an absolute path"
 
 
-def _check_hostport(value: str) -> str | None:
+def _check_release_via(value: str) -> str | None:
+    if value.startswith("/"):
+        return None  # a UNIX-domain socket
     host, _, port = value.rpartition(":")
     if host and port.isdigit() and 0 < int(port) < 65536:
         return None
-    return 'expected HOST:PORT, e.g. "127.0.0.1:10026"'
+    return "expected the absolute path of a UNIX-domain socket, or HOST:PORT"
+
+
+class _UnixSMTP(smtplib.SMTP):
+    """SMTP over a UNIX-domain socket (smtplib has it only for LMTP)."""
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(host)
+        except OSError:
+            sock.close()
+            raise
+        return sock
 
 
 @dataclass(frozen=True)
@@ -106,9 +123,10 @@ class QuarantineSettings:
         _check_duration,
     )
     release_via: str = setting(
-        "127.0.0.1:10026",
-        "HOST:PORT of the smtpd listener without milters that released messages are re-injected to",
-        _check_hostport,
+        "/var/spool/postfix/private/filterd-reinject",
+        "the smtpd listener without milters that released messages are re-injected to: the path of "
+        "its UNIX-domain socket (only root and postfix can reach Postfix's private/), or HOST:PORT",
+        _check_release_via,
     )
     release_timeout: float = setting(30.0, "seconds for the SMTP conversation of a release", positive)
 
@@ -360,9 +378,14 @@ class QuarantineStore:
             return entry
 
     def _send(self, data: bytes, sender: str, recipients: list[str]) -> dict[str, str]:
-        host, _, port = self.settings.release_via.rpartition(":")
+        via, timeout = self.settings.release_via, self.settings.release_timeout
         try:
-            with smtplib.SMTP(host, int(port), timeout=self.settings.release_timeout) as smtp:
+            if via.startswith("/"):
+                client: smtplib.SMTP = _UnixSMTP(via, 0, local_hostname="localhost", timeout=timeout)
+            else:
+                host, _, port = via.rpartition(":")
+                client = smtplib.SMTP(host, int(port), timeout=timeout)
+            with client as smtp:
                 smtp.ehlo_or_helo_if_needed()
                 options = []
                 if smtp.has_extn("8bitmime") and any(b > 127 for b in data):

@@ -95,7 +95,7 @@ def up() -> int:
     config_path = RUN / "filterd.toml"
     config_path.write_text(
         f'[checks.antivirus]\nenabled = true\nsockets = ["{clamd.unix_address}"]\n\n'
-        f'[quarantine]\ndirectory = "{RUN / "quarantine"}"\nrelease_via = "127.0.0.1:{postfix.reinject_port}"\n'
+        f'[quarantine]\ndirectory = "{RUN / "quarantine"}"\nrelease_via = "{postfix.reinject_socket}"\n'
     )
     config = load_config(config_path)
     socket_path = Path(config.milter.socket.split(":", 1)[1])
