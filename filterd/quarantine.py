@@ -185,7 +185,10 @@ class Entry:
 
     def stored(self) -> bytes:
         """The .eml file: filterd's headers, then the message as received."""
-        return read_private(self.data_path)
+        try:
+            return read_private(self.data_path)
+        except FileNotFoundError:
+            raise QuarantineError(f"the data of {self.id} is missing: {self.data_path}") from None
 
     def original(self) -> bytes:
         """The exact bytes received."""

@@ -333,3 +333,14 @@ def test_ids_with_path_characters_are_refused(setup: tuple[Path, QuarantineStore
     for bad in (f"{virus}\n", f"../{virus}", f"{virus}/x", "x\x00y"):
         result = run(config, "quarantine", "show", bad)
         assert result.exit_code == 2 and "is not a quarantine id" in result.output, (bad, result.output)
+
+
+def test_a_missing_data_file_is_an_error_not_a_traceback(
+    setup: tuple[Path, QuarantineStore, list[str]], sink: SmtpSink
+) -> None:
+    config, store, (virus, _) = setup
+    (store.dir / f"{virus}.eml").unlink()
+    for command in ("show", "release"):
+        result = run(config, "quarantine", command, virus)
+        assert result.exit_code == 1 and f"the data of {virus} is missing" in result.output, result.output
+    assert sink.messages == []

@@ -183,10 +183,7 @@ def show(ctx: click.Context, qid: str, raw: bool) -> None:
     store = _store(ctx)
     with _errors():
         entry = store.get(qid)
-        try:
-            data = entry.original()
-        except OSError as exc:
-            raise QuarantineError(f"cannot read {entry.data_path}: {exc.strerror}") from exc
+        data = entry.original()
     if raw:
         if sys.stdout.isatty():
             raise click.ClickException(
