@@ -216,3 +216,14 @@ def test_local_clients_are_exempt(redis_server: Any, prefix: str, clock: Clock) 
     p = build(redis_server.url, prefix, ONLY_RATELIMIT, clock)
     assert all(deliver(p, client="127.0.0.1")[1].action is Action.ACCEPT for _ in range(5))
     p.close()
+
+
+@pytest.mark.parametrize(("key", "value"), [("ipv4_prefix", 33), ("ipv6_prefix", 129), ("ipv6_prefix", -1)])
+def test_prefix_lengths_out_of_range_stop_the_start(
+    redis_server: Any, prefix: str, clock: Clock, key: str, value: int
+) -> None:
+    from filterd.settings import ConfigError
+
+    limits = {**ONLY_RATELIMIT, "ratelimit": {**ONLY_RATELIMIT["ratelimit"], key: value}}
+    with pytest.raises(ConfigError, match=f"checks.ratelimit.{key}"):
+        build(redis_server.url, prefix, limits, clock)
