@@ -344,3 +344,13 @@ def test_a_missing_data_file_is_an_error_not_a_traceback(
         result = run(config, "quarantine", command, virus)
         assert result.exit_code == 1 and f"the data of {virus} is missing" in result.output, result.output
     assert sink.messages == []
+
+
+def test_error_messages_quoting_metadata_are_escaped(setup: tuple[Path, QuarantineStore, list[str]]) -> None:
+    config, store, (virus, _) = setup
+    meta = dict(store.get(virus).meta)
+    meta["released"] = {"time": HOSTILE, "to": [f"b{HOSTILE}@example.test"]}
+    store._replace_meta(virus, meta)
+    result = run(config, "quarantine", "release", virus)
+    assert result.exit_code == 1 and "already released at \\x1b[2J" in result.output, result.output
+    assert not {c for c in result.output if c in RAW_CONTROLS}

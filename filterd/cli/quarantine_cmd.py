@@ -58,7 +58,7 @@ def _errors() -> Iterator[None]:
         yield
     except QuarantineError as exc:
         cls = BadIdError if exc.exit_code == 2 else click.ClickException
-        raise cls(str(exc)) from exc
+        raise cls(visible(str(exc))) from exc  # it may quote metadata, ids or a server's reply
 
 
 def _store(ctx: click.Context) -> QuarantineStore:
@@ -249,13 +249,13 @@ def release(ctx: click.Context, qid: str, to: tuple[str, ...], train_ham: bool) 
     with _errors():
         entry = store.release(qid, to)
     released = entry.released or {}
-    click.echo(f"{qid}: released to {', '.join(released.get('to', []))} via {released.get('via')}")
+    click.echo(visible(f"{qid}: released to {', '.join(released.get('to', []))} via {released.get('via')}"))
     if train_ham:
         _train(ctx, "ham", (qid,))
     refused = released.get("refused") or {}
     if refused:
         for rcpt, why in refused.items():
-            click.echo(f"{qid}: refused for {rcpt}: {why}", err=True)
+            click.echo(visible(f"{qid}: refused for {rcpt}: {why}"), err=True)
         ctx.exit(1)
 
 
