@@ -22,7 +22,10 @@ P rep:KIND:H(value)    hash    ``DAY:VERDICT``: messages of that verdict    wind
 P repmsg:H(id)         string JSON of one message's reputation entities   correction_days
                                and the verdict counted, so a correction by
                                ``filterctl train`` moves the right counters
-P rl:KIND:H(value)     hash    ``tokens``, ``ts``: a token bucket           time to refill fully
+P rl:KIND:H(value)     hash    ``tokens``, ``ts``: a token bucket of        time to refill fully
+                               recipients; value: the client network
+                               (``ip``, masked by the check's prefix
+                               lengths) or the authenticated user
 =====================  ======  ===========================================  ======================
 
 ``N`` is the hash of the client network, written as a Redis Cluster hash tag (``{...}``): the

@@ -25,6 +25,13 @@ half-way leaves the lock, and further releases are refused until an admin checks
 
 IDs are ``YYYYMMDD-HHMMSS-<10 hex digits>`` (UTC time of quarantine, random suffix): they sort by
 time and are validated against that pattern before any path is built from them.
+
+`filterctl` often runs as root over a directory the filterd user writes, so every file is read
+as if it were hostile (`read_private`): the directory must be a real directory writable by its
+owner only; a file is opened with O_NOFOLLOW (a planted symlink is refused, not followed) and
+must be a regular file with one link (a hard link to /etc/shadow is refused), writable by its
+owner only, and owned by the directory's owner, by root, or by the user running the command.
+Writes never follow a link either: new files use O_EXCL, replacing uses rename.
 """
 
 from __future__ import annotations
@@ -39,6 +46,8 @@ import os
 import re
 import secrets
 import smtplib
+import socket
+import stat
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -77,11 +86,27 @@ def _check_absolute(value: str) -> str | None:
     return None if value.startswith("/") else "expected an absolute path"
 
 
-def _check_hostport(value: str) -> str | None:
+def _check_release_via(value: str) -> str | None:
+    if value.startswith("/"):
+        return None  # a UNIX-domain socket
     host, _, port = value.rpartition(":")
     if host and port.isdigit() and 0 < int(port) < 65536:
         return None
-    return 'expected HOST:PORT, e.g. "127.0.0.1:10026"'
+    return "expected the absolute path of a UNIX-domain socket, or HOST:PORT"
+
+
+class _UnixSMTP(smtplib.SMTP):
+    """SMTP over a UNIX-domain socket (smtplib has it only for LMTP)."""
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(host)
+        except OSError:
+            sock.close()
+            raise
+        return sock
 
 
 @dataclass(frozen=True)
@@ -98,9 +123,10 @@ class QuarantineSettings:
         _check_duration,
     )
     release_via: str = setting(
-        "127.0.0.1:10026",
-        "HOST:PORT of the smtpd listener without milters that released messages are re-injected to",
-        _check_hostport,
+        "/var/spool/postfix/private/filterd-reinject",
+        "the smtpd listener without milters that released messages are re-injected to: the path of "
+        "its UNIX-domain socket (only root and postfix can reach Postfix's private/), or HOST:PORT",
+        _check_release_via,
     )
     release_timeout: float = setting(30.0, "seconds for the SMTP conversation of a release", positive)
 
@@ -136,7 +162,7 @@ class ReleaseFailed(QuarantineError):
 
 
 def validate_id(qid: str) -> str:
-    if not ID_PATTERN.match(qid):
+    if not ID_PATTERN.fullmatch(qid):  # fullmatch: "$" alone would accept a trailing newline
         raise InvalidId(f"{qid!r} is not a quarantine id (expected YYYYMMDD-HHMMSS-xxxxxxxxxx)")
     return qid
 
@@ -159,7 +185,10 @@ class Entry:
 
     def stored(self) -> bytes:
         """The .eml file: filterd's headers, then the message as received."""
-        return self.data_path.read_bytes()
+        try:
+            return read_private(self.data_path)
+        except FileNotFoundError:
+            raise QuarantineError(f"the data of {self.id} is missing: {self.data_path}") from None
 
     def original(self) -> bytes:
         """The exact bytes received."""
@@ -263,10 +292,10 @@ class QuarantineStore:
     def get(self, qid: str) -> Entry:
         meta_path = self._meta(qid)
         try:
-            meta = json.loads(meta_path.read_bytes())
+            meta = json.loads(read_private(meta_path))
         except FileNotFoundError:
             raise UnknownId(f"no quarantined message with id {qid} in {self.dir}") from None
-        except (OSError, ValueError) as exc:
+        except ValueError as exc:
             raise QuarantineError(f"cannot read {meta_path}: {exc}") from exc
         return Entry(id=qid, meta=meta, data_path=self._data(qid))
 
@@ -281,7 +310,7 @@ class QuarantineStore:
         found = []
         for name in names:
             qid = name[: -len(".json")]
-            if not ID_PATTERN.match(qid):
+            if not ID_PATTERN.fullmatch(qid):
                 continue
             try:
                 found.append(self.get(qid))
@@ -354,9 +383,14 @@ class QuarantineStore:
             return entry
 
     def _send(self, data: bytes, sender: str, recipients: list[str]) -> dict[str, str]:
-        host, _, port = self.settings.release_via.rpartition(":")
+        via, timeout = self.settings.release_via, self.settings.release_timeout
         try:
-            with smtplib.SMTP(host, int(port), timeout=self.settings.release_timeout) as smtp:
+            if via.startswith("/"):
+                client: smtplib.SMTP = _UnixSMTP(via, 0, local_hostname="localhost", timeout=timeout)
+            else:
+                host, _, port = via.rpartition(":")
+                client = smtplib.SMTP(host, int(port), timeout=timeout)
+            with client as smtp:
                 smtp.ehlo_or_helo_if_needed()
                 options = []
                 if smtp.has_extn("8bitmime") and any(b > 127 for b in data):
@@ -423,7 +457,7 @@ class QuarantineStore:
             if not (path.name.startswith(TMP_PREFIX) or orphan):
                 continue
             with contextlib.suppress(OSError):
-                if path.stat().st_mtime < cutoff:
+                if path.lstat().st_mtime < cutoff:
                     if not dry_run:
                         path.unlink()
                     removed.append(path.name)
@@ -527,6 +561,70 @@ def _printable(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_printable(v) for v in value]
     return value
+
+
+def read_private(path: Path) -> bytes:
+    """The bytes of a file in the quarantine directory, read without trusting its name.
+
+    Raises FileNotFoundError if it does not exist, QuarantineError (saying what is wrong) if the
+    directory or the file is not as filterd leaves them: see the module docstring."""
+    directory = _check_directory(path.parent)
+    try:
+        # O_NONBLOCK: a FIFO planted under the name must not hang the command; no effect on files
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise QuarantineError(f"refusing to read {path}: it is a symbolic link") from None
+        raise QuarantineError(f"cannot read {path}: {_why(exc)}") from exc
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise QuarantineError(f"refusing to read {path}: not a regular file")
+        if st.st_nlink != 1:
+            raise QuarantineError(
+                f"refusing to read {path}: it has {st.st_nlink} hard links, filterd makes one"
+            )
+        _check_owner(path, st, {directory.st_uid, 0, os.geteuid()}, "file")
+        try:
+            return f.read()
+        except OSError as exc:
+            raise QuarantineError(f"cannot read {path}: {_why(exc)}") from exc
+
+
+def _check_directory(path: Path) -> os.stat_result:
+    """The quarantine directory's status, once it is known to be a real directory that only its
+    owner (root, or the user reading it) can write."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise QuarantineError(f"cannot use quarantine directory {path}: {_why(exc)}") from exc
+    if stat.S_ISLNK(st.st_mode):
+        raise QuarantineError(f"refusing to use quarantine directory {path}: it is a symbolic link")
+    if not stat.S_ISDIR(st.st_mode):
+        raise QuarantineError(f"refusing to use quarantine directory {path}: not a directory")
+    if st.st_mode & 0o022:
+        raise QuarantineError(
+            f"refusing to use quarantine directory {path}: writable by group or others "
+            f"(mode {stat.S_IMODE(st.st_mode):04o}; it should be 0700)"
+        )
+    return st
+
+
+def _check_owner(path: Path, st: os.stat_result, trusted: set[int], what: str) -> None:
+    if st.st_mode & 0o022:
+        raise QuarantineError(
+            f"refusing to read {path}: the {what} is writable by group or others "
+            f"(mode {stat.S_IMODE(st.st_mode):04o})"
+        )
+    if st.st_uid not in trusted:
+        raise QuarantineError(
+            f"refusing to read {path}: owned by uid {st.st_uid}, not by the quarantine directory's "
+            f"owner, root or the user running this command"
+        )
 
 
 def _fsync_dir(path: Path) -> None:

@@ -110,7 +110,7 @@ def up() -> int:
             f'[redis]\nurl = "unix://{redis_socket}?db=0"\npassword = "{redis_password}"\n\n'
             f'[checks.antivirus]\nenabled = true\nsockets = ["{clamd.unix_address}"]\n'
             f'cache_key_file = "{cache_key}"\n\n'
-            f'[quarantine]\ndirectory = "{RUN / "quarantine"}"\nrelease_via = "127.0.0.1:{postfix.reinject_port}"\n'
+            f'[quarantine]\ndirectory = "{RUN / "quarantine"}"\nrelease_via = "{postfix.reinject_socket}"\n'
         )
     config = load_config(config_path)
     socket_path = Path(config.milter.socket.split(":", 1)[1])

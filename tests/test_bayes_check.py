@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from pathlib import Path
@@ -52,6 +53,13 @@ def bayes_check(pipeline: Pipeline) -> Any:
     return next(c for c in pipeline.checks if c.name == "bayes")
 
 
+def deliver(pipeline: Pipeline, raw: bytes) -> Verdict:
+    """Scan as the milter would, and tell the checks the verdict (signatures are stored then)."""
+    tx, verdict = scan(pipeline, raw)
+    pipeline.after_verdict(tx, verdict)
+    return verdict
+
+
 def signature_of(verdict: Verdict) -> str | None:
     found = [h.value for h in verdict.add_headers if h.name == "X-Filterd-Signature"]
     return found[0] if found else None
@@ -59,7 +67,7 @@ def signature_of(verdict: Verdict) -> str | None:
 
 def test_spam_gets_score_reason_and_signature(redis_server, model_file, prefix) -> None:
     pipeline = pipeline_for(redis_server.url, prefix, model=str(model_file))
-    _, verdict = scan(pipeline, spam_message(500))
+    verdict = deliver(pipeline, spam_message(500))
     symbols = bayes_symbols(verdict)
     score, reason = symbols["BAYES_SPAM"]
     assert score == 4.5  # the top default band, spamicity >= 0.9999
@@ -86,14 +94,14 @@ def test_signatures_written_in_batches_and_a_lost_write_stops_the_headers(
     server.start()
     pipeline = pipeline_for(server.url, prefix, model=str(model_file), redis_retry=60)
     try:
-        sigs = [signature_of(scan(pipeline, spam_message(600 + i))[1]) for i in range(20)]
+        sigs = [signature_of(deliver(pipeline, spam_message(600 + i))) for i in range(20)]
         check = bayes_check(pipeline)
         assert check.signatures.flush()
         client = redis.Redis.from_url(server.url)
         assert all(client.exists(f"{prefix}bayes:sig:{s}") for s in sigs)
         assert check.signatures.written == 20
         server.stop()  # the next write fails in the background thread...
-        _, verdict = scan(pipeline, spam_message(650))
+        verdict = deliver(pipeline, spam_message(650))
         assert signature_of(verdict) is not None
         assert check.signatures.flush()
         assert check.signatures.lost == 1
@@ -107,8 +115,57 @@ def test_signatures_written_in_batches_and_a_lost_write_stops_the_headers(
 
 def test_fail_closed_stores_the_signature_before_answering(redis_server, model_file, prefix) -> None:
     pipeline = pipeline_for(redis_server.url, prefix, model=str(model_file), on_error="closed")
-    sig = signature_of(scan(pipeline, spam_message(660))[1])
+    sig = signature_of(deliver(pipeline, spam_message(660)))
     assert redis.Redis.from_url(redis_server.url).exists(f"{prefix}bayes:sig:{sig}")  # no flush needed
+    pipeline.close()
+
+
+@pytest.mark.parametrize("on_error", ["open", "closed"])
+def test_only_a_delivered_message_keeps_its_signature(redis_server, model_file, prefix, on_error) -> None:
+    """A rejected message can never be in a mailbox, so nothing can retrain from its signature:
+    none is kept (and a sender cannot fill Redis with mail that is refused anyway).  An accepted,
+    tagged or quarantined one keeps its signature."""
+    client = redis.Redis.from_url(redis_server.url)
+    for threshold, action, kept in (
+        ({"reject": 4.0}, Action.REJECT, False),
+        ({"greylist": 4.0}, Action.GREYLIST, False),
+        ({"quarantine": 4.0}, Action.QUARANTINE, True),
+        ({"add_header": 4.0}, Action.ADD_HEADER, True),
+        ({}, Action.ACCEPT, True),
+    ):
+        config = parse_config(
+            {
+                "redis": {"url": redis_server.url, "key_prefix": prefix, "timeout": 0.3},
+                "actions": {"reject": math.inf, "add_header": math.inf, **threshold},
+                "checks": only_bayes({"model": str(model_file), "on_error": on_error}, "header_sanity"),
+            }
+        )
+        pipeline = Pipeline.from_config(config)
+        check = bayes_check(pipeline)
+        tx, verdict = scan(pipeline, spam_message(670 + len(action.value)))
+        assert verdict.action is action
+        sig = signature_of(verdict)
+        assert sig is not None  # the header is chosen before the verdict is known
+        pipeline.after_verdict(tx, verdict)
+        assert check.signatures.flush()
+        assert bool(client.exists(f"{prefix}bayes:sig:{sig}")) is kept, (action, on_error)
+        assert len(check.pending) == 0
+        pipeline.close()
+    assert len(list(client.scan_iter(f"{prefix}bayes:sig:*"))) == 3
+    client.close()
+
+
+def test_a_message_without_a_verdict_leaves_nothing_pending(redis_server, model_file, prefix) -> None:
+    """An aborted message (or an offline scan) never gets `after_verdict`: its pending signature
+    goes away with the transaction, and nothing is written."""
+    pipeline = pipeline_for(redis_server.url, prefix, model=str(model_file))
+    check = bayes_check(pipeline)
+    tx, verdict = scan(pipeline, spam_message(690))
+    assert len(check.pending) == 1
+    del tx
+    assert len(check.pending) == 0
+    assert check.signatures.flush() and check.signatures.written == 0
+    assert not redis.Redis.from_url(redis_server.url).exists(f"{prefix}bayes:sig:{signature_of(verdict)}")
     pipeline.close()
 
 

@@ -125,7 +125,9 @@ def test_signature_retrain_through_redis(redis_server, tmp_path) -> None:
         )
     )
     raw = spam_message(300)
-    _, verdict = scan(pipeline, raw)
+    tx, verdict = scan(pipeline, raw)
+    pipeline.after_verdict(tx, verdict)  # delivered: the signature is stored, as the milter does
+    assert pipeline.checks[-1].signatures.flush()
     [sig] = [h.value for h in verdict.add_headers if h.name == "X-Filterd-Signature"]
     code, out = run(["train", "ham", "--signature", sig], config)
     assert code == 0 and "1 learned as ham" in out and "model: 30 spam, 31 ham" in out

@@ -11,7 +11,7 @@ import pytest
 from filterd.addrlists import AddressList, NetworkList
 from filterd.check import Finding
 from filterd.checks.header_sanity import HeaderSanity
-from filterd.checks.lists import ClientLists, RecipientLists, SenderLists
+from filterd.checks.lists import ClientLists, RecipientAllowed, RecipientLists, SenderLists
 from filterd.checks.message_size import MessageSize
 from filterd.config import parse_config
 from filterd.replies import Reject
@@ -123,9 +123,45 @@ def test_sender_and_recipient_lists(tmp_path: Path) -> None:
     tx = Transaction(session=Session(), mail_from="x@spam.example")
     (decision,) = sender.run(tx)  # type: ignore[attr-defined]
     assert isinstance(decision, Reject) and decision.reply.code == 550
-    rcpt = _check(RecipientLists, {"allow": "postmaster@example.net\n"}, tmp_path)
+    rcpt = _check(
+        RecipientLists, {"allow": "postmaster@example.net\n", "deny": "gone@example.net\n"}, tmp_path
+    )
     tx = Transaction(session=Session(), rcpts=["postmaster@example.net"])
-    assert [f.symbol for f in rcpt.run(tx)] == ["RCPT_ALLOWED"]  # type: ignore[attr-defined]
+    assert list(rcpt.run(tx)) == []  # type: ignore[attr-defined]  # the allow list is applied at the end
+    tx.rcpts.append("gone@example.net")
+    (decision,) = rcpt.run(tx)  # type: ignore[attr-defined]
+    assert isinstance(decision, Reject) and "<gone@example.net>" in decision.reply.text
+
+
+def _recipient_allowed(tmp_path: Path, allow: str, **lists: object) -> RecipientAllowed:
+    (tmp_path / "allow").write_text(allow)
+    config = parse_config({"checks": {"recipient_lists": {"allow_file": str(tmp_path / "allow"), **lists}}})
+    return RecipientAllowed(config.check_settings("recipient_allowed"), config, Services(config))
+
+
+def test_recipient_allow_list_needs_every_recipient(tmp_path: Path) -> None:
+    """One verdict per message: RCPT_ALLOWED (-20) only when every recipient is allow-listed."""
+    check = _recipient_allowed(tmp_path, "postmaster@example.net\n.example.org\n")
+
+    def findings(*rcpts: str) -> list[Finding]:
+        return [
+            f for f in check.run(Transaction(session=Session(), rcpts=list(rcpts))) if isinstance(f, Finding)
+        ]
+
+    assert findings("postmaster@example.net") == [
+        Finding("RCPT_ALLOWED", "recipient in allow list: postmaster@example.net")
+    ]
+    assert findings("postmaster@example.net", "abuse@dept.example.org") == [
+        Finding(
+            "RCPT_ALLOWED",
+            "all 2 recipients in allow list: postmaster@example.net, abuse@dept.example.org (.example.org)",
+        )
+    ]
+    assert findings("postmaster@example.net", "bob@example.net") == []  # mixed: scored as usual
+    assert findings("bob@example.net", "postmaster@example.net") == []
+    assert findings() == []
+    off = _recipient_allowed(tmp_path, "postmaster@example.net\n", enabled=False)
+    assert list(off.run(Transaction(session=Session(), rcpts=["postmaster@example.net"]))) == []
 
 
 def test_message_size_limit_and_scan_skip() -> None:

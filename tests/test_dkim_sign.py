@@ -242,3 +242,33 @@ def test_keygen_default_path_and_bad_arguments(tmp_path: Path) -> None:
     ):
         result = runner.invoke(cli, ["--config", str(config), "dkim", "keygen", *args])
         assert result.exit_code == 2 and problem in result.output, result.output
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("-d", "../../x"),
+        ("-d", "../escape.example"),
+        ("-d", "a/b.example"),
+        ("-d", "example.com\x00.evil"),
+        ("-d", "exa mple.com"),
+        ("-d", ".."),
+        ("-s", "../../x"),
+        ("-s", "s/1"),
+        ("-s", ".."),
+        ("-s", "s\x00"),
+    ],
+)
+def test_keygen_refuses_names_that_are_not_dns_labels(tmp_path: Path, option: str, value: str) -> None:
+    """A domain or selector that is not DNS labels could put the key outside key_dir: refused,
+    with the value named, and nothing is written anywhere under the test directory."""
+    key_dir = tmp_path / "a" / "b" / "dkim"
+    config = tmp_path / "filterd.toml"
+    config.write_text(f'[checks.dkim_sign]\nkey_dir = "{key_dir}"\n')
+    args = {"-d": "example.com", "-s": "s1"} | {option: value}
+    before = sorted(tmp_path.rglob("*"))
+    command = ["--config", str(config), "dkim", "keygen", "-d", args["-d"], "-s", args["-s"]]
+    result = CliRunner().invoke(cli, command)
+    assert result.exit_code == 2, result.output
+    assert repr(value) in result.output
+    assert sorted(tmp_path.rglob("*")) == before

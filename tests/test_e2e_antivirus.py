@@ -54,7 +54,7 @@ def av_config(
         "checks": {"antivirus": {"enabled": True, "sockets": [clamd.unix_address], "timeout": 5.0, **av}},
         "quarantine": {
             "directory": str(quarantine_dir),
-            "release_via": f"127.0.0.1:{stack.postfix.reinject_port}",
+            "release_via": str(stack.postfix.reinject_socket),
         },
     }
 

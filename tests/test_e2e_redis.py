@@ -126,17 +126,25 @@ def test_redis_down_fail_closed_tempfails(stack: Stack, own_redis: RedisServer) 
     assert stack.sink.count(marker) == 0
 
 
-def test_rate_limit_trips_at_mail_from(stack: Stack, redis_server: RedisServer) -> None:
-    limits = {"enabled": True, "ip_rate": 1.0, "ip_burst": 2, "exempt_networks": []}
+def test_rate_limit_takes_one_token_per_recipient(stack: Stack, redis_server: RedisServer) -> None:
+    """A burst of 3: one message to 5 recipients is delivered to the first 3 and the other 2 are
+    told to retry (451 at RCPT); the next message finds the bucket empty."""
+    limits = {"enabled": True, "ip_rate": 1.0, "ip_burst": 3, "exempt_networks": []}
+    rcpts = [f"r{i}@example.net" for i in range(5)]
     with stack.configured({"redis": redis_config(redis_server), "checks": {"ratelimit": limits}}):
-        for i in range(2):
-            stack.send(make_message(f"within the limit {i}")[0])
-        with pytest.raises(smtplib.SMTPSenderRefused) as info:
-            stack.send(make_message("over the limit")[0])
-    assert info.value.smtp_code == 451
-    assert info.value.smtp_error.decode().startswith(
-        "4.7.1 Too many messages from [127.0.0.1]: limit 1 per minute; please retry in"
-    )
+        msg, marker = make_message("five recipients")
+        refusals = stack.send(msg, rcpts=rcpts)
+        assert stack.sink.find(marker).rcpts == tuple(rcpts[:3])
+        assert sorted(refusals) == rcpts[3:]
+        for code, text in refusals.values():
+            assert code == 451
+            assert text.decode().startswith(
+                "4.7.1 Too many recipients from [127.0.0.1]: limit 1 per minute; please retry in"
+            )
+        msg, marker = make_message("over the limit")
+        code, text = refused(stack, msg)
+    assert code == 451 and "Too many recipients" in text
+    assert stack.sink.count(marker) == 0
 
 
 def test_reputation_moves_the_score_after_ham_and_spam(stack: Stack, redis_server: RedisServer) -> None:

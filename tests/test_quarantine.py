@@ -158,7 +158,7 @@ def test_read_only_directory_raises(tmp_path: Path) -> None:
 def test_full_directory_raises(tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root to mount a tiny tmpfs (a full disk cannot be made otherwise)")
-    with tmpfs(tmp_path / "full", "size=64k") as d:
+    with tmpfs(tmp_path / "full", "size=64k,mode=0700") as d:  # as the store makes its directory
         filler = d / "filler"
         with contextlib.suppress(OSError), filler.open("wb") as f:
             while True:
@@ -393,3 +393,17 @@ def test_quarantine_settings_validated() -> None:
     assert (
         parse_config({"quarantine": {"release_via": f"127.0.0.1:{free_port()}"}}).quarantine.mode == "store"
     )
+
+
+def test_release_via_a_unix_socket(tmp_path: Path) -> None:
+    """`release_via` takes the path of a UNIX-domain socket (the shipped private listener)."""
+    from filterd.settings import ConfigError
+
+    assert parse_config({"quarantine": {"release_via": "/var/spool/postfix/private/x"}}).quarantine
+    with pytest.raises(ConfigError, match=r"quarantine\.release_via"):
+        parse_config({"quarantine": {"release_via": "relative/socket"}})
+    store = store_at(tmp_path / "q", str(tmp_path / "no-such-socket"))
+    qid = store.put(avsamples.clean(), ADDED, META)
+    with pytest.raises(ReleaseFailed, match=r"cannot re-inject through .*no-such-socket: No such file"):
+        store.release(qid)
+    assert store.get(qid).released is None

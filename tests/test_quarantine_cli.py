@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import pwd
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ from tests.harness.clamd import ClamdServer
 from tests.harness.redis import RedisServer
 from tests.harness.smtpsink import SmtpSink
 
+NOBODY = pwd.getpwnam("nobody").pw_uid
 SYMBOLS = [{"name": "CLAM_VIRUS", "score": 20.0, "reason": "virus Eicar-Test-Signature found by clamd"}]
 
 
@@ -218,3 +221,136 @@ def test_train_from_the_quarantine_and_release_as_ham(tmp_path: Path, sink: Smtp
         cli, ["--config", str(config), "train", "spam", "--quarantine", "20240101-000000-abcdef0123"]
     )
     assert bad.exit_code == 2 and "no quarantined message" in bad.output
+
+
+# ESC, a CSI sequence (clear screen), an OSC window-title sequence ended by BEL, the one-character
+# C1 CSI (U+009B), a carriage return that would overwrite the line, and a bidi override.
+HOSTILE = "\x1b[2J\x1b]0;pwned\x07\u009b31m\rfake\u202etxt"
+RAW_CONTROLS = [chr(c) for c in (*range(0x00, 0x09), *range(0x0B, 0x20), *range(0x7F, 0xA0))] + ["\u202e"]
+
+
+def test_show_and_list_never_write_the_senders_control_characters(tmp_path: Path) -> None:
+    """Whatever the sender put in the subject, envelope or text, `show` and `list` (table and
+    JSON) write it with its control characters escaped, never raw to the admin's terminal."""
+    config = tmp_path / "filterd.toml"
+    config.write_text(f'[quarantine]\ndirectory = "{tmp_path / "q"}"\n')
+    store = QuarantineStore(QuarantineSettings(directory=str(tmp_path / "q")))
+    raw = (
+        f"Subject: hi {HOSTILE}\r\nFrom: x@example.test\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+        f"body {HOSTILE}\r\n"
+    ).encode()
+    qid = store.put(
+        raw,
+        [("X-Spam-Status", "Yes")],
+        {"mail_from": f"a{HOSTILE}@evil.test", "rcpts": [f"b{HOSTILE}@example.test"], "reason": HOSTILE},
+    )
+    outputs = {
+        "show": run(config, "quarantine", "show", qid),
+        "list": run(config, "quarantine", "list"),
+        "list --json": run(config, "quarantine", "list", "--json"),
+    }
+    for name, result in outputs.items():
+        assert result.exit_code == 0, (name, result.output)
+        leaked = sorted({c for c in result.output if c in RAW_CONTROLS})
+        assert leaked == [], (name, leaked)
+    assert "hi \\x1b[2J\\x1b]0;pwned\\x07\\x9b31m" in outputs["show"].output
+    assert "body \\x1b[2J" in outputs["show"].output
+    assert "\\x1b[2J" in outputs["list"].output
+    row = json.loads(outputs["list --json"].output)
+    assert row["subject"] == f"hi {HOSTILE}"  # the JSON still decodes to what was received
+    assert row["mail_from"] == f"a{HOSTILE}@evil.test"
+
+
+def _planted(setup: tuple[Path, QuarantineStore, list[str]], suffix: str) -> tuple[Path, str, Path]:
+    """The path of one entry's file of `suffix` in the quarantine, the entry's id, and a secret
+    file outside the quarantine that only root can read."""
+    config, store, (virus, _) = setup
+    secret = config.parent / "secret"
+    secret.write_bytes(b"Subject: root only\r\n\r\nroot:$6$hash\r\n")
+    secret.chmod(0o600)
+    return store.dir / f"{virus}{suffix}", virus, secret
+
+
+@pytest.mark.parametrize("suffix", [".eml", ".json"])
+def test_show_and_release_refuse_a_planted_symlink(
+    setup: tuple[Path, QuarantineStore, list[str]], sink: SmtpSink, suffix: str
+) -> None:
+    """Someone who can write the quarantine (the filterd user, say) replaces an entry's file by a
+    symlink to a file only root may read: root's `show` and `release` refuse it, and its content
+    is neither printed nor mailed."""
+    config, _, _ = setup
+    path, qid, secret = _planted(setup, suffix)
+    if suffix == ".json":
+        secret.write_text(json.dumps({"rcpts": ["attacker@evil.test"], "header_offset": 0}))
+    path.unlink()
+    path.symlink_to(secret)
+    for command in ("show", "release"):
+        result = run(config, "quarantine", command, qid)
+        assert result.exit_code == 1, (command, result.output)
+        assert f"refusing to read {path}: it is a symbolic link" in result.output
+        assert "root:$6$hash" not in result.output
+    assert sink.messages == []
+    assert secret.read_bytes().startswith((b"Subject: root only", b"{"))  # untouched
+
+
+def test_show_refuses_a_hard_link_a_foreign_owned_or_writable_file(
+    setup: tuple[Path, QuarantineStore, list[str]],
+) -> None:
+    config, _, _ = setup
+    path, qid, secret = _planted(setup, ".eml")
+    path.unlink()
+    os.link(secret, path)
+    result = run(config, "quarantine", "show", qid)
+    assert result.exit_code == 1 and "it has 2 hard links" in result.output, result.output
+    assert "root:$6$hash" not in result.output
+    path.unlink()
+    path.write_bytes(b"Subject: planted\r\n\r\nx\r\n")
+    os.chown(path, NOBODY, -1)
+    result = run(config, "quarantine", "show", qid)
+    assert result.exit_code == 1 and f"owned by uid {NOBODY}" in result.output, result.output
+    os.chown(path, 0, -1)
+    path.chmod(0o666)
+    result = run(config, "quarantine", "show", qid)
+    assert result.exit_code == 1 and "writable by group or others (mode 0666)" in result.output
+
+
+def test_a_world_writable_or_symlinked_directory_is_refused(
+    setup: tuple[Path, QuarantineStore, list[str]],
+) -> None:
+    config, store, (virus, _) = setup
+    store.dir.chmod(0o1777)
+    result = run(config, "quarantine", "show", virus)
+    assert result.exit_code == 1 and "writable by group or others (mode 1777" in result.output, result.output
+    store.dir.chmod(0o700)
+    real = store.dir.rename(store.dir.with_name("real"))
+    store.dir.symlink_to(real)
+    result = run(config, "quarantine", "show", virus)
+    assert result.exit_code == 1 and "it is a symbolic link" in result.output, result.output
+
+
+def test_ids_with_path_characters_are_refused(setup: tuple[Path, QuarantineStore, list[str]]) -> None:
+    config, _, (virus, _) = setup
+    for bad in (f"{virus}\n", f"../{virus}", f"{virus}/x", "x\x00y"):
+        result = run(config, "quarantine", "show", bad)
+        assert result.exit_code == 2 and "is not a quarantine id" in result.output, (bad, result.output)
+
+
+def test_a_missing_data_file_is_an_error_not_a_traceback(
+    setup: tuple[Path, QuarantineStore, list[str]], sink: SmtpSink
+) -> None:
+    config, store, (virus, _) = setup
+    (store.dir / f"{virus}.eml").unlink()
+    for command in ("show", "release"):
+        result = run(config, "quarantine", command, virus)
+        assert result.exit_code == 1 and f"the data of {virus} is missing" in result.output, result.output
+    assert sink.messages == []
+
+
+def test_error_messages_quoting_metadata_are_escaped(setup: tuple[Path, QuarantineStore, list[str]]) -> None:
+    config, store, (virus, _) = setup
+    meta = dict(store.get(virus).meta)
+    meta["released"] = {"time": HOSTILE, "to": [f"b{HOSTILE}@example.test"]}
+    store._replace_meta(virus, meta)
+    result = run(config, "quarantine", "release", virus)
+    assert result.exit_code == 1 and "already released at \\x1b[2J" in result.output, result.output
+    assert not {c for c in result.output if c in RAW_CONTROLS}

@@ -6,6 +6,9 @@ Redis round trip plus redis-py's per-command work, about as much CPU as classify
 need not wait: `SignatureWriter.submit` queues the SET and returns; a thread sends what queued up
 in `BATCH_DELAY` as one pipeline (one round trip for many messages).
 
+A signature is queued only once the message's verdict says it is delivered (`PerMessage` keeps
+it from the check's run to `after_verdict`): see filterd.checks.bayes.
+
 What this gives up: a signature whose write fails (Redis down, or the process killed before the
 queue drained) is lost, and `filterctl train --signature` then says it is unknown.  A failure is
 logged and reported to `on_error`, which the bayes check uses to stop adding signature headers
@@ -20,8 +23,10 @@ import os
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 log = logging.getLogger("filterd.bayes")
 
@@ -30,6 +35,52 @@ MAX_BATCH = 500  # SETs per pipeline
 # the messages of the moment (redis-py's cost per pipeline is several times its cost per command).
 BATCH_DELAY = 0.05
 _STOP = ("", b"", 0)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class PendingSignature:
+    """A signature waiting for its message's verdict; `stored` when it was already written."""
+
+    key: str
+    value: bytes
+    ttl: int
+    stored: bool
+
+
+class PerMessage(Generic[T]):
+    """A value kept for one message (a transaction object) from a check's run to its verdict.
+
+    One check object serves every message of a process, from several milter threads, so the value
+    cannot live on the check.  Entries are found by the transaction itself and go away with it
+    (a weak reference): a message whose verdict never comes (an aborted connection, an offline
+    scan) leaves nothing behind."""
+
+    def __init__(self) -> None:
+        self._items: dict[int, tuple[weakref.ref[Any], T]] = {}
+        self._lock = threading.RLock()  # RLock: a weakref callback may run inside a locked section
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, owner: object, value: T) -> None:
+        key = id(owner)
+
+        def gone(ref: weakref.ref[Any]) -> None:
+            with self._lock:
+                if self._items.get(key, (None,))[0] is ref:
+                    del self._items[key]
+
+        with self._lock:
+            self._items[key] = (weakref.ref(owner, gone), value)
+
+    def pop(self, owner: object) -> T | None:
+        with self._lock:
+            item = self._items.get(id(owner))
+            if item is None or item[0]() is not owner:
+                return None
+            del self._items[id(owner)]
+            return item[1]
 
 
 class SignatureWriter:

@@ -16,7 +16,7 @@ from filterd.checks.dkim_sign import DkimSign
 from filterd.checks.dmarc import Dmarc
 from filterd.checks.greylist import Greylist
 from filterd.checks.header_sanity import HeaderSanity
-from filterd.checks.lists import ClientLists, RecipientLists, SenderLists
+from filterd.checks.lists import ClientLists, RecipientAllowed, RecipientLists, SenderLists
 from filterd.checks.message_size import MessageSize
 from filterd.checks.ratelimit import RateLimit
 from filterd.checks.reputation import AuthReputation, Reputation
@@ -27,9 +27,10 @@ from filterd.checks.spf import Spf
 ALL_CHECKS: tuple[type[Check], ...] = (
     ClientLists,
     SenderLists,
-    RateLimit,  # MAIL FROM: before SPF, so a throttled client costs one round trip and no DNS
     Spf,
     RecipientLists,
+    RecipientAllowed,  # end of message (headers): the recipient allow list, when every recipient is on it
+    RateLimit,  # RCPT, one token per recipient: after the deny list (a refused one costs none), before greylisting
     HeaderSanity,
     MessageSize,
     ClientDns,  # CONNECT: after the client lists, so a denied client costs no lookup

@@ -5,12 +5,18 @@ model (filterd.bayes.classifier: Robinson/Fisher chi-square combining), and repo
 BAYES_SPAM / BAYES_UNSURE / BAYES_HAM with a score read from the configured `bands` and the
 strongest tokens as the reason.
 
-It then stores the message's digest and token buckets in Redis under a new id for
-`signature_days` and adds that id as `X-Filterd-Signature`, so a user's "this is spam" (or "not
-spam") later retrains the classifier without the original message: `filterctl train spam
---signature ID`.  The message does not wait for that write: a background thread sends the queued
-signatures in batches (filterd.bayes.signatures), except with on_error = "closed".  The training
-modes and autolearn also train here (they need storage = "redis").
+It then adds a new id as `X-Filterd-Signature` and, once the message is known to be delivered,
+stores the message's digest and token buckets in Redis under that id for `signature_days`, so a
+user's "this is spam" (or "not spam") later retrains the classifier without the original message:
+`filterctl train spam --signature ID`.  Only a delivered message (accepted, tagged or
+quarantined) can ever be reported by a user, so a rejected, tempfailed or discarded one stores
+nothing: its signature would cost Redis memory for nothing, and a sender could fill Redis with
+mail that is refused anyway.  The verdict is known after this check has run (it is the last at end
+of message, and the action depends on the total), so the signature waits in `after_verdict`.  The
+message does not wait for the write: a background thread sends the queued signatures in batches
+(filterd.bayes.signatures).  With on_error = "closed" the write is made before answering (a message
+is never accepted with a signature that was not stored) and deleted again if the message is not
+delivered.  The training modes and autolearn also train here (they need storage = "redis").
 
 Redis failure: with on_error = "open" (the default) the message is classified with the model in
 memory, nothing is stored, no signature header is added, and BAYES_REDIS_ERROR says why; after a
@@ -27,6 +33,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, TypeVar
 
 from filterd.bayes.params import Params
+from filterd.bayes.signatures import PendingSignature, PerMessage, SignatureWriter
 from filterd.check import AddHeader, Check, CheckSettings, Finding, Output, Stage
 from filterd.config import Config
 from filterd.services import Services
@@ -38,6 +45,7 @@ if TYPE_CHECKING:  # numpy and scikit-learn load when the check is built, not wh
 
     from filterd.bayes.classifier import Result
     from filterd.bayes.model import Model
+    from filterd.pipeline import Verdict
 
 log = logging.getLogger("filterd.bayes")
 T = TypeVar("T")
@@ -183,9 +191,8 @@ class Bayes(Check):
             raise ConfigError("checks.bayes.model", str(exc)) from exc
         self._redis_down_until = 0.0
         self._redis_error = ""
-        from filterd.bayes.signatures import SignatureWriter
-
         self.signatures = SignatureWriter(lambda: self.holder.client().redis, self._redis_failed)
+        self.pending: PerMessage[PendingSignature] = PerMessage()
 
     # -- the check ---------------------------------------------------------------------------
 
@@ -253,13 +260,31 @@ class Bayes(Check):
         if self.settings.signature:
             ttl = int(self.settings.signature_days * 86400)
             client = self.holder.client()
-            if self.settings.on_error == "closed":  # accept no message whose signature is not stored
-                sig_id = client.store_signature(digest, buckets, ttl)
-            else:
-                sig_id, key, value = client.signature_record(digest, buckets)
-                self.signatures.submit(key, value, ttl)
+            sig_id, key, value = client.signature_record(digest, buckets)
+            stored = self.settings.on_error == "closed"
+            if stored:  # accept no message whose signature is not stored
+                client.redis.set(key, value, ex=ttl)
+            self.pending.put(tx, PendingSignature(key, value, ttl, stored))
             out.append(AddHeader(SIGNATURE_HEADER, sig_id))
         return out
+
+    def after_verdict(self, tx: Transaction, verdict: Verdict) -> None:
+        """Store the message's signature if it is delivered; forget (or delete) it otherwise."""
+        from filterd.pipeline import Action
+
+        pending = self.pending.pop(tx)
+        if pending is None:
+            return
+        delivered = verdict.action in (
+            Action.ACCEPT,
+            Action.ADD_HEADER,
+            Action.REWRITE_SUBJECT,
+            Action.QUARANTINE,
+        )
+        if delivered and not pending.stored:
+            self.signatures.submit(pending.key, pending.value, pending.ttl)
+        elif not delivered and pending.stored:
+            self._guarded(lambda: self.holder.client().redis.delete(pending.key))
 
     def close(self) -> None:
         self.signatures.close()  # send what is queued

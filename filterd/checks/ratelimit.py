@@ -1,11 +1,18 @@
-"""Rate limits: a token bucket in Redis per client IP (inbound) and per authenticated user (outbound).
+"""Rate limits: a token bucket in Redis per client network (inbound) and per authenticated user (outbound).
 
-A bucket holds up to `burst` tokens and refills at `rate` tokens per minute; each message (at
-MAIL FROM) takes one.  An empty bucket answers ``451 4.7.1`` with the time until a token is
-back, so a real server just queues and retries while a spam run -- from outside, or from a
-compromised account inside -- is slowed to the configured rate.  The bucket is one Redis hash
-updated by one Lua script call (one round trip), shared by every filterd host; its TTL is the
+A bucket holds up to `burst` tokens and refills at `rate` tokens per minute; each recipient (at
+RCPT) takes one, so a message to 50 recipients costs 50 tokens, as Postfix's own
+smtpd_client_recipient_rate_limit counts.  Counting messages instead let one transaction with a
+thousand recipients cost the same as one with one.  An empty bucket answers ``451 4.7.1`` for
+that recipient with the time until a token is back: a real server delivers the recipients
+accepted so far and retries the others, while a spam run -- from outside, or from a compromised
+account inside -- is slowed to the configured rate.  The bucket is one Redis hash updated by one
+Lua script call (one round trip per recipient), shared by every filterd host; its TTL is the
 time it takes to refill, after which a full bucket and a missing one are the same.
+
+An inbound client is counted by its network, ``ipv4_prefix`` (32: the address) and
+``ipv6_prefix`` (64) bits long: a site is given a whole IPv6 /64 (often more), so a bucket per
+IPv6 address would let a sender rotate through 2^64 of them.
 
 Outbound mail from the internal networks without SMTP authentication is not limited: those are
 the site's own servers.
@@ -21,7 +28,7 @@ from dataclasses import dataclass
 from filterd.addrlists import NetworkList
 from filterd.check import Check, Direction, Output, Stage
 from filterd.config import Config
-from filterd.keys import Keys
+from filterd.keys import Keys, client_network
 from filterd.redisstate import LuaScript, RedisCheckSettings, RedisGuard
 from filterd.replies import R451_RATE_LIMITED, TempFail
 from filterd.services import Services
@@ -31,12 +38,18 @@ from filterd.transaction import Transaction
 
 @dataclass(frozen=True)
 class RateLimitSettings(RedisCheckSettings):
-    ip_rate: float = setting(60.0, "inbound: messages per minute per client IP (0: no limit)", not_negative)
-    ip_burst: int = setting(120, "inbound: messages a client IP may send at once", not_negative)
-    user_rate: float = setting(
-        2.0, "outbound: messages per minute per authenticated user (0: no limit)", not_negative
+    ip_rate: float = setting(
+        60.0, "inbound: recipients per minute per client network (0: no limit)", not_negative
     )
-    user_burst: int = setting(100, "outbound: messages an authenticated user may send at once", not_negative)
+    ip_burst: int = setting(120, "inbound: recipients a client network may send to at once", not_negative)
+    ipv4_prefix: int = setting(32, "IPv4 prefix length of the client network counted (32: per address)")
+    ipv6_prefix: int = setting(64, "IPv6 prefix length of the client network counted (a site gets a /64)")
+    user_rate: float = setting(
+        2.0, "outbound: recipients per minute per authenticated user (0: no limit)", not_negative
+    )
+    user_burst: int = setting(
+        100, "outbound: recipients an authenticated user may send to at once", not_negative
+    )
     exempt_networks: tuple[str, ...] = setting(
         ("127.0.0.0/8", "::1/128"),
         "client networks never limited (local submission, content filters)",
@@ -77,9 +90,11 @@ return {allowed, math.floor(tokens), wait}
 
 class RateLimit(Check):
     name = "ratelimit"
-    stage = Stage.MAIL_FROM
+    stage = Stage.RCPT  # one token per recipient
     directions = frozenset({Direction.INBOUND, Direction.OUTBOUND})
-    description = "token buckets per client IP (inbound) and per authenticated user (outbound)"
+    description = (
+        "token buckets of recipients per client network (inbound) and per authenticated user (outbound)"
+    )
     symbols = {"RATELIMIT_REDIS_ERROR": 0.0}
     Settings = RateLimitSettings
     clock: Callable[[], float] = staticmethod(time.time)
@@ -89,6 +104,10 @@ class RateLimit(Check):
         for kind in ("ip", "user"):
             if getattr(settings, f"{kind}_rate") > 0 and getattr(settings, f"{kind}_burst") < 1:
                 raise ConfigError(f"checks.{self.name}.{kind}_burst", "must be at least 1 when a rate is set")
+        if not 0 <= settings.ipv4_prefix <= 32:
+            raise ConfigError(f"checks.{self.name}.ipv4_prefix", "an IPv4 prefix length is 0-32")
+        if not 0 <= settings.ipv6_prefix <= 128:
+            raise ConfigError(f"checks.{self.name}.ipv6_prefix", "an IPv6 prefix length is 0-128")
         self.exempt = NetworkList(
             tuple(ipaddress.ip_network(n, strict=False) for n in settings.exempt_networks)
         )
@@ -101,9 +120,11 @@ class RateLimit(Check):
         if tx.auth_user:
             kind, who, rate, burst = "user", tx.auth_user, s.user_rate, s.user_burst
             shown = f"user {tx.auth_user}"
-        elif tx.direction is Direction.INBOUND and tx.session.client_ip is not None:
-            kind, who, rate, burst = "ip", str(tx.session.client_ip), s.ip_rate, s.ip_burst
-            shown = f"[{who}]"
+        elif tx.direction is Direction.INBOUND and (ip := tx.session.client_ip) is not None:
+            who = client_network(ip, s.ipv4_prefix, s.ipv6_prefix)
+            kind, rate, burst = "ip", s.ip_rate, s.ip_burst
+            whole_address = ip.max_prefixlen == (s.ipv4_prefix if ip.version == 4 else s.ipv6_prefix)
+            shown = f"[{ip}]" if whole_address else f"[{ip}] (network {who})"
         else:
             return
         if rate <= 0 or self.exempt.match(tx.session.client_ip) is not None:
@@ -120,7 +141,7 @@ class RateLimit(Check):
         wait = max(1, -(-wait_ms // 1000))
         yield TempFail(
             R451_RATE_LIMITED.with_text(
-                f"Too many messages from {shown}: limit {rate:g} per minute; please retry in {wait} seconds"
+                f"Too many recipients from {shown}: limit {rate:g} per minute; please retry in {wait} seconds"
             ),
             f"rate limit of {kind} {who}: {rate:g}/min, burst {burst}, over",
         )

@@ -2,12 +2,50 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
 import click
 
 from filterd.cli.common import load
+
+# One DNS label (RFC 1035 letters, digits, hyphens; 1..63 characters, no hyphen at either end).
+# The domain and the selector become a file name under key_dir: a value that is not DNS labels
+# (a "/", "..", a NUL) could otherwise put the key anywhere the admin running keygen may write.
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_DOMAIN = re.compile(rf"^{_LABEL}(?:\.{_LABEL})+$")
+_SELECTOR_LABELS = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*$")
+
+
+def _check_domain(domain: str) -> str:
+    """The domain lower-cased without a trailing dot, or a usage error naming the value."""
+    name = domain.lower().removesuffix(".")
+    if len(name) > 253 or not _DOMAIN.match(name):
+        raise click.BadParameter(
+            f"{domain!r} is not a domain name (two or more DNS labels: letters, digits, hyphens)",
+            param_hint="--domain",
+        )
+    return name
+
+
+def _check_selector(selector: str) -> str:
+    if len(selector) > 253 or not _SELECTOR_LABELS.match(selector):
+        raise click.BadParameter(
+            f"{selector!r} is not a valid selector (DNS labels: letters, digits, hyphens, dots)",
+            param_hint="--selector",
+        )
+    return selector
+
+
+def _default_key_path(key_dir: str, domain: str, selector: str) -> Path:
+    """key_dir/DOMAIN.SELECTOR.key, checked to be inside key_dir once resolved (a second line of
+    defence behind the label checks: symlinks inside key_dir are the admin's own)."""
+    base = Path(key_dir).resolve()
+    path = (base / f"{domain}.{selector}.key").resolve()
+    if path.parent != base:
+        raise click.ClickException(f"refusing to write {path}: it is not directly in key_dir {base}")
+    return path
 
 
 @click.group()
@@ -48,17 +86,11 @@ def keygen(
     The file goes where ``[checks.dkim_sign.keys]`` says for DOMAIN and SELECTOR; a pair not in
     the table yet goes to ``key_dir``/DOMAIN.SELECTOR.key, and the line to add is printed."""
     from filterd.auth.keys import generate, write_private_key, zone_record
-    from filterd.checks.dkim_sign import _SELECTOR
 
     cfg = load(ctx)
     settings = cfg.check_settings("dkim_sign")
-    domain = domain.lower().rstrip(".")
-    if "." not in domain or " " in domain:
-        raise click.BadParameter(f"{domain!r} is not a domain name", param_hint="--domain")
-    if not _SELECTOR.match(selector):
-        raise click.BadParameter(
-            f"{selector!r} is not a valid selector (DNS labels)", param_hint="--selector"
-        )
+    domain = _check_domain(domain)
+    selector = _check_selector(selector)
     if key_type == "ed25519" and bits is not None:
         raise click.BadParameter("Ed25519 keys have a fixed size; leave out --bits", param_hint="--bits")
     if key_type == "rsa":
@@ -66,7 +98,10 @@ def keygen(
         if not 1024 <= bits <= 8192:
             raise click.BadParameter(f"{bits} is outside 1024..8192", param_hint="--bits")
     configured = {d.lower().rstrip("."): s for d, s in settings.keys.items()}.get(domain, {}).get(selector)
-    path = Path(output or configured or Path(settings.key_dir) / f"{domain}.{selector}.key")
+    if output or configured:
+        path = Path(output or configured)  # named by the admin: on the command line or in the key table
+    else:
+        path = _default_key_path(settings.key_dir, domain, selector)
     if path.exists() and not force:
         raise click.ClickException(f"{path} exists: use --force to replace it (and republish the record)")
     pem, public = generate(key_type, bits or 0)  # type: ignore[arg-type]

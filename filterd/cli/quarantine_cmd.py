@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +23,29 @@ from filterd.quarantine import (
     validate_id,
 )
 
+# Every character that a terminal may act on rather than print: C0 controls but \t and \n, DEL,
+# the C1 controls (U+0080..U+009F: U+009B is a one-character CSI on many terminals), and the
+# Unicode bidirectional overrides and isolates (they reorder what the admin reads).  A quarantined
+# message is written by its sender: its subject must never move the cursor, retitle the window,
+# ring the bell or hide text from the admin reading it.
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def visible(text: str) -> str:
+    """`text` with every control character shown as an escape (``\\x1b``, ``\\u202e``)."""
+    return _UNSAFE.sub(_escape, text)
+
+
+def _escape(m: re.Match[str]) -> str:
+    code = ord(m.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def _json_line(value: Any) -> str:
+    """One JSON object on one line.  json escapes C0 controls itself; with ensure_ascii off it
+    leaves C1 and bidi characters raw, so those are written as \\u escapes too (still valid JSON)."""
+    return _UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", json.dumps(value, ensure_ascii=False))
+
 
 class BadIdError(click.ClickException):
     exit_code = 2  # the ID is malformed: a usage error, as click's own
@@ -34,7 +58,7 @@ def _errors() -> Iterator[None]:
         yield
     except QuarantineError as exc:
         cls = BadIdError if exc.exit_code == 2 else click.ClickException
-        raise cls(str(exc)) from exc
+        raise cls(visible(str(exc))) from exc  # it may quote metadata, ids or a server's reply
 
 
 def _store(ctx: click.Context) -> QuarantineStore:
@@ -120,7 +144,7 @@ def list_(
         found = [e for e in store.entries() if matches(e, since_ts, reason, sender, rcpt)]
     if as_json:
         for entry in found:
-            click.echo(json.dumps(_summary(entry), ensure_ascii=False))
+            click.echo(_json_line(_summary(entry)))
         return
     from rich.console import Console
     from rich.table import Table
@@ -145,7 +169,8 @@ def list_(
             "released" if entry.released else "held",
         ]
         # Text, not markup: a subject such as "[bold]" comes from the sender and must print as is
-        table.add_row(*(Text(c) for c in cells))
+        # and made visible: rich passes ESC and the C1 controls through to the terminal
+        table.add_row(*(Text(visible(c)) for c in cells))
     Console(width=None if sys.stdout.isatty() else 160).print(table)
 
 
@@ -158,11 +183,13 @@ def show(ctx: click.Context, qid: str, raw: bool) -> None:
     store = _store(ctx)
     with _errors():
         entry = store.get(qid)
-        try:
-            data = entry.original()
-        except OSError as exc:
-            raise QuarantineError(f"cannot read {entry.data_path}: {exc.strerror}") from exc
+        data = entry.original()
     if raw:
+        if sys.stdout.isatty():
+            raise click.ClickException(
+                "--raw writes the sender's bytes unchanged, terminal controls included: "
+                "redirect it to a file or a pager (filterctl quarantine show --raw ID | less)"
+            )
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
         return
@@ -199,8 +226,10 @@ def show(ctx: click.Context, qid: str, raw: bool) -> None:
     lines.append("")
     lines.append("text:")
     lines.append(message.text or "(no text part)")
-    # 8-bit header bytes arrive as surrogate escapes: show them as U+FFFD rather than crash
-    click.echo("\n".join(lines).encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
+    # 8-bit header bytes arrive as surrogate escapes: show them as U+FFFD rather than crash;
+    # and no control character of the sender's reaches the terminal raw
+    text = "\n".join(lines).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    click.echo(visible(text))
 
 
 @quarantine.command()
@@ -220,13 +249,13 @@ def release(ctx: click.Context, qid: str, to: tuple[str, ...], train_ham: bool) 
     with _errors():
         entry = store.release(qid, to)
     released = entry.released or {}
-    click.echo(f"{qid}: released to {', '.join(released.get('to', []))} via {released.get('via')}")
+    click.echo(visible(f"{qid}: released to {', '.join(released.get('to', []))} via {released.get('via')}"))
     if train_ham:
         _train(ctx, "ham", (qid,))
     refused = released.get("refused") or {}
     if refused:
         for rcpt, why in refused.items():
-            click.echo(f"{qid}: refused for {rcpt}: {why}", err=True)
+            click.echo(visible(f"{qid}: refused for {rcpt}: {why}"), err=True)
         ctx.exit(1)
 
 

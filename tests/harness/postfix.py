@@ -1,7 +1,8 @@
 """A private Postfix instance: own config, queue and data dirs, listening on free loopback ports.
 
 It relays everything to a sink (`relayhost`), runs one smtpd listener wired to filterd's unix
-socket and a second one without milters (the re-injection listener of contrib/postfix/master.cf).
+socket and a second one without milters on a unix-domain socket in Postfix's private directory
+(the re-injection listener of contrib/postfix/master.cf: only root and postfix can reach it).
 The milter lines come from contrib/postfix/main.cf, so the tests exercise the shipped snippet.
 Facts from ../shared/notes/real-stack.md: data_directory owned by postfix, no syslog here (a
 maillog_file and the postlog service), chroot off, `postfix -c DIR start|stop`.
@@ -18,6 +19,7 @@ from tests.harness.net import free_port, port_open, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTRIB_MAIN_CF = ROOT / "contrib" / "postfix" / "main.cf"
+CONTRIB_MASTER_CF = ROOT / "contrib" / "postfix" / "master.cf"
 
 _SERVICES = """\
 pickup    unix  n       -       n       60      1       pickup
@@ -41,6 +43,18 @@ anvil     unix  -       -       n       -       1       anvil
 scache    unix  -       -       n       -       1       scache
 postlog   unix-dgram n  -       n       -       1       postlogd
 """
+
+
+def reinject_service() -> str:
+    """The re-injection listener's lines of contrib/postfix/master.cf, as shipped."""
+    lines = CONTRIB_MASTER_CF.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("filterd-reinject "))
+    block = [lines[start]]
+    for line in lines[start + 1 :]:
+        if not line.startswith((" ", "\t")):
+            break
+        block.append(line)
+    return "\n".join(block) + "\n"
 
 
 def contrib_milter_settings(socket: str) -> dict[str, str]:
@@ -70,7 +84,8 @@ class Postfix:
         self.queue_dir = workdir / "queue"
         self.data_dir = workdir / "data"
         self.port = port or free_port()
-        self.reinject_port = free_port()
+        # where released quarantine mail is re-injected ([quarantine] release_via)
+        self.reinject_socket = self.queue_dir / "private" / "filterd-reinject"
         self.milter_socket = milter_socket
         self.relay_port = relay_port
         self.with_milter = with_milter
@@ -131,11 +146,7 @@ class Postfix:
             settings["non_smtpd_milters"] = ""
         settings.update(extra or {})
         (self.config_dir / "main.cf").write_text("".join(f"{k} = {v}\n" for k, v in settings.items()))
-        master = _SERVICES + (
-            f"127.0.0.1:{self.port} inet n - n - - smtpd\n"
-            f"127.0.0.1:{self.reinject_port} inet n - n - - smtpd\n"
-            "  -o syslog_name=postfix/reinject\n  -o smtpd_milters=\n"
-        )
+        master = _SERVICES + f"127.0.0.1:{self.port} inet n - n - - smtpd\n" + reinject_service()
         (self.config_dir / "master.cf").write_text(master)
 
     def _postfix(self, *args: str) -> subprocess.CompletedProcess[str]:

@@ -64,7 +64,7 @@ class Stack:
         self.base_config = {
             "quarantine": {
                 "directory": str(self.quarantine_dir),
-                "release_via": f"127.0.0.1:{self.postfix.reinject_port}",
+                "release_via": str(self.postfix.reinject_socket),
             },
             **(base_config or {}),
         }

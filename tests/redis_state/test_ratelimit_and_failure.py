@@ -27,7 +27,7 @@ def test_inbound_rate_limit_trips_and_refills(redis_server: Any, prefix: str, cl
     assert over.action is Action.TEMPFAIL
     assert isinstance(over.decision, TempFail)
     assert str(over.decision.reply) == (
-        "451 4.7.1 Too many messages from [192.0.2.10]: limit 6 per minute; please retry in 10 seconds"
+        "451 4.7.1 Too many recipients from [192.0.2.10]: limit 6 per minute; please retry in 10 seconds"
     )
     assert deliver(p, client="192.0.2.11")[1].action is Action.ACCEPT  # per address, not per network
     clock.advance(10)  # 6 a minute: one token back every 10 s
@@ -42,8 +42,62 @@ def test_outbound_rate_limit_is_per_authenticated_user(redis_server: Any, prefix
         assert deliver(p, client=client, auth_user="bob")[1].action is Action.ACCEPT
     _, over = deliver(p, client="203.0.113.3", auth_user="bob")
     assert over.action is Action.TEMPFAIL
-    assert "Too many messages from user bob: limit 1 per minute" in str(over.decision.reply)  # type: ignore[union-attr]
+    assert "Too many recipients from user bob: limit 1 per minute" in str(over.decision.reply)  # type: ignore[union-attr]
     assert deliver(p, auth_user="carol")[1].action is Action.ACCEPT
+    p.close()
+
+
+def test_every_recipient_takes_a_token(redis_server: Any, prefix: str, clock: Clock) -> None:
+    """A message to 3 recipients costs 3 tokens, not 1: with a burst of 3, the next is refused."""
+    p = build(redis_server.url, prefix, ONLY_RATELIMIT, clock)
+    three = ("a@ours.test", "b@ours.test", "c@ours.test")
+    assert deliver(p, rcpts=three)[1].action is Action.ACCEPT
+    _, over = deliver(p, rcpts=("d@ours.test",))
+    assert over.action is Action.TEMPFAIL
+    clock.advance(10)  # one token back: one recipient, not two
+    assert deliver(p, rcpts=("e@ours.test", "f@ours.test"))[1].action is Action.TEMPFAIL
+    p.close()
+
+
+@pytest.mark.parametrize(
+    ("first", "same_bucket", "other_bucket", "shown"),
+    [
+        # an IPv6 /64 is one site: rotating through its addresses gains nothing
+        (
+            "2001:db8:1:2::1",
+            "2001:db8:1:2:ffff:ffff:ffff:fffe",
+            "2001:db8:1:3::1",
+            "(network 2001:db8:1:2::/64)",
+        ),
+        ("192.0.2.10", "192.0.2.10", "192.0.2.11", ""),  # IPv4: per address by default
+    ],
+)
+def test_clients_are_counted_by_network(
+    redis_server: Any, prefix: str, clock: Clock, first: str, same_bucket: str, other_bucket: str, shown: str
+) -> None:
+    p = build(redis_server.url, prefix, ONLY_RATELIMIT, clock)
+    assert deliver(p, client=first, rcpts=("a@ours.test", "b@ours.test"))[1].action is Action.ACCEPT
+    assert deliver(p, client=same_bucket)[1].action is Action.ACCEPT
+    _, over = deliver(p, client=same_bucket)
+    assert over.action is Action.TEMPFAIL
+    assert f"Too many recipients from [{same_bucket}] {shown}".rstrip() + ":" in str(over.decision.reply)  # type: ignore[union-attr]
+    assert deliver(p, client=other_bucket)[1].action is Action.ACCEPT
+    p.close()
+
+
+def test_prefix_lengths_are_configurable(redis_server: Any, prefix: str, clock: Clock) -> None:
+    limits = {
+        **ONLY_RATELIMIT,
+        "ratelimit": {**ONLY_RATELIMIT["ratelimit"], "ipv4_prefix": 24, "ipv6_prefix": 48},
+    }
+    p = build(redis_server.url, prefix, limits, clock)
+    for client in ("192.0.2.1", "192.0.2.2", "192.0.2.3"):
+        assert deliver(p, client=client)[1].action is Action.ACCEPT
+    assert deliver(p, client="192.0.2.200")[1].action is Action.TEMPFAIL  # the same /24
+    assert deliver(p, client="192.0.3.1")[1].action is Action.ACCEPT
+    for client in ("2001:db8:1::1", "2001:db8:1:2::1", "2001:db8:1:ffff::1"):
+        assert deliver(p, client=client)[1].action is Action.ACCEPT
+    assert deliver(p, client="2001:db8:1:abcd::9")[1].action is Action.TEMPFAIL  # the same /48
     p.close()
 
 
@@ -162,3 +216,14 @@ def test_local_clients_are_exempt(redis_server: Any, prefix: str, clock: Clock) 
     p = build(redis_server.url, prefix, ONLY_RATELIMIT, clock)
     assert all(deliver(p, client="127.0.0.1")[1].action is Action.ACCEPT for _ in range(5))
     p.close()
+
+
+@pytest.mark.parametrize(("key", "value"), [("ipv4_prefix", 33), ("ipv6_prefix", 129), ("ipv6_prefix", -1)])
+def test_prefix_lengths_out_of_range_stop_the_start(
+    redis_server: Any, prefix: str, clock: Clock, key: str, value: int
+) -> None:
+    from filterd.settings import ConfigError
+
+    limits = {**ONLY_RATELIMIT, "ratelimit": {**ONLY_RATELIMIT["ratelimit"], key: value}}
+    with pytest.raises(ConfigError, match=f"checks.ratelimit.{key}"):
+        build(redis_server.url, prefix, limits, clock)
