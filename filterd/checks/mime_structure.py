@@ -26,7 +26,7 @@ class MimeStructureSettings(CheckSettings):
         20, "a MIME tree nested deeper than this is MIME_TOO_DEEP (the message is 0)", positive
     )
     max_parts: int = setting(
-        300, "a MIME tree of more nodes than this (containers included) is MIME_TOO_MANY_PARTS", positive
+        100, "a MIME tree of more nodes than this (containers included) is MIME_TOO_MANY_PARTS", positive
     )
 
 
