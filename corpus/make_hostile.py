@@ -97,12 +97,13 @@ def wrap_after_empty_parts(raw: bytes, empty: int = 200) -> bytes:
 
 
 def wrap_nested(raw: bytes, depth: int) -> bytes:
-    """`raw`'s content at the bottom of `depth` nested multipart/mixed containers."""
+    """`raw`'s content at the bottom of `depth` nested multipart/mixed containers (no boundary is a
+    prefix of another: some parsers match boundaries by prefix, which would read another tree)."""
     outer, entity = split_message(raw)
     opens = b"".join(
-        b'Content-Type: multipart/mixed; boundary="n%d"\r\n\r\n--n%d\r\n' % (i, i) for i in range(depth)
+        b'Content-Type: multipart/mixed; boundary="n%dz"\r\n\r\n--n%dz\r\n' % (i, i) for i in range(depth)
     )
-    closes = b"".join(b"\r\n--n%d--" % i for i in reversed(range(depth)))
+    closes = b"".join(b"\r\n--n%dz--" % i for i in reversed(range(depth)))
     return outer + b"MIME-Version: 1.0\r\n" + opens + entity + closes + b"\r\n"
 
 

@@ -24,7 +24,7 @@ from filterd import mimetree
 from filterd.htmlscan import HtmlScan, scan_html
 
 MAX_TEXT_CHARS = 200_000  # text kept per message for content checks
-MAX_PARTS = 200  # MIME nodes other than text with content kept for the checks
+MAX_PARTS = 200  # MIME containers, empty leaves, and other leaves kept for the checks: each
 MAX_FAST_ENCODED_WORDS = 1_000  # more "=?" than this: the message is read by mimetree (see `_tree`)
 MAX_TEXT_BYTES = 4 * MAX_TEXT_CHARS  # decoded text-part bytes kept: the text budget of `Message.mime`
 
@@ -118,9 +118,10 @@ class Message:
     def mime(self) -> list[MimeNode]:
         """The nodes of the MIME tree in walk order (containers too) that the checks look at.
 
-        Every text leaf with content is kept until `MAX_TEXT_BYTES` of text; of the other nodes
-        (containers, attachments, empty parts) the first `MAX_PARTS`.  So no number of empty or
-        nested parts in front of the body can push the body out of sight."""
+        Every text leaf with content is kept until `MAX_TEXT_BYTES` of text; of the containers, of
+        the empty leaves and of the other leaves (attachments) the first `MAX_PARTS` each.  So no
+        number of empty or nested parts in front of the body can push the body or an attachment
+        out of sight."""
         return self._tree.nodes
 
     @property
@@ -324,6 +325,10 @@ class MimeNode:
         """Bytes of the decoded payload."""
         return len(self.payload())
 
+    def is_empty(self) -> bool:
+        """A leaf with no body at all (cheap: nothing is decoded)."""
+        raise NotImplementedError
+
     def text(self) -> str:
         """The payload decoded by its charset; never raises."""
         data = self.payload()
@@ -349,20 +354,29 @@ class _Tree:
 
 
 def _keep(nodes: Iterable[MimeNode]) -> _Tree:
-    """The nodes the checks look at (see `Message.mime`), and the depth and size of the whole tree."""
+    """The nodes the checks look at (see `Message.mime`), and the depth and size of the whole tree.
+
+    Text leaves with content are kept while the text budget lasts; containers, empty leaves and
+    the other leaves are each capped at `MAX_PARTS` on their own, so neither empty parts nor deep
+    nesting can push the body or an attachment out of sight."""
     kept: list[MimeNode] = []
-    others = text_bytes = depth = total = 0
+    counts = {"container": 0, "empty": 0, "leaf": 0}
+    text_bytes = depth = total = 0
     for node in nodes:
         total += 1
         depth = max(depth, node.depth)
-        if node.is_text and text_bytes < MAX_TEXT_BYTES:
-            size = node.size()
-            if size:
-                text_bytes += size
-                kept.append(node)
-                continue
-        if others < MAX_PARTS:
-            others += 1
+        if node.is_container:
+            kind = "container"
+        elif node.is_empty():
+            kind = "empty"
+        elif node.is_text and text_bytes < MAX_TEXT_BYTES and (size := node.size()):
+            text_bytes += size
+            kept.append(node)
+            continue
+        else:
+            kind = "leaf"
+        if counts[kind] < MAX_PARTS:
+            counts[kind] += 1
             kept.append(node)
     return _Tree(kept, depth, total)
 
@@ -408,6 +422,9 @@ class _FastNode(MimeNode):
         except fast_mail_parser.DecodeError:  # a broken attachment (text parts are checked in size())
             return b""
 
+    def is_empty(self) -> bool:
+        return not self.is_container and self._node.encoded_size == 0
+
     def size(self) -> int:
         try:
             return 0 if self.is_container else len(self._node.content or b"")
@@ -440,6 +457,9 @@ class _RawNode(MimeNode):
 
     def payload(self) -> bytes:
         return b"" if self.is_container else self._payload
+
+    def is_empty(self) -> bool:
+        return not self.is_container and not self._part.body.strip()
 
 
 def _filename(part: email.message.Message) -> str | None:
