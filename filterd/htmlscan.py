@@ -15,6 +15,7 @@ only the start tag of such an element counts, as before.
 
 from __future__ import annotations
 
+import html
 import re
 from dataclasses import dataclass
 from functools import cached_property
@@ -79,6 +80,8 @@ class HtmlScan:
 
 def scan_html(markup: str) -> HtmlScan:
     """The text, links and tags of `markup`; never raises, linear in its length."""
+    if "<" not in markup:  # no markup at all (a message without HTML asks too): no parser needed
+        return HtmlScan(html.unescape(markup) if "&" in markup else markup, (), (), False, ())
     if "\x00" in markup:
         markup = markup.replace("\x00", "\ufffd")
     root = LexborHTMLParser(_limit_nesting(markup)).root

@@ -109,3 +109,9 @@ def test_deep_nesting_keeps_the_text() -> None:
     scan = scan_html("<div>" * 5_000 + "deep words" + "</div>" * 5_000)
     assert scan.text.strip() == "deep words"
     assert len(scan.tags) <= 5_000
+
+
+def test_text_without_markup_needs_no_parser() -> None:
+    assert scan_html("") == scan_html("")
+    assert scan_html("fish &amp; chips").text == "fish & chips"
+    assert scan_html("plain").tags == () and scan_html("plain").urls == ()
