@@ -329,6 +329,10 @@ class MimeNode:
         """A leaf with no body at all (cheap: nothing is decoded)."""
         raise NotImplementedError
 
+    def text_size(self) -> int:
+        """`size` of a text leaf, raising `_Undecodable` when this parser cannot decode it."""
+        return self.size()
+
     def text(self) -> str:
         """The payload decoded by its charset; never raises."""
         data = self.payload()
@@ -369,7 +373,7 @@ def _keep(nodes: Iterable[MimeNode]) -> _Tree:
             kind = "container"
         elif node.is_empty():
             kind = "empty"
-        elif node.is_text and text_bytes < MAX_TEXT_BYTES and (size := node.size()):
+        elif node.is_text and text_bytes < MAX_TEXT_BYTES and (size := node.text_size()):
             text_bytes += size
             kept.append(node)
             continue
@@ -429,9 +433,13 @@ class _FastNode(MimeNode):
         try:
             return 0 if self.is_container else len(self._node.content or b"")
         except fast_mail_parser.DecodeError:
-            if self.is_text:  # its text must not be lost: mimetree decodes what it can
-                raise _Undecodable from None
             return self._node.encoded_size or 0  # what it takes in the message
+
+    def text_size(self) -> int:
+        try:
+            return len(self._node.content or b"")
+        except fast_mail_parser.DecodeError:  # its text must not be lost: mimetree decodes what it can
+            raise _Undecodable from None
 
 
 class _RawNode(MimeNode):

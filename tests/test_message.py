@@ -179,3 +179,17 @@ def test_a_leading_mbox_line_is_skipped_by_both_parsers() -> None:
     body = b"From someone@example.com Thu Dec  3 10:00:00 2026\nContent-Type: text/html\n\n<p>hi there</p>\n"
     assert Message(body).text == "hi there"
     assert Message(_nested(300).replace(b"Subject: x\r\n", b"From x@y Thu Dec 3\r\n", 1)).mime_depth == 300
+
+
+def test_an_undecodable_text_part_past_the_text_budget_does_not_raise() -> None:
+    big = b"word " * (MAX_TEXT_CHARS * 4 // 5 + 10)
+    broken = base64.encodebytes(b"late words " * 20)[:-7]
+    raw = (
+        b"Content-Type: multipart/mixed; boundary=B\r\n\r\n--B\r\nContent-Type: text/plain\r\n\r\n"
+        + big
+        + b"\r\n--B\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+        + broken
+        + b"\r\n--B--\r\n"
+    )
+    m = Message(raw)
+    assert m.text.startswith("word word") and len(m.parts) == 2
