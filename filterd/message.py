@@ -11,24 +11,22 @@ whatever text can be recovered.
 
 from __future__ import annotations
 
-import email.header
+import binascii
 import email.message
-import email.parser
-import email.policy
-import itertools
 import re
-from collections.abc import Callable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
 
 import fast_mail_parser
 
+from filterd import mimetree
 from filterd.htmlscan import HtmlScan, scan_html
 
 MAX_TEXT_CHARS = 200_000  # text kept per message for content checks
-MAX_PARTS = 200  # MIME parts looked at
-TOO_DEEP = 10_000  # the mime_depth of a tree nested too deep for the parsers to read
+MAX_PARTS = 200  # MIME containers, empty leaves, and other leaves kept for the checks: each
+MAX_FAST_ENCODED_WORDS = 1_000  # more "=?" than this: the message is read by mimetree (see `_tree`)
+MAX_TEXT_BYTES = 4 * MAX_TEXT_CHARS  # decoded text-part bytes kept: the text budget of `Message.mime`
 
 _HEADER_NAME = re.compile(r"[!-9;-~]+")  # RFC 5322 ftext
 _URL = re.compile(r"""(?i)\b(?:https?://|www\.)[^\s<>"'()\[\]{}]{2,2000}""")
@@ -98,40 +96,43 @@ class Message:
         return None if value is None else decode_words(value)
 
     @cached_property
-    def mime(self) -> list[MimeNode]:
-        """Every node of the MIME tree in walk order (containers too), at most `MAX_PARTS`.
+    def _tree(self) -> _Tree:
+        """The MIME tree walked once, without recursion: the nodes kept, and its whole shape.
 
         Parsed by fast_mail_parser (Rust mailparse): about five times faster than the stdlib
         parser, which was the largest single cost of the rules and the classifier.  A message it
-        refuses, or with a text part it cannot transfer-decode (base64 that the stdlib's decoder
-        tolerates), is parsed by the stdlib instead, so malformed input still gives its text.  Other
-        parts are decoded only when asked (`payload`, `parts`)."""
+        refuses (nesting over 256 levels among them), or with a text part it cannot
+        transfer-decode (truncated base64), is read by `filterd.mimetree` instead, which tolerates
+        both; so is one with more than `MAX_FAST_ENCODED_WORDS` "=?" in it, because fast_mail_parser's
+        header decoding is quadratic in the encoded words of one header (34 KB of them: 5 ms,
+        340 KB: 0.4 s, 1 MB: 4 s).  Other parts are decoded only when asked (`payload`, `parts`)."""
         try:
+            if self.raw.count(b"=?") > MAX_FAST_ENCODED_WORDS:
+                raise _Undecodable
             root = fast_mail_parser.parse_email_tree(self.raw, mode="lazy")
-            nodes: list[MimeNode] = [
-                _FastNode(n) for n in itertools.islice(fast_mail_parser.walk(root), MAX_PARTS)
-            ]
-            for node in nodes:
-                if node.is_text:
-                    node.payload()  # a text part it cannot decode: the stdlib's text instead
-            return nodes
-        except fast_mail_parser.ParseError:
-            tree = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(self.raw)
-            return [_StdlibNode(p) for p in itertools.islice(tree.walk(), MAX_PARTS)]
+            return _keep(_FastNode(node, depth) for node, depth in _walk_fast(root))
+        except (fast_mail_parser.ParseError, _Undecodable):
+            return _keep(_RawNode(part) for part in mimetree.walk(self.raw))
 
-    @cached_property
+    @property
+    def mime(self) -> list[MimeNode]:
+        """The nodes of the MIME tree in walk order (containers too) that the checks look at.
+
+        Every text leaf with content is kept until `MAX_TEXT_BYTES` of text; of the containers, of
+        the empty leaves and of the other leaves (attachments) the first `MAX_PARTS` each.  So no
+        number of empty or nested parts in front of the body can push the body or an attachment
+        out of sight."""
+        return self._tree.nodes
+
+    @property
     def mime_depth(self) -> int:
-        """The deepest MIME nesting level, the root being 0, counted over the whole tree (not only
-        the first `MAX_PARTS` nodes).  A tree too deep for both parsers counts as `TOO_DEEP`."""
-        try:
-            root = fast_mail_parser.parse_email_tree(self.raw, mode="lazy")
-        except fast_mail_parser.ParseError:
-            try:
-                tree = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(self.raw)
-            except RecursionError:  # the stdlib parser recurses once per level
-                return TOO_DEEP
-            return _depth(tree, lambda p: p.get_payload() if p.is_multipart() else [])
-        return _depth(root, lambda n: n.children)
+        """The deepest nesting level of the MIME tree (the message itself is 0), over the whole tree."""
+        return self._tree.depth
+
+    @property
+    def mime_nodes_total(self) -> int:
+        """Every node of the MIME tree, containers included, counted past any cap."""
+        return self._tree.total
 
     @cached_property
     def leaves(self) -> list[MimeNode]:
@@ -207,35 +208,64 @@ class Message:
         return list(seen)
 
 
-def _depth(root: Any, children: Callable[[Any], Any]) -> int:
-    """The deepest level under `root` (0), walked without recursion."""
-    deepest = 0
-    stack = [(root, 0)]
-    while stack:
-        node, level = stack.pop()
-        deepest = max(deepest, level)
-        stack.extend((child, level + 1) for child in children(node) if not isinstance(child, str))
-    return deepest
-
-
 def decode_words(value: str) -> str:
-    """Decode RFC 2047 encoded words, tolerating unknown charsets and broken encodings."""
+    """Decode RFC 2047 encoded words; never raises, whatever the input.
+
+    Our own small decoder rather than `email.header.decode_header`, which raises on a broken word
+    (``=?utf-8?b?A?=`` gives HeaderParseError) -- and an exception here turned a hostile Subject into
+    a skipped check.  Broken base64 keeps what decodes, an unknown charset reads as Latin-1 (ASCII
+    words stay intact), white space between two encoded words is dropped (RFC 2047 section 6.2), and
+    adjacent words in one charset are joined before decoding so a character split across them
+    survives."""
     if "=?" not in value:
         return value
-    try:
-        chunks = email.header.decode_header(value)
-    except (ValueError, LookupError, AssertionError):
-        return value
     out: list[str] = []
-    for data, charset in chunks:
-        if isinstance(data, str):
-            out.append(data)
-            continue
-        try:
-            out.append(data.decode(charset or "ascii", "replace"))
-        except LookupError:
-            out.append(data.decode("latin-1"))
+    pending: bytearray = bytearray()  # encoded words in `charset`, not yet decoded
+    charset = ""
+    pos = 0
+    for m in _ENCODED_WORD.finditer(value):
+        between = value[pos : m.start()]
+        if between and (not pending or between.strip(" \t\r\n")):
+            if pending:
+                out.append(_decode_charset(bytes(pending), charset))
+                pending.clear()
+            out.append(between)
+        word_charset = m.group(1).partition("*")[0].lower()  # RFC 2231 language suffix dropped
+        if pending and word_charset != charset:
+            out.append(_decode_charset(bytes(pending), charset))
+            pending.clear()
+        charset = word_charset
+        pending += _b_decode(m.group(3)) if m.group(2) in "bB" else _q_decode(m.group(3))
+        pos = m.end()
+    if pending:
+        out.append(_decode_charset(bytes(pending), charset))
+    out.append(value[pos:])
     return "".join(out)
+
+
+# charset ? B|Q ? text, all printable ASCII without "?" or white space (RFC 2047 section 2).
+_ENCODED_WORD = re.compile(r"=\?([!->@-~]{1,75})\?([bBqQ])\?([!->@-~]*)\?=")
+_BASE64_JUNK = re.compile(rb"[^A-Za-z0-9+/]")
+_QP_ESCAPE = re.compile(rb"=([0-9A-Fa-f]{2})")
+
+
+def _b_decode(text: str) -> bytes:
+    """Base64 as far as it decodes: junk and padding dropped, a dangling sixth of a byte ignored."""
+    data = _BASE64_JUNK.sub(b"", text.encode("ascii", "ignore"))
+    data = data[: len(data) - len(data) % 4 if len(data) % 4 == 1 else len(data)]
+    return binascii.a2b_base64(data + b"=" * (-len(data) % 4))
+
+
+def _q_decode(text: str) -> bytes:
+    data = text.encode("ascii", "ignore").replace(b"_", b" ")
+    return _QP_ESCAPE.sub(lambda m: bytes.fromhex(m.group(1).decode()), data)
+
+
+def _decode_charset(data: bytes, charset: str) -> str:
+    try:
+        return data.decode(charset or "ascii", "replace")
+    except (LookupError, ValueError):  # an unknown name; ValueError: a codec refusing "replace"
+        return data.decode("latin-1")
 
 
 def find_urls(text: str) -> list[str]:
@@ -276,6 +306,7 @@ class MimeNode:
     disposition: str  # lower-case: "attachment", "inline" or ""
     transfer_encoding: str  # lower-case Content-Transfer-Encoding, "" when absent
     is_container: bool  # multipart/* and message/rfc822: no payload of its own
+    depth: int  # nesting level: the message itself is 0
 
     @property
     def is_text(self) -> bool:
@@ -294,6 +325,14 @@ class MimeNode:
         """Bytes of the decoded payload."""
         return len(self.payload())
 
+    def is_empty(self) -> bool:
+        """A leaf with no body at all (cheap: nothing is decoded)."""
+        raise NotImplementedError
+
+    def text_size(self) -> int:
+        """`size` of a text leaf, raising `_Undecodable` when this parser cannot decode it."""
+        return self.size()
+
     def text(self) -> str:
         """The payload decoded by its charset; never raises."""
         data = self.payload()
@@ -306,9 +345,62 @@ class MimeNode:
 _CHARSET = re.compile(r"""(?i)[;\s]charset\s*=\s*["']?([^"';\s]+)""")
 
 
+class _Undecodable(Exception):
+    """A message fast_mail_parser cannot read well (a text part it cannot transfer-decode, too many
+    encoded words): it is read by mimetree instead."""
+
+
+@dataclass(frozen=True)
+class _Tree:
+    nodes: list[MimeNode]
+    depth: int
+    total: int
+
+
+def _keep(nodes: Iterable[MimeNode]) -> _Tree:
+    """The nodes the checks look at (see `Message.mime`), and the depth and size of the whole tree.
+
+    Text leaves with content are kept while the text budget lasts; containers, empty leaves and
+    the other leaves are each capped at `MAX_PARTS` on their own, so neither empty parts nor deep
+    nesting can push the body or an attachment out of sight."""
+    kept: list[MimeNode] = []
+    counts = {"container": 0, "empty": 0, "leaf": 0}
+    text_bytes = depth = total = 0
+    for node in nodes:
+        total += 1
+        depth = max(depth, node.depth)
+        if node.is_container:
+            kind = "container"
+        elif node.is_empty():
+            kind = "empty"
+        elif node.is_text and text_bytes < MAX_TEXT_BYTES and (size := node.text_size()):
+            text_bytes += size
+            kept.append(node)
+            continue
+        else:
+            kind = "leaf"
+        if counts[kind] < MAX_PARTS:
+            counts[kind] += 1
+            kept.append(node)
+    return _Tree(kept, depth, total)
+
+
+def _walk_fast(
+    root: fast_mail_parser.PyLazyMimePart,
+) -> Iterator[tuple[fast_mail_parser.PyLazyMimePart, int]]:
+    """Each node with its depth, depth first in walk order, with a stack instead of recursion
+    (`fast_mail_parser.walk` recurses once per level)."""
+    stack = [(root, 0)]
+    while stack:
+        node, depth = stack.pop()
+        yield node, depth
+        stack.extend((child, depth + 1) for child in reversed(node.children))
+
+
 class _FastNode(MimeNode):
-    def __init__(self, node: fast_mail_parser.PyLazyMimePart) -> None:
+    def __init__(self, node: fast_mail_parser.PyLazyMimePart, depth: int) -> None:
         self._node = node
+        self.depth = depth
         self.content_type = node.content_type.lower()
         self.filename = decode_words(node.filename) if node.filename else None
         self.disposition = (node.disposition or "").lower()
@@ -331,8 +423,11 @@ class _FastNode(MimeNode):
             return b""
         try:
             return self._node.content or b""
-        except fast_mail_parser.DecodeError:  # a broken attachment (text parts are checked earlier)
+        except fast_mail_parser.DecodeError:  # a broken attachment (text parts are checked in size())
             return b""
+
+    def is_empty(self) -> bool:
+        return not self.is_container and self._node.encoded_size == 0
 
     def size(self) -> int:
         try:
@@ -340,33 +435,39 @@ class _FastNode(MimeNode):
         except fast_mail_parser.DecodeError:
             return self._node.encoded_size or 0  # what it takes in the message
 
-
-class _StdlibNode(MimeNode):
-    def __init__(self, part: email.message.Message) -> None:
-        self._part = part
-        self.content_type = part.get_content_type()
-        self.filename = _filename(part)
-        self.disposition = (part.get("Content-Disposition") or "").split(";")[0].strip().lower()
-        self.is_container = part.is_multipart()
+    def text_size(self) -> int:
         try:
-            self.charset = part.get_content_charset()
+            return len(self._node.content or b"")
+        except fast_mail_parser.DecodeError:  # its text must not be lost: mimetree decodes what it can
+            raise _Undecodable from None
+
+
+class _RawNode(MimeNode):
+    """A node read by `filterd.mimetree`."""
+
+    def __init__(self, part: mimetree.RawPart) -> None:
+        headers = part.headers
+        self._part = part
+        self.depth = part.depth
+        self.content_type = headers.get_content_type()
+        self.filename = _filename(headers)
+        self.disposition = str(headers.get("Content-Disposition", "")).split(";")[0].strip().lower()
+        self.is_container = part.is_container
+        try:
+            self.charset = headers.get_content_charset()
         except (ValueError, LookupError, AssertionError):
             self.charset = None
-        self.transfer_encoding = str(part.get("Content-Transfer-Encoding", "")).strip().lower()
+        self.transfer_encoding = str(headers.get("Content-Transfer-Encoding", "")).strip().lower()
+
+    @cached_property
+    def _payload(self) -> bytes:
+        return mimetree.decode_transfer(self._part.body, self.transfer_encoding)
 
     def payload(self) -> bytes:
-        return b"" if self.is_container else _payload_bytes(self._part)
+        return b"" if self.is_container else self._payload
 
-
-def _payload_bytes(part: email.message.Message) -> bytes:
-    try:
-        payload = part.get_payload(decode=True)
-    except (ValueError, AssertionError, LookupError):
-        payload = None
-    if isinstance(payload, bytes):
-        return payload
-    raw = part.get_payload()
-    return raw.encode("utf-8", "surrogateescape") if isinstance(raw, str) else b""
+    def is_empty(self) -> bool:
+        return not self.is_container and not self._part.body.strip()
 
 
 def _filename(part: email.message.Message) -> str | None:
@@ -374,4 +475,4 @@ def _filename(part: email.message.Message) -> str | None:
         name = part.get_filename()
     except (ValueError, LookupError, AssertionError):
         return None
-    return decode_words(name) if name else None
+    return decode_words(str(name)) if name else None

@@ -1,5 +1,10 @@
 from __future__ import annotations
 
+import random
+import time
+
+import pytest
+
 from filterd.bayes import tokenizer
 from filterd.bayes.tokenizer import registered_domain, tokenize
 from filterd.message import Message
@@ -100,3 +105,32 @@ def test_registered_domain() -> None:
     assert registered_domain("www.shop.example.co.uk") == "example.co.uk"
     assert registered_domain("example.com.") == "example.com"
     assert registered_domain("localhost") == "localhost"
+
+
+def _header_cost(value: bytes) -> float:
+    raw = b"From: a@example.com\r\nTo: " + value + b"\r\nSubject: hi\r\n\r\nbody\r\n"
+    tokenizer._HEADER_CACHE.clear()
+    started = time.process_time()
+    tokenizer.tokens(Message(raw))
+    return time.process_time() - started
+
+
+@pytest.mark.parametrize(
+    "unit",
+    [b"a", b"a.", b"a-", b"x@", b"a.@a.", b"User 1 <user1@example.net>, ", b"=?utf-8?q?a?= "],
+)
+def test_a_huge_address_header_tokenizes_in_linear_time(unit: bytes) -> None:
+    """34 KB of "a." in a To: took 4 s (the address regex tried every start position)."""
+    small_value, large_value = unit * (34_000 // len(unit)), unit * (340_000 // len(unit))
+    _header_cost(small_value)
+    small = min(_header_cost(small_value) for _ in range(3))
+    large = _header_cost(large_value)
+    assert large < 30 * max(small, 0.002), (small, large)
+
+
+def test_addresses_found_as_the_regex_finds_them() -> None:
+    rng = random.Random(7)
+    alphabet = "ab.@-_+x1 <>,é'"
+    for _ in range(5_000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 30)))
+        assert tokenizer._address_spans(text) == [m.span() for m in tokenizer._ADDRESS.finditer(text)], text

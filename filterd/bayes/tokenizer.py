@@ -53,6 +53,8 @@ MAX_TEXT_CHARS = 60_000  # body text tokenized; the rest of a long message adds 
 MAX_TOKENS = 6_000  # distinct tokens kept per message
 MAX_URLS = 50
 MAX_RECEIVED = 6
+MAX_HEADER_CHARS = 4_000  # of one header value tokenized: a 34 KB To: adds nothing but work
+MAX_CACHED_HEADER = 1_000  # longer values are not kept in the header cache (memory)
 MAX_WORD = 24  # longer words become a skip: token (base64 runs, hashes)
 
 # Headers a filter adds: never learned from (they are the other filter's opinion, and forgeable).
@@ -89,7 +91,10 @@ _WORD_ASCII = re.compile(r"[$]?[a-z][a-z0-9]*(?:[_'$.\-%]+[a-z0-9]+)*")
 _HEADER_WORD = re.compile(r"[^\s<>()\[\]\",;:=]+")
 _CJK_RUN = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]{2,}")
 _HAS_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]")
-_ADDRESS = re.compile(r"[\w.+\-=&'/]+@([\w\-]+\.)+[\w\-]+")
+_ADDRESS = re.compile(r"[\w.+\-=&'/]+@([\w\-]+\.)+[\w\-]+")  # what `_address_spans` finds, for reading
+_DOMAIN = re.compile(r"(?:[\w\-]+\.)+[\w\-]+")
+MAX_LOCAL_PART = 256  # characters read back from an "@" (RFC 5321 allows 64)
+MAX_DOMAIN = 256  # characters read on from it (RFC 1035 allows 253)
 _IPV4 = re.compile(r"\b(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})\b")
 # The same without the leading \b, which makes `re` try every position: `_networks` checks it.
 _IPV4_AHEAD = re.compile(r"(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.\d{1,3}\b")
@@ -145,9 +150,13 @@ def _header_tokens(msg: Message) -> list[str]:
             found.append("hn:received")
             received += 1
             if received <= MAX_RECEIVED:
+                value = value[:MAX_HEADER_CHARS]
                 found += _received_tokens((value if value.isascii() else _clean(value)).lower())
             continue
         if key == "message-id":  # unique too
+            found += _one_header(key, value)
+            continue
+        if len(value) > MAX_CACHED_HEADER:
             found += _one_header(key, value)
             continue
         cached = _HEADER_CACHE.get((key, value))
@@ -168,6 +177,7 @@ _HEADER_CACHE: dict[tuple[str, str], tuple[str, ...]] = {}
 
 def _one_header(key: str, value: str) -> Iterable[str]:
     yield "hn:" + key
+    value = value[:MAX_HEADER_CHARS]
     if not value.isascii():
         value = _clean(value)
     if key == "subject":
@@ -204,7 +214,8 @@ def _clean(value: str) -> str:
 
 def _address_tokens(key: str, value: str) -> Iterable[str]:
     lowered = value.lower()
-    addresses = [m.group(0) for m in _ADDRESS.finditer(lowered)]
+    spans = _address_spans(lowered)
+    addresses = [lowered[start:end] for start, end in spans]
     for address in addresses[:5]:
         local, _, domain = address.rpartition("@")
         yield f"{key}:addr:{address}"
@@ -213,9 +224,40 @@ def _address_tokens(key: str, value: str) -> Iterable[str]:
             yield f"{key}:local:digit"
     if not addresses:
         yield f"{key}:none"
-    name = _ADDRESS.sub(" ", lowered)
+    # The text around the addresses (display names), as `_ADDRESS.sub(" ", lowered)` leaves it.
+    ends = [0] + [end for _, end in spans]
+    starts = [start for start, _ in spans] + [len(lowered)]
+    name = " ".join(lowered[a:b] for a, b in zip(ends, starts, strict=True))
     for w in _WORD.findall(name)[:10]:
         yield f"{key}:name:{w}"
+
+
+def _address_spans(text: str) -> list[tuple[int, int]]:
+    """(start, end) of each address in `text`, as `_ADDRESS.finditer` finds them, in linear time.
+
+    The regular expression alone is quadratic on a long run of address characters without an "@"
+    (34 KB of "a." in a To: took 4 s): `re` tries it from every start position.  Here the search is
+    anchored on each "@" instead, the local part read backwards and the domain forwards from it,
+    each at most a few hundred characters, so every character is looked at a bounded number of
+    times."""
+    spans: list[tuple[int, int]] = []
+    floor = 0  # a match never overlaps the one before it
+    at = text.find("@")
+    while at >= 0:
+        start = at
+        while start > max(floor, at - MAX_LOCAL_PART) and _is_local_char(text[start - 1]):
+            start -= 1
+        m = _DOMAIN.match(text, at + 1, at + 1 + MAX_DOMAIN) if start < at else None
+        if m:
+            spans.append((start, m.end()))
+            floor = m.end()
+        at = text.find("@", max(at + 1, floor))
+    return spans
+
+
+def _is_local_char(c: str) -> bool:
+    """A character of `_ADDRESS`'s local part: a word character or one of .+-=&'/"""
+    return c.isalnum() or c in "_.+-=&'/"
 
 
 def _received_tokens(value: str) -> Iterable[str]:

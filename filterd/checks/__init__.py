@@ -18,6 +18,7 @@ from filterd.checks.greylist import Greylist
 from filterd.checks.header_sanity import HeaderSanity
 from filterd.checks.lists import ClientLists, RecipientAllowed, RecipientLists, SenderLists
 from filterd.checks.message_size import MessageSize
+from filterd.checks.mime_structure import MimeStructure
 from filterd.checks.ratelimit import RateLimit
 from filterd.checks.reputation import AuthReputation, Reputation
 from filterd.checks.rules import Rules
@@ -46,6 +47,7 @@ ALL_CHECKS: tuple[type[Check], ...] = (
     DkimSign,
     HeaderHeuristics,  # end of message: after DKIM (reads which domains authenticated)
     AuthReputation,  # end of message: after DKIM
+    MimeStructure,
     Rules,  # end of message; greylisting in content mode still runs after it (after_scoring)
     Bayes,  # last: autolearn reads the scores of the checks before it
 )
