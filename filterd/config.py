@@ -94,7 +94,8 @@ class MilterSettings:
     max_inflight_bytes: int = setting(
         256 * 1024 * 1024,
         "bytes of messages one worker holds at once; a message that would pass it gets 452 4.3.1 "
-        "(the client retries later); peak memory is about twice this",
+        "(the client retries later).  Counted once per message: the checks' own copies make a "
+        "worker's peak a few times this",
         positive,
     )
     heartbeat_timeout: float = setting(

@@ -178,3 +178,17 @@ def test_quarantined_copy_has_no_forged_headers_when_released(stack: Stack) -> N
     assert any(r.startswith("other.example;") for r in results)
     assert got.header("X-Spam-Flag") == [] and got.header("X-Spam-Status") == []
     assert b"score=-50" not in stored_bytes and b"dkim=pass" not in stored_bytes  # nor kept on disk
+
+
+def test_a_message_past_the_workers_inflight_budget_gets_452_and_the_budget_comes_back(stack: Stack) -> None:
+    with stack.configured({"milter": {"max_inflight_bytes": 1_000_000}}):
+        line = "0123456789" * 7 + "\r\n"
+        big, big_marker = make_message("over budget", body=line * (2_000_000 // len(line)))
+        code, reply = _send_raw(stack, big)
+        assert (code, reply[:5]) == (452, b"4.3.1"), reply
+        for _ in range(3):  # what the refused message took was given back: these fit, one by one
+            fits, marker = make_message("within budget", body=line * (600_000 // len(line)))
+            assert _send_raw(stack, fits)[0] == 250
+            stack.sink.find(marker)
+    time.sleep(0.5)
+    assert stack.sink.count(big_marker) == 0
