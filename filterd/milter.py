@@ -190,6 +190,8 @@ def _fail_safe(method: Callable[..., int]) -> Callable[..., int]:
     """No exception reaches libmilter, and none ends in a retry loop (see the module docstring)."""
 
     def wrapper(self: FilterdMilter, *args: Any) -> int:
+        key = id(self)
+        busy[key] = time.monotonic()  # for the heartbeat: a callback that never ends is a hang
         try:
             return method(self, *args)
         except MemoryError:  # a resource limit of this worker: retrying later is right
@@ -200,6 +202,8 @@ def _fail_safe(method: Callable[..., int]) -> Callable[..., int]:
                 "%s: internal error in %s, going on with INTERNAL_ERROR", self.queue_id, method.__name__
             )
             return self._recover(method.__name__)
+        finally:
+            busy.pop(key, None)
 
     wrapper.__name__ = method.__name__
     wrapper.__doc__ = method.__doc__
@@ -691,6 +695,33 @@ def install_callbacks(timeout: int) -> None:
         unknown=lambda ctx, cmd: ctx.getpriv().unknown(cmd),
         negotiate=Milter.negotiate_callback,
     )
+
+
+# Callbacks in progress in this worker: key -> when it started (time.monotonic()).
+busy: dict[int, float] = {}
+
+
+def start_heartbeat(beat: Callable[[float], None], interval: float = 1.0) -> threading.Thread:
+    """Tell the parent, every `interval` seconds, since when this worker has been making progress.
+
+    `beat` receives the start of the oldest callback still running (now when none is): the
+    parent replaces a worker whose value lags more than [milter] heartbeat_timeout behind.  The
+    beat comes from a Python thread, so it also stops when the GIL is never released (a C
+    extension stuck holding it) or the process is stopped -- every way a worker can hang."""
+
+    def run() -> None:
+        while True:
+            now = time.monotonic()
+            try:
+                oldest = min(busy.values(), default=now)
+            except RuntimeError:  # the dict changed while read: the next beat reads it again
+                oldest = now
+            beat(min(oldest, now))
+            time.sleep(interval)
+
+    thread = threading.Thread(target=run, name="heartbeat", daemon=True)
+    thread.start()
+    return thread
 
 
 def start_drain_watcher(should_stop: Callable[[], bool], grace: float) -> threading.Thread:

@@ -3,6 +3,7 @@ class; tests/test_e2e_milter.py drives the same code through a real Postfix)."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -166,3 +167,19 @@ def test_eight_bit_bytes_reach_libmilter_as_text_it_can_carry() -> None:
 def test_drop_fields_removes_whole_folded_fields_by_place() -> None:
     raw = b"A: 1\r\nX-Spam-Flag: NO\r\n\tfolded\r\nB: 2\r\n\r\nbody X-Spam-Flag: x\r\n"
     assert fm.drop_fields(raw, {1}) == b"A: 1\r\nB: 2\r\n\r\nbody X-Spam-Flag: x\r\n"
+
+
+def test_heartbeat_reports_the_oldest_callback_in_progress() -> None:
+    beats: list[float] = []
+    stuck = time.monotonic() - 100.0
+    fm.busy[12345] = stuck  # a callback that started 100 s ago and never returned
+    try:
+        fm.start_heartbeat(lambda t: beats.append(t) if len(beats) < 1000 else None, interval=0.01)
+        deadline = time.monotonic() + 5
+        while not beats and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert beats and beats[-1] == stuck
+    finally:
+        del fm.busy[12345]
+    time.sleep(0.05)
+    assert len(beats) == 1000 or time.monotonic() - beats[-1] < 1.0  # nothing stuck: the beat is now
