@@ -23,7 +23,8 @@ def _dependency_errors() -> tuple[type[BaseException], ...]:
     try:
         import redis.exceptions
 
-        found += [redis.exceptions.ConnectionError, redis.exceptions.TimeoutError]
+        # all of them: besides a lost connection, OOM, READONLY and the like are the server's state
+        found.append(redis.exceptions.RedisError)
     except ImportError:
         pass
     try:
