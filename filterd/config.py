@@ -89,6 +89,31 @@ class MilterSettings:
         "rules or Bayes (only what was known before the body counts)",
     )
     log_level: Literal["debug", "info", "warning", "error"] = setting("info", "log level (logs go to stderr)")
+    max_headers: int = setting(
+        1000,
+        "header fields kept for the checks; a message with more scores TOO_MANY_HEADERS and the rest "
+        "are only counted (CPU and memory stay bounded)",
+        positive,
+    )
+    max_forged_headers: int = setting(
+        1000,
+        "forged verdict headers (X-Spam-*, our Authentication-Results) filterd removes from one message; "
+        "a message with more is refused with 552 5.3.4 (Postfix fails past ~10,000 removals, and "
+        "its 451 would repeat on every retry)",
+        positive,
+    )
+    max_inflight_bytes: int = setting(
+        256 * 1024 * 1024,
+        "bytes of messages one worker holds at once; a message that would pass it gets 452 4.3.1 "
+        "(the client retries later).  Counted once per message: the checks' own copies make a "
+        "worker's peak a few times this",
+        positive,
+    )
+    heartbeat_timeout: float = setting(
+        30.0,
+        "seconds without a heartbeat after which the parent kills a hung worker and starts another",
+        positive,
+    )
 
 
 @dataclass(frozen=True)
@@ -176,7 +201,9 @@ def checks_settings_class() -> type:
 @cache
 def known_symbols() -> Mapping[str, float]:
     """Every symbol any check can emit, with its default score (built once: `score_of` is on the mail path)."""
-    symbols: dict[str, float] = {"CHECK_ERROR": 0.0}
+    # CHECK_ERROR: a check failed open; INTERNAL_ERROR: filterd's own milter path failed and the
+    # message was delivered anyway (filterd.milter); TOO_MANY_HEADERS: past [milter] max_headers.
+    symbols: dict[str, float] = {"CHECK_ERROR": 0.0, "INTERNAL_ERROR": 0.0, "TOO_MANY_HEADERS": 3.0}
     for c in registered_checks():
         symbols.update(c.symbols)
     return types.MappingProxyType(symbols)

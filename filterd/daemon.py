@@ -15,6 +15,18 @@ the parent removes the unix socket (new connections now fail, and Postfix tempfa
 milter_default_action) and raises a stop flag in shared memory; each worker waits until its
 messages in flight are done (at most `shutdown_grace` seconds) and exits.  A worker whose parent
 died does the same.
+
+Why everything is imported before the first fork: a worker that imports numpy/scipy itself, from
+a libmilter thread while others run, after a reload turned the Bayes check on, was seen to hang
+for good inside the import or to crash.  So the parent imports every filterd module and each
+heavy library a check may load (`preload_modules`), with the BLAS thread pools pinned to one
+thread (a pool does not survive fork, and a milter worker is one core anyway); workers then
+find it all in memory, shared copy-on-write.
+
+Why a heartbeat: a hung worker keeps its share of the socket's connections, each waiting for
+Postfix's milter timeout and then tempfailing.  Each worker writes, once a second, into its slot
+in shared memory since when it has been making progress (filterd.milter.start_heartbeat); the
+parent kills a worker whose slot lags more than [milter] heartbeat_timeout and starts another.
 """
 
 from __future__ import annotations
@@ -22,9 +34,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import grp
+import importlib
 import logging
 import multiprocessing.sharedctypes
 import os
+import pkgutil
 import signal
 import sys
 import time
@@ -37,6 +51,49 @@ from filterd.settings import ConfigError
 log = logging.getLogger("filterd")
 
 _SIGNALS = {signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD}
+
+# Libraries filterd imports inside functions (or that a check loads only when enabled): imported
+# by the parent before any fork as well.  Absent optional ones are skipped.
+_LAZY_IMPORTS = (
+    "numpy",
+    "scipy.sparse",
+    "scipy.special",
+    "sklearn.utils",
+    "re2",
+    "dkim",
+    "spf",
+    "redis",
+    "redis.cluster",
+    "redis.exceptions",
+    "redis.sentinel",
+    "dns.exception",
+    "dns.resolver",
+    "tldextract",
+    "selectolax.parser",
+)
+_BLAS_THREADS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def preload_modules() -> list[str]:
+    """Import every filterd module a worker may use and the libraries above (see the docstring).
+
+    Returns what could not be imported, for the log: an optional library that is not installed."""
+    for var in _BLAS_THREADS:  # before numpy's first import; an admin's own setting wins
+        os.environ.setdefault(var, "1")
+    import filterd
+
+    names = [
+        info.name
+        for info in pkgutil.walk_packages(filterd.__path__, "filterd.")
+        if not info.name.startswith(("filterd.cli", "filterd.__main__"))
+    ]
+    missing = []
+    for name in [*names, *_LAZY_IMPORTS]:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # ImportError, or a module that fails without its extra
+            missing.append(f"{name} ({type(exc).__name__}: {exc})")
+    return missing
 
 
 def read_config(path: str | None) -> Config:
@@ -53,8 +110,12 @@ class Supervisor:
         self.workers = workers or os.cpu_count() or 1
         self.generation = multiprocessing.sharedctypes.RawValue("Q", 0)
         self.stop_flag = multiprocessing.sharedctypes.RawValue("B", 0)
+        # one slot per worker: since when it has been making progress (time.monotonic())
+        self.heartbeats = multiprocessing.sharedctypes.RawArray("d", self.workers)
         self.socket_path: Path | None = None
         self.children: dict[int, float] = {}  # pid -> start time
+        self.slots: dict[int, int] = {}  # pid -> its heartbeat slot
+        self.hung: set[int] = set()  # killed for a missing heartbeat, not yet reaped
         self.stopping = False
         self.kill_deadline = 0.0
 
@@ -83,8 +144,8 @@ class Supervisor:
                         exc,
                     )
         signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
-        for _ in range(self.workers):
-            self._spawn()
+        for slot in range(self.workers):
+            self._spawn(slot)
         log.info(
             "listening on %s with %d workers (configuration: %s)",
             settings.socket,
@@ -96,6 +157,8 @@ class Supervisor:
             if self.stopping and time.monotonic() > self.kill_deadline:
                 for pid in self.children:  # a worker stuck past its grace: end it
                     _kill(pid, signal.SIGKILL)
+            if not self.stopping:
+                self._check_heartbeats()
             if info is None:
                 self._reap()
             elif info.si_signo == signal.SIGHUP:
@@ -107,18 +170,36 @@ class Supervisor:
         log.info("stopped")
         return 0
 
-    def _spawn(self) -> None:
+    def _spawn(self, slot: int) -> None:
+        self.heartbeats[slot] = time.monotonic()  # the worker's start-up counts as progress
         pid = os.fork()
         if pid == 0:
             try:
-                code = self._worker()
+                code = self._worker(slot)
             except BaseException:
                 log.exception("worker failed")
                 code = 1
             os._exit(code)
         self.children[pid] = time.monotonic()
+        self.slots[pid] = slot
 
-    def _worker(self) -> int:
+    def _check_heartbeats(self) -> None:
+        """Kill a worker that stopped making progress; `_reap` then starts another in its slot."""
+        limit = self.config.milter.heartbeat_timeout
+        now = time.monotonic()
+        for pid, slot in self.slots.items():
+            lag = now - self.heartbeats[slot]
+            if lag > limit and pid not in self.hung:
+                log.error(
+                    "worker %d made no progress for %.1f s (heartbeat_timeout %g): killing it, starting another",
+                    pid,
+                    lag,
+                    limit,
+                )
+                self.hung.add(pid)
+                _kill(pid, signal.SIGKILL)
+
+    def _worker(self, slot: int) -> int:
         import milter
 
         from filterd import milter as filterd_milter
@@ -127,11 +208,19 @@ class Supervisor:
         for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, signal.SIG_IGN)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+        heartbeats = self.heartbeats
+
+        def beat(progress: float) -> None:
+            heartbeats[slot] = progress
+
+        filterd_milter.busy[0] = time.monotonic()  # building the first pipeline: progress until built
+        filterd_milter.start_heartbeat(beat)
         generation = self.generation
         filterd_milter.holder = filterd_milter.PipelineHolder(
             build=lambda: Pipeline.from_config(load_config(self.config_path)),
             generation=lambda: int(generation.value),
         )
+        del filterd_milter.busy[0]
         parent = os.getppid()
         stop_flag = self.stop_flag
         filterd_milter.start_drain_watcher(
@@ -175,12 +264,17 @@ class Supervisor:
             if pid == 0:
                 return
             started = self.children.pop(pid, None)
+            slot = self.slots.pop(pid, 0)
             if started is None or self.stopping:
                 continue
-            log.error("worker %d exited unexpectedly (status %d); starting another", pid, status)
-            if time.monotonic() - started < 1.0:
-                time.sleep(1.0)  # a worker that dies at once must not spin the parent
-            self._spawn()
+            if pid in self.hung:
+                self.hung.discard(pid)
+                log.info("hung worker %d ended; starting another", pid)
+            else:
+                log.error("worker %d exited unexpectedly (status %d); starting another", pid, status)
+                if time.monotonic() - started < 1.0:
+                    time.sleep(1.0)  # a worker that dies at once must not spin the parent
+            self._spawn(slot)
 
 
 def _kill(pid: int, sig: int) -> None:
@@ -226,6 +320,8 @@ def main(argv: list[str] | None = None) -> None:
         stream=sys.stderr, level=logging.INFO, format="filterd[%(process)d]: %(levelname)s %(message)s"
     )
     _lean_log_records()
+    for missing in preload_modules():
+        logging.getLogger("filterd").debug("not preloaded: %s", missing)
     try:
         config = read_config(path)
     except ConfigError as exc:

@@ -2,8 +2,23 @@
 
 libmilter calls these methods from its own threads, one connection per thread, holding the GIL
 (so one worker process uses about one core; the daemon forks several on one socket).  Nothing
-here may raise into libmilter: every callback ends in a milter return code, and anything
-unexpected tempfails the message (4xx) so that the client retries and nothing is lost.
+here may raise into libmilter: every callback ends in a milter return code.
+
+An unexpected exception on the milter path never tempfails.  The same bytes would fail the same
+way on every retry, so a 4xx there is a retry loop that ends in a bounce days later -- mail lost
+in slow motion.  Instead the message goes on and is delivered with the symbol INTERNAL_ERROR in
+its report (and the traceback in the log), unless the verdict was already known: then that
+verdict's 5xx or discard still stands, and a quarantine falls back to Postfix's hold queue.
+Delivering a message whose verdict is unknown risks a spam in an inbox; refusing it would bounce
+a ham, and a sender cannot fix our bug -- the first is the smaller harm.  4xx stays for what goes
+away by itself: a dependency down (each check's `on_error`, the quarantine disk), a worker out of
+memory, or a worker's in-flight byte budget spent ([milter] max_inflight_bytes).
+
+Bounded work per message: at most [milter] max_headers header fields are kept for the checks
+(more scores TOO_MANY_HEADERS), forged headers are counted per name as they arrive (not by
+rescanning), and a message with more than [milter] max_forged_headers forged headers to remove
+is refused with 552 5.3.4: Postfix's cleanup fails past ~10,000 removals with a 451 that would
+come back on every retry.
 
 Postfix quirks handled here:
 - Macros beyond Postfix's default set ({client_addr} at connect, {auth_authen} at MAIL) must be
@@ -24,23 +39,39 @@ Postfix quirks handled here:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import Milter
 import milter
 
 from filterd.auth.results import our_ids
-from filterd.check import Direction, Stage
+from filterd.check import Direction, Finding, Stage
 from filterd.pipeline import Action, Pipeline, Verdict
 from filterd.quarantine import QuarantineError, QuarantineStore, meta_from
-from filterd.replies import R451_CHECK_FAILED, Decision, Discard, Reject, TempFail
-from filterd.report import CLAIM_HEADERS, FORGEABLE_PREFIXES, is_forgeable, log_line, verdict_headers
+from filterd.replies import (
+    R451_CHECK_FAILED,
+    R552_MESSAGE_TOO_BIG,
+    Decision,
+    Discard,
+    Reject,
+    Reply,
+    TempFail,
+)
+from filterd.report import (
+    CLAIM_HEADERS,
+    FORGEABLE_PREFIXES,
+    REPORT_HEADER,
+    is_forgeable,
+    log_line,
+    verdict_headers,
+)
 from filterd.transaction import Session, Transaction
 
 log = logging.getLogger("filterd")
@@ -104,6 +135,47 @@ class PipelineHolder:
 
 holder: PipelineHolder | None = None  # set by the worker before libmilter starts
 
+R552_TOO_MANY_HEADERS = R552_MESSAGE_TOO_BIG.with_text("Too many header fields")
+R452_WORKER_BUSY = Reply(452, "4.3.1", "Too much mail in progress here, please try again later")
+
+
+class InflightBudget:
+    """The bytes the messages in flight hold in this worker, against [milter] max_inflight_bytes.
+
+    A message that would pass the limit stops being kept and ends in 452 4.3.1 (a resource
+    limit: the client retries later, by when the others are done).  One per worker process."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.held = 0
+
+    def take(self, amount: int, limit: int) -> bool:
+        with self._lock:
+            if self.held + amount > limit:
+                return False
+            self.held += amount
+            return True
+
+    def give_back(self, amount: int) -> None:
+        if amount:
+            with self._lock:
+                self.held -= amount
+
+
+budget = InflightBudget()
+
+# libmilter passes header values and reply texts as C strings from UTF-8 (pymilter's "s"
+# format): a lone surrogate (a raw 8-bit byte that is not UTF-8, kept by surrogateescape) or a
+# NUL makes pymilter raise.  Such a byte is most likely Latin-1 / Windows-1252: read it so.
+_TO_MILTER = {0xDC80 + b: chr(0x80 + b) for b in range(128)} | {0: None}
+
+
+def milter_text(text: str) -> str:
+    """`text` as libmilter can carry it (see `_TO_MILTER`); unchanged when it already can."""
+    if text.isascii() and "\0" not in text:
+        return text
+    return text.translate(_TO_MILTER)
+
 
 # The first letters of every header name `is_forgeable` can be true for, in both cases: the other
 # headers -- nearly all of them -- cost one slice and one set lookup on the hot path.
@@ -122,22 +194,23 @@ _SESSION_CALLBACKS = ("connect", "hello")  # their decisions are held until MAIL
 
 
 def _fail_safe(method: Callable[..., int]) -> Callable[..., int]:
-    """No exception reaches libmilter: log it and tempfail, so the client keeps the message."""
+    """No exception reaches libmilter, and none ends in a retry loop (see the module docstring)."""
 
     def wrapper(self: FilterdMilter, *args: Any) -> int:
+        key = id(self)
+        busy[key] = time.monotonic()  # for the heartbeat: a callback that never ends is a hang
         try:
             return method(self, *args)
+        except MemoryError:  # a resource limit of this worker: retrying later is right
+            log.error("%s: out of memory in %s, tempfailing", self.queue_id, method.__name__)
+            return self._tempfail_now(method.__name__, TempFail(R452_WORKER_BUSY, "out of memory"))
         except Exception:
-            log.exception("%s: internal error in %s, tempfailing", self.queue_id, method.__name__)
-            if self._quiet(method.__name__):  # no reply awaited now: the tempfail is held
-                if method.__name__ in _SESSION_CALLBACKS:  # given at MAIL FROM, like any decision there
-                    self.session_decision = TempFail(R451_CHECK_FAILED, "internal error")
-                else:  # given at the end of the message
-                    self.held_decision = TempFail(R451_CHECK_FAILED, "internal error")
-                return Milter.NOREPLY
-            self._setreply(TempFail(R451_CHECK_FAILED, "internal error"))
-            self._end_message()
-            return Milter.TEMPFAIL
+            log.exception(
+                "%s: internal error in %s, going on with INTERNAL_ERROR", self.queue_id, method.__name__
+            )
+            return self._recover(method.__name__)
+        finally:
+            busy.pop(key, None)
 
     wrapper.__name__ = method.__name__
     wrapper.__doc__ = method.__doc__
@@ -155,9 +228,25 @@ class FilterdMilter(Milter.Base):
         # decided where Postfix awaits no reply (end of headers; MAIL/RCPT when negotiated so): given at the end
         self.held_decision: Decision | None = None
         self.forged: list[tuple[str, int]] = []  # (header name, index among that name) to remove
+        self._reset_message_state()
         self._authserv_ids: tuple[str, ...] = ()  # A-R headers claiming these are forged
         self._authserv_ids_of: Pipeline | None = None  # the pipeline they were read from
         self._header_rc = self._body_rc = Milter.CONTINUE
+
+    def _reset_message_state(self) -> None:
+        """Per message, besides `tx`: header counts, forged headers, budget, what was applied."""
+        self.forged = []
+        self.forged_positions: set[int] = set()  # their places in tx.raw_headers, when kept
+        self.name_counts: dict[str, int] = {}  # forgeable-looking names (lower case) seen so far
+        self.headers_seen = 0
+        self.charged = 0  # bytes taken from the worker's budget for this message
+        self.over_budget = False
+        self.verdict: Verdict | None = None  # once computed at end of message
+        self.applied: set[str] = set()  # steps of the verdict carried out ("forged", header names)
+        config = self.pipeline.config.milter
+        self.max_headers = config.max_headers
+        self.max_forged = config.max_forged_headers
+        self.max_inflight = config.max_inflight_bytes
 
     # -- negotiation ----------------------------------------------------------------------------
 
@@ -237,7 +326,7 @@ class FilterdMilter(Milter.Base):
         tx.auth_user = self.getsymval("{auth_authen}") or None
         tx.queue_id = self.getsymval("i") or None
         tx.direction = self.pipeline.direction_of(tx)
-        self.forged = []
+        self._reset_message_state()
         self.held_decision = None
         if self._authserv_ids_of is not self.pipeline:  # once per connection and configuration
             self._authserv_ids = our_ids(self.pipeline.config, self.session.macros.get("j"))
@@ -283,19 +372,106 @@ class FilterdMilter(Milter.Base):
         """End of message.  The header checks run here too, first (see the module docstring)."""
         tx = self._tx()
         tx.queue_id = self.getsymval("i") or tx.queue_id
-        try:
-            decision = (
-                self.held_decision
-                or self.pipeline.run_stage(Stage.HEADERS, tx)
-                or self.pipeline.run_stage(Stage.EOM, tx)
+        if not tx.oversized:
+            self._charge(tx)  # a message without a body: its headers
+        if self.headers_seen > self.max_headers:
+            tx.findings.append(
+                Finding(
+                    "TOO_MANY_HEADERS",
+                    f"{self.headers_seen} header fields; the checks saw the first {self.max_headers}",
+                )
             )
-            verdict = self.pipeline.verdict(tx, decision)
-            rc = self._apply(tx, verdict)
+        decision = self.held_decision or self._limit_decision() or self.pipeline.run_stage(Stage.HEADERS, tx)
+        decision = decision or self.pipeline.run_stage(Stage.EOM, tx)
+        verdict = self.verdict = self.pipeline.verdict(tx, decision)
+        rc = self._apply(tx, verdict)  # from here on the verdict is carried out: it stands
+        with _logged("logging the verdict"):
             log.info(log_line(tx, verdict))
-            self.pipeline.after_verdict(tx, verdict)  # reputation learns the final verdict
-            return rc
-        finally:
-            self._end_message()
+        self.pipeline.after_verdict(tx, verdict)  # reputation learns the final verdict
+        self._end_message()  # (after an exception, `_recover` ends it, still knowing the message)
+        return rc
+
+    def _limit_decision(self) -> Decision | None:
+        """A refusal for a message past a per-message or per-worker limit, before any check runs."""
+        if self.over_budget:
+            return TempFail(
+                R452_WORKER_BUSY, f"worker holds over {self.max_inflight} bytes of mail in flight"
+            )
+        if len(self.forged) > self.max_forged:
+            return Reject(R552_TOO_MANY_HEADERS, f"over {self.max_forged} forged headers to remove")
+        return None
+
+    def _charge(self, tx: Transaction) -> bool:
+        """Take what this message holds now from the worker's budget; False once it is over.
+
+        While the message is kept whole, what it holds is `tx.size`; only the rest is taken."""
+        if self.over_budget:
+            return False
+        amount = tx.size - self.charged
+        if amount <= 0:
+            return True
+        if budget.take(amount, self.max_inflight):
+            self.charged += amount
+            return True
+        self.over_budget = True  # drop what it holds: the message ends in 452 at end of message
+        tx.body_chunks.clear()
+        tx.raw_headers.clear()
+        tx.oversized = True
+        return False
+
+    def _recover(self, callback: str) -> int:
+        """After an unexpected exception in `callback`: go on, marked INTERNAL_ERROR."""
+        finding = Finding("INTERNAL_ERROR", f"filterd internal error in {callback} (see its log)")
+        if callback == "eom":
+            try:
+                return self._deliver_despite_error(finding)
+            finally:
+                self._end_message()
+        if callback in _SESSION_CALLBACKS:
+            self.session.findings.append(finding)
+        elif self.tx is not None:
+            self.tx.findings.append(finding)
+        return Milter.NOREPLY if self._quiet(callback) else Milter.CONTINUE
+
+    def _tempfail_now(self, callback: str, decision: TempFail) -> int:
+        if self._quiet(callback):  # no reply awaited now: the tempfail is held
+            if callback in _SESSION_CALLBACKS:  # given at MAIL FROM, like any decision there
+                self.session_decision = decision
+            else:  # given at the end of the message
+                self.held_decision = decision
+            return Milter.NOREPLY
+        self._setreply(decision)
+        self._end_message()
+        return Milter.TEMPFAIL
+
+    def _deliver_despite_error(self, finding: Finding) -> int:
+        """End of message after an internal error: a decision already known stands, else deliver.
+
+        Every step is guarded on its own: this is the last chance to answer anything but 4xx."""
+        verdict, tx = self.verdict, self.tx
+        if verdict is not None:
+            if isinstance(verdict.decision, Reject | TempFail):
+                return self._reply_code(verdict.decision)
+            if verdict.action is Action.DISCARD:
+                return Milter.DISCARD
+            if verdict.action is Action.QUARANTINE:
+                with _logged("holding the message"):
+                    self.quarantine(milter_text(f"internal error; {verdict.decision or verdict.score}"))
+        if "forged" not in self.applied:
+            for name, index in reversed(self.forged[: self.max_forged]):
+                with _logged(f"removing {name}"):
+                    self.chgheader(milter_text(name), index, None)
+        if tx is not None and tx.direction is Direction.INBOUND and REPORT_HEADER not in self.applied:
+            report = f"action=accept (internal error)\n\t*   0.0 {finding.symbol} {finding.reason}"
+            with _logged("adding the report"):
+                tx.findings.append(finding)
+                report = dict(verdict_headers(self.pipeline.verdict(tx)))[REPORT_HEADER]
+            with _logged("adding the report"):
+                self.addheader(REPORT_HEADER, " " + milter_text(report))
+        if tx is not None:
+            with _logged("logging"):
+                log.info("%s: delivered despite an internal error", self.queue_id)
+        return Milter.ACCEPT
 
     def abort(self) -> int:
         self._end_message()
@@ -316,6 +492,8 @@ class FilterdMilter(Milter.Base):
         if self.tx is not None:
             self.tx = None
             self.holder.message_ended()
+            budget.give_back(self.charged)
+            self.charged = 0
 
     def _stage(self, stage: Stage) -> int:
         tx = self._tx()
@@ -345,7 +523,7 @@ class FilterdMilter(Milter.Base):
     def _setreply(self, decision: Reject | TempFail) -> None:
         r = decision.reply
         try:
-            self.setreply(str(r.code), r.dsn, r.text.replace("%", "%%"))
+            self.setreply(str(r.code), r.dsn, milter_text(r.text).replace("%", "%%"))
         except Exception:  # the default reply of the return code still goes out
             log.warning("could not set the SMTP reply %s", r)
 
@@ -363,12 +541,16 @@ class FilterdMilter(Milter.Base):
         if held and self.pipeline.config.quarantine.mode == "store" and not tx.oversized:
             return self._store_quarantined(tx, verdict, headers)
         for name, index in reversed(self.forged):
-            self.chgheader(name, index, None)
+            self.chgheader(milter_text(name), index, None)
+        self.applied.add("forged")
         if held:
             # mode "hold", or a body too large to have been kept: Postfix's hold queue keeps it all
-            self.quarantine(verdict.decision.reason if verdict.decision else f"score {verdict.score}")
+            self.quarantine(
+                milter_text(verdict.decision.reason if verdict.decision else f"score {verdict.score}")
+            )
         for name, value in headers:
-            self.addheader(name, " " + value)  # P_HDR_LEADSPC: we supply the leading space
+            self.addheader(name, " " + milter_text(value))  # P_HDR_LEADSPC: we supply the leading space
+            self.applied.add(name)
         if action is Action.REWRITE_SUBJECT:
             self._rewrite_subject(tx)
         return Milter.ACCEPT
@@ -380,7 +562,7 @@ class FilterdMilter(Milter.Base):
         the client keeps it and retries, so nothing is lost."""
         store = QuarantineStore(self.pipeline.config.quarantine)
         try:
-            qid = store.put(tx.message.raw, headers, meta_from(tx, verdict))
+            qid = store.put(self._without_forged(tx), headers, meta_from(tx, verdict))
         except QuarantineError as exc:
             log.error("%s: quarantine failed, tempfailing: %s", self.queue_id, exc)
             self._setreply(TempFail(R451_CHECK_FAILED, f"quarantine failed: {exc}"))
@@ -388,11 +570,19 @@ class FilterdMilter(Milter.Base):
         log.info("%s: quarantined as %s in %s", self.queue_id, qid, store.dir)
         return Milter.DISCARD
 
+    def _without_forged(self, tx: Transaction) -> bytes:
+        """The message as stored in quarantine: without the forged headers the delivered copy
+        loses (a released message must not carry a sender's X-Spam-* or our authserv-id)."""
+        raw = tx.message.raw
+        if not self.forged_positions:
+            return raw
+        return drop_fields(raw, self.forged_positions)
+
     def _rewrite_subject(self, tx: Transaction) -> None:
         tag = self.pipeline.config.actions.subject_tag
         subjects = [v for n, v in tx.raw_headers if n.lower() == "subject"]
         if subjects:
-            self.chgheader("Subject", 1, f" {tag} {subjects[0].lstrip()}")
+            self.chgheader("Subject", 1, milter_text(f" {tag} {subjects[0].lstrip()}"))
         else:
             self.addheader("Subject", f" {tag}")
 
@@ -414,18 +604,32 @@ def on_rcpt(ctx: Any, rcpt: bytes, *params: bytes) -> int:
 def on_header(ctx: Any, name: str, value: bytes) -> int:
     """Each header: the hot path, kept to a few lines.
 
-    Only a name that starts like a forgeable one (X-..., Authentication-Results) is looked at
-    further; the index among its namesakes is counted then, for those few headers only."""
+    Only a name that starts like a forgeable one (X-..., Authentication-Results) is counted,
+    per name as it arrives (its index among namesakes is what chgheader needs); only the first
+    `max_headers` fields are kept for the checks."""
     m: FilterdMilter = ctx.getpriv()
     tx = m.tx
     if tx is not None:
-        text = value.decode("utf-8", "surrogateescape")
-        headers = tx.raw_headers
-        headers.append((name, text))
-        tx.size += len(name) + len(value) + 3
-        if name[:1] in _FORGEABLE_INITIALS and is_forgeable(name, text, m._authserv_ids, tx.add_headers):
-            key = name.lower()
-            m.forged.append((name, sum(1 for n, _ in headers if n.lower() == key)))
+        try:
+            text = value.decode("utf-8", "surrogateescape")
+            headers = tx.raw_headers
+            tx.size += len(name) + len(value) + 3
+            m.headers_seen += 1
+            kept = m.headers_seen <= m.max_headers and not m.over_budget
+            if kept:
+                headers.append((name, text))
+            if name[:1] in _FORGEABLE_INITIALS:
+                key = name.lower()
+                index = m.name_counts[key] = m.name_counts.get(key, 0) + 1
+                if len(m.forged) <= m.max_forged and is_forgeable(
+                    name, text, m._authserv_ids, tx.add_headers
+                ):
+                    m.forged.append((name, index))  # one past the cap is enough to refuse
+                    if kept:
+                        m.forged_positions.add(len(headers) - 1)
+        except Exception:
+            log.exception("%s: internal error in header", m.queue_id)
+            m._recover("header")
     return m._header_rc
 
 
@@ -433,13 +637,19 @@ def on_body(ctx: Any, chunk: bytes) -> int:
     m: FilterdMilter = ctx.getpriv()
     tx = m.tx
     if tx is not None:
-        tx.size += len(chunk)
-        if not tx.oversized:
-            if tx.size > m.pipeline.config.milter.max_scan_bytes:
-                tx.oversized = True  # stop keeping the body: memory stays bounded per message
-                tx.body_chunks.clear()
-            else:
-                tx.body_chunks.append(chunk)
+        try:
+            tx.size += len(chunk)
+            if not tx.oversized:
+                if tx.size > m.pipeline.config.milter.max_scan_bytes:
+                    tx.oversized = True  # stop keeping the body: memory stays bounded per message
+                    tx.body_chunks.clear()
+                    budget.give_back(m.charged)  # (the headers kept are small and bounded)
+                    m.charged = 0
+                elif m._charge(tx):
+                    tx.body_chunks.append(chunk)
+        except Exception:
+            log.exception("%s: internal error in body", m.queue_id)
+            m._recover("body")
     return m._body_rc
 
 
@@ -449,6 +659,30 @@ def on_eom(ctx: Any) -> int:
 
 def on_abort(ctx: Any) -> int:
     return ctx.getpriv().abort()
+
+
+@contextlib.contextmanager
+def _logged(step: str) -> Iterator[None]:
+    """Run a step whose failure must not change the message's fate: log it and go on."""
+    try:
+        yield
+    except Exception:
+        log.exception("%s failed", step)
+
+
+def drop_fields(raw: bytes, positions: set[int]) -> bytes:
+    """`raw` without its header fields at these places (0 = the first field), folds included."""
+    end = raw.find(b"\r\n\r\n")
+    end = end + 2 if end >= 0 else len(raw)
+    kept: list[bytes] = []
+    field = -1
+    for line in raw[:end].splitlines(keepends=True):
+        if line[:1] not in (b" ", b"\t"):
+            field += 1
+        if field not in positions:
+            kept.append(line)
+    kept.append(raw[end:])
+    return b"".join(kept)
 
 
 def install_callbacks(timeout: int) -> None:
@@ -470,6 +704,33 @@ def install_callbacks(timeout: int) -> None:
         unknown=lambda ctx, cmd: ctx.getpriv().unknown(cmd),
         negotiate=Milter.negotiate_callback,
     )
+
+
+# Callbacks in progress in this worker: key -> when it started (time.monotonic()).
+busy: dict[int, float] = {}
+
+
+def start_heartbeat(beat: Callable[[float], None], interval: float = 1.0) -> threading.Thread:
+    """Tell the parent, every `interval` seconds, since when this worker has been making progress.
+
+    `beat` receives the start of the oldest callback still running (now when none is): the
+    parent replaces a worker whose value lags more than [milter] heartbeat_timeout behind.  The
+    beat comes from a Python thread, so it also stops when the GIL is never released (a C
+    extension stuck holding it) or the process is stopped -- every way a worker can hang."""
+
+    def run() -> None:
+        while True:
+            now = time.monotonic()
+            try:
+                oldest = min(busy.values(), default=now)
+            except RuntimeError:  # the dict changed while read: the next beat reads it again
+                oldest = now
+            beat(min(oldest, now))
+            time.sleep(interval)
+
+    thread = threading.Thread(target=run, name="heartbeat", daemon=True)
+    thread.start()
+    return thread
 
 
 def start_drain_watcher(should_stop: Callable[[], bool], grace: float) -> threading.Thread:

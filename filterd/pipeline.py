@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from filterd.check import AddHeader, Check, Direction, Finding, Stage
 from filterd.config import Config, registered_checks
+from filterd.failures import R554_CHECK_FAILED, is_dependency_failure
 from filterd.replies import (
     R451_CHECK_FAILED,
     R451_GREYLISTED,
@@ -153,6 +154,10 @@ class Pipeline:
                 exc_info=log.isEnabledFor(logging.DEBUG),
             )
             if check.settings.on_error == "closed":
+                if not is_dependency_failure(exc):  # a retry would fail alike: see filterd.failures
+                    return Reject(
+                        R554_CHECK_FAILED, f"check {check.name} failed (fail-closed, not retryable)"
+                    )
                 return TempFail(R451_CHECK_FAILED, f"check {check.name} failed (fail-closed)")
             tx.findings.append(
                 Finding("CHECK_ERROR", f"{check.name} skipped (fail-open): {type(exc).__name__}: {exc}")

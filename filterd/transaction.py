@@ -122,4 +122,8 @@ class Transaction:
             + b"\r\n"
             for name, value in self.raw_headers
         )
-        return Message(head + b"\r\n" + b"".join(self.body_chunks))
+        # One copy of the body, not two (`head + b"".join(...)` copied it twice), and the chunks
+        # let go of once joined: a message in flight holds its bytes once (filterd.milter).
+        raw = b"".join([head, b"\r\n", *self.body_chunks])
+        self.body_chunks.clear()
+        return Message(raw)

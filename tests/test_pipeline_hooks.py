@@ -84,3 +84,35 @@ def test_after_verdict_follows_the_checks_direction() -> None:
     tx, verdict = scan(p, b"Subject: x\r\n\r\nbody\r\n", SmtpContext(mail_from="a@b.test", auth_user="a"))
     p.after_verdict(tx, verdict)
     assert Recorder.seen == []
+
+
+class Failing(Check):
+    """A fail-closed check that raises what it is told to."""
+
+    name = "failing"
+    stage = Stage.EOM
+    symbols: dict[str, float] = {}
+    error: Exception = RuntimeError("bug")
+
+    def run(self, tx: Transaction) -> Iterable[Output]:
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (ConnectionRefusedError("redis down"), 451),  # a dependency: retry later
+        (TimeoutError("clamd slow"), 451),
+        (UnicodeEncodeError("utf-8", "\udce9", 0, 1, "surrogates"), 554),  # these bytes: a retry fails alike
+        (ValueError("DNS lookup of exa\udce9mple.org failed: IDNA"), 554),
+    ],
+)
+def test_fail_closed_tempfails_only_dependency_failures(error: Exception, code: int) -> None:
+    config = parse_config({})
+    services = Services(config)
+    check = Failing(CheckSettings(on_error="closed"), config, services)
+    check.error = error
+    p = Pipeline(config, [check], services)
+    _, verdict = scan(p, b"Subject: x\r\n\r\nbody\r\n")
+    assert verdict.decision is not None
+    assert verdict.decision.reply.code == code  # type: ignore[union-attr]
