@@ -44,6 +44,11 @@ settings.register_profile("dev", database=None, deadline=None, suppress_health_c
 settings.load_profile(profile_name())
 
 
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if STATS.failures and exitstatus == 0:  # inputs failed in keep-going mode, the tests did not
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if STATS.entries or STATS.failures:
         terminalreporter.write_sep("-", "fuzz")

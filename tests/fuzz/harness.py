@@ -88,14 +88,24 @@ def save(folder: Path, entry: str, data: bytes) -> str:
     return digest
 
 
-def exercise(entry: str, data: bytes, call: Callable[[], T]) -> T:
-    """Run `call` on one input of `entry`; raise if it raised or took longer than the bound."""
+def keep_going() -> bool:
+    """$FILTERD_FUZZ_KEEP_GOING=1 (scripts/fuzz): record a failing input and go on to the next,
+    instead of stopping the test at the first; the session fails at the end if any failed."""
+    return os.environ.get("FILTERD_FUZZ_KEEP_GOING") == "1"
+
+
+def exercise(entry: str, data: bytes, call: Callable[[], T]) -> T | None:
+    """Run `call` on one input of `entry`; raise if it raised or took longer than the bound
+    (with `keep_going()`: record it and return None)."""
     started = time.perf_counter()
     try:
         result = call()
     except Exception as exc:
         path = FAILURES / f"{entry}-{save(FAILURES, entry, data)}"
-        STATS.failed(f"{entry}: {type(exc).__name__} {path}")
+        STATS.failed(f"{entry}: {type(exc).__name__}: {str(exc)[:200]!r} {path}")
+        if keep_going():
+            STATS.record(entry, time.perf_counter() - started, data)
+            return None
         raise
     elapsed = time.perf_counter() - started
     STATS.record(entry, elapsed, data)
@@ -103,6 +113,8 @@ def exercise(entry: str, data: bytes, call: Callable[[], T]) -> T:
     if elapsed > bound:
         path = FAILURES / f"{entry}-slow-{save(FAILURES, entry + '-slow', data)}"
         STATS.failed(f"{entry}: over the time bound {path}")
+        if keep_going():
+            return None
         raise AssertionError(
             f"{entry} took {elapsed:.2f} s on one input (bound {bound:g} s), saved as {path}"
         )

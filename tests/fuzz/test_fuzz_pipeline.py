@@ -80,6 +80,8 @@ def test_wrapping_a_spam_never_lowers_its_score_by_more_than_the_margin(seed: by
     for wrap in wraps:
         raw = wrap(raw)
     after = exercise("pipeline_wrapped", raw, lambda: scanned(raw))
+    if after is None:
+        return  # keep-going mode: the failure is recorded
     assert after.score >= before.score - WRAP_MARGIN, (
         f"{before.score} -> {after.score}\nbefore: {describe(before)}\nafter:  {describe(after)}"
     )
