@@ -23,6 +23,7 @@ quadratic tokenizer regexes takes minutes).
 from __future__ import annotations
 
 import argparse
+import logging
 import statistics
 import sys
 import time
@@ -159,6 +160,7 @@ def main() -> None:
     ap.add_argument("--scale", type=float, default=1.0, help="size multiplier of the generated inputs")
     ap.add_argument("--only", default="", help="run only the inputs whose name contains this")
     args = ap.parse_args()
+    logging.getLogger("filterd").setLevel(logging.ERROR)  # the TIME_BUDGET column says it already
 
     pipeline = offline_pipeline()
     budget = pipeline.config.milter.cpu_budget
