@@ -52,7 +52,8 @@ def scanned(raw: bytes) -> Verdict:
 @pytest.mark.xfail(
     strict=False,
     reason="the tokenizer's and htmlscan's quadratic regexes make bayes take seconds to minutes on long "
-    "headers and unclosed markup (test_fuzz_regressions.py); TIME_BUDGET names it",
+    "headers and unclosed markup, and decode_words raises on odd charset names, so rules and bayes "
+    "fail open (test_fuzz_regressions.py)",
 )
 @settings(max_examples=examples(220))
 @given(messages())
