@@ -75,6 +75,17 @@ class AddHeader:
 
 Output = Finding | AddHeader | Decision
 
+# Symbols the pipeline itself emits, about the checks rather than the message's content.
+# TIME_BUDGET scores: a message that makes the checks slow was probably built to (deeply nested
+# MIME, pathological HTML), and the content checks it made us skip cannot score it any more.
+PIPELINE_SYMBOLS: Mapping[str, float] = {
+    "CHECK_ERROR": 0.0,  # a check failed and was skipped (fail-open)
+    "TIME_BUDGET": 3.0,  # the message's CPU budget was spent; names the check that crossed it
+    "TIME_BUDGET_SKIPPED": 0.0,  # an optional content check not run because the budget was spent
+    "INTERNAL_ERROR": 0.0,  # filterd's own milter path failed; the message was delivered anyway
+    "TOO_MANY_HEADERS": 3.0,  # more header fields than [milter] max_headers
+}
+
 
 @dataclass(frozen=True)
 class CheckSettings:
@@ -99,6 +110,11 @@ class Check:
     # True: runs after the other checks of its stage, so it sees their findings and the score so
     # far (a content-gated greylist at end of message).
     after_scoring: ClassVar[bool] = False
+    # True: the check only adds scores from the content (rules, the classifier), so it may be
+    # skipped, with TIME_BUDGET_SKIPPED, once the message's CPU budget ([milter] cpu_budget) is
+    # spent.  Checks whose absence changes another's result (DKIM for DMARC) or that protect
+    # (antivirus, signing) keep False and always run.
+    optional_content: ClassVar[bool] = False
 
     def __init__(self, settings: CheckSettings, config: Config, services: Services) -> None:
         self.settings = settings

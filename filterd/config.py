@@ -18,7 +18,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
-from filterd.check import Check
+from filterd.check import PIPELINE_SYMBOLS, Check
 from filterd.dns import DnsSettings
 from filterd.quarantine import QuarantineSettings
 from filterd.settings import (
@@ -87,6 +87,12 @@ class MilterSettings:
         'a message over max_scan_bytes, whose content cannot be checked: "reject" (552 5.3.4 naming '
         'the limit), "tempfail" (452 4.3.4), or "accept" it unscanned: no antivirus, DKIM, DMARC, '
         "rules or Bayes (only what was known before the body counts)",
+    )
+    cpu_budget: float = setting(
+        1.0,  # 15x the slowest corpus message (64 ms; median 1.3 ms): see docs/fuzzing.md
+        "CPU seconds all checks together may spend on one message; the check that crosses it scores "
+        "TIME_BUDGET and the optional content checks left (rules, bayes) are skipped (0: no budget)",
+        not_negative,
     )
     log_level: Literal["debug", "info", "warning", "error"] = setting("info", "log level (logs go to stderr)")
     max_headers: int = setting(
@@ -201,9 +207,7 @@ def checks_settings_class() -> type:
 @cache
 def known_symbols() -> Mapping[str, float]:
     """Every symbol any check can emit, with its default score (built once: `score_of` is on the mail path)."""
-    # CHECK_ERROR: a check failed open; INTERNAL_ERROR: filterd's own milter path failed and the
-    # message was delivered anyway (filterd.milter); TOO_MANY_HEADERS: past [milter] max_headers.
-    symbols: dict[str, float] = {"CHECK_ERROR": 0.0, "INTERNAL_ERROR": 0.0, "TOO_MANY_HEADERS": 3.0}
+    symbols: dict[str, float] = dict(PIPELINE_SYMBOLS)
     for c in registered_checks():
         symbols.update(c.symbols)
     return types.MappingProxyType(symbols)

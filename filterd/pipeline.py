@@ -5,6 +5,16 @@ registered for that stage and the transaction's direction, collects what they yi
 the first decision.  An exception inside a check never escapes: it is logged with the queue id and
 the check's `on_error` policy decides between skipping the check (fail-open, shown in the report
 as CHECK_ERROR) and tempfailing the message (fail-closed).
+
+Every check's CPU time on a message is measured (`Transaction.check_cpu`) and the checks of one
+message share a CPU budget, ``[milter] cpu_budget``.  On the mail path checks run in libmilter's
+threads: no signal can interrupt them and a Python thread cannot be killed, so the budget cannot
+stop a check halfway (the checks bound their own work: MAX_PARTS, MAX_TAGS, linear-time regexes).
+What it does is stop the work that is left: the check whose run crosses the budget is named in a
+TIME_BUDGET finding (it scores -- an attacker can make a message slow on purpose), a warning is
+logged with the queue id, and the optional content checks still to come are skipped, each with
+TIME_BUDGET_SKIPPED.  CPU time of the thread, not wall time: waiting on DNS, Redis or clamd has
+its own timeouts, and other threads holding the GIL do not count against this message.
 """
 
 from __future__ import annotations
@@ -142,6 +152,13 @@ class Pipeline:
             tx.timings[stage] = tx.timings.get(stage, 0.0) + time.perf_counter() - started
 
     def _run_check(self, check: Check, tx: Transaction) -> Decision | None:
+        budget = self.config.milter.cpu_budget
+        if budget and check.optional_content and sum(tx.check_cpu.values()) > budget:
+            tx.findings.append(
+                Finding("TIME_BUDGET_SKIPPED", f"{check.name} not run: the message's CPU budget was spent")
+            )
+            return None
+        started = time.thread_time()
         try:
             outputs = list(check.run(tx))
         except Exception as exc:  # a check's bug or its backend's failure must not reach libmilter
@@ -163,6 +180,8 @@ class Pipeline:
                 Finding("CHECK_ERROR", f"{check.name} skipped (fail-open): {type(exc).__name__}: {exc}")
             )
             return None
+        finally:
+            self._charge(check, tx, time.thread_time() - started, budget)
         for out in outputs:
             if isinstance(out, Finding):
                 tx.findings.append(out)
@@ -173,6 +192,19 @@ class Pipeline:
             else:
                 return out
         return None
+
+    def _charge(self, check: Check, tx: Transaction, spent: float, budget: float) -> None:
+        """Add a check's CPU time to the message's; name the check whose run crossed the budget."""
+        tx.check_cpu[check.name] = tx.check_cpu.get(check.name, 0.0) + spent
+        total = sum(tx.check_cpu.values())
+        if not budget or total <= budget or total - spent > budget:
+            return  # within the budget, or crossed earlier by another check (already reported)
+        reason = (
+            f"{check.name} used {spent * 1000:.0f} ms of CPU; the checks used {total:.2f} s "
+            f"on this message, over the {budget:g} s budget"
+        )
+        tx.findings.append(Finding("TIME_BUDGET", reason))
+        log.warning("%s: %s; optional content checks left are skipped", tx.queue_id or "NOQUEUE", reason)
 
     def score(self, finding: Finding) -> float:
         return finding_score(self.config, finding)

@@ -61,6 +61,7 @@ class Transaction:
     add_headers: list[AddHeader] = field(default_factory=list)
     held: Quarantine | None = None  # a quarantine decided before end of message, applied at the end
     timings: dict[Stage, float] = field(default_factory=dict)
+    check_cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds each check spent on it
     raw_message: bytes | None = None  # set when the message came whole (an offline scan)
     # SPF/DKIM/DMARC/ARC results by method, for DMARC and the Authentication-Results header
     # (keys and types in filterd.auth.results)

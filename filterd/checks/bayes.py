@@ -152,6 +152,7 @@ class Bayes(Check):
     name = "bayes"
     stage = Stage.EOM
     needs_body = True
+    optional_content = True
     description = "naive-Bayes classifier (chi-square combining), signatures for retraining"
     symbols = {
         "BAYES_SPAM": 3.0,

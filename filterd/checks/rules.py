@@ -38,6 +38,7 @@ class Rules(Check):
     symbols: ClassVar[Mapping[str, float]] = {}  # one symbol per rule, named by the rule files
     Settings = RulesSettings
     needs_body = True
+    optional_content = True
 
     def __init__(self, settings: RulesSettings, config: Config, services: Services) -> None:
         super().__init__(settings, config, services)
