@@ -8,6 +8,7 @@ pyspf and dkimpy, which call dnspython's default resolver, use this one too.
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from dataclasses import dataclass
 
@@ -21,9 +22,21 @@ import dns.reversename
 from filterd.settings import positive, setting
 
 
+def _ip_addresses(values: tuple[str, ...]) -> str | None:
+    """A resolver is named by its address: dnspython refuses a host name only when first used."""
+    for value in values:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            return f"expected IP addresses, {value!r} is not one"
+    return None
+
+
 @dataclass(frozen=True)
 class DnsSettings:
-    nameservers: tuple[str, ...] = setting((), "resolver addresses; empty: the ones in /etc/resolv.conf")
+    nameservers: tuple[str, ...] = setting(
+        (), "resolver addresses; empty: the ones in /etc/resolv.conf", _ip_addresses
+    )
     port: int = setting(53, "resolver port", lambda v: None if 0 < v < 65536 else "expected a port number")
     timeout: float = setting(2.0, "seconds for one attempt of one lookup", positive)
     attempts: int = setting(2, "attempts per lookup before it is a temporary error", positive)
