@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import html
+import itertools
 import re
 import urllib.parse
 from dataclasses import dataclass
@@ -192,7 +193,8 @@ class Targets:
     def charset(self) -> str | None:
         """The charset the sender's program wrote in: the first one a text part (or the top
         Content-Type) names."""
-        for node in self.message.mime[:20]:
+        # The root, then the text leaves however deep: nesting must not hide the charset.
+        for node in itertools.chain(self.message.mime[:1], (n for n in self.message.leaves if n.is_text)):
             charset = node.charset
             if charset and charset not in ("us-ascii", "ascii"):
                 return charset
