@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 _HEADER_LINE = re.compile(rb"[!-9;-~]+[ \t]*:")  # RFC 5322 ftext, then the colon
 _BASE64_JUNK = re.compile(rb"[^A-Za-z0-9+/]")
+_NOT_BASE64 = re.compile(rb"[^A-Za-z0-9+/=\s]")  # what no line of a base64 body holds
 
 
 @dataclass
@@ -43,6 +44,10 @@ def decode_transfer(body: bytes, encoding: str) -> bytes:
     Broken base64 keeps whatever decodes (a truncated part keeps its text), the same tolerance the
     stdlib's parser has."""
     if encoding == "base64":
+        if _NOT_BASE64.search(body) is not None:
+            # A line with other characters is no base64 line (a stray header line pushed into the
+            # body, a list footer): dropped whole, so it cannot shift every byte decoded after it.
+            body = b"\n".join(line for line in body.split(b"\n") if _NOT_BASE64.search(line) is None)
         data = _BASE64_JUNK.sub(b"", body)
         if len(data) % 4 == 1:
             data = data[:-1]  # a dangling sixth of a byte
