@@ -17,7 +17,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -177,7 +176,6 @@ def test_any_bytes_give_a_config_or_a_config_error(data: bytes) -> None:
     exercise("config_bytes", data, lambda: load_text(data))
 
 
-@pytest.mark.xfail(strict=False, reason="dns: nameservers not validated (test_fuzz_regressions.py)")
 @settings(max_examples=examples(250))
 @given(documents())
 def test_any_document_gives_a_config_or_a_config_error(doc: dict[str, Any]) -> None:

@@ -54,9 +54,6 @@ def test_message_parsing_never_raises_and_is_bounded(raw: bytes) -> None:
     exercise("message", raw, lambda: read_everything(raw))
 
 
-@pytest.mark.xfail(
-    strict=False, reason="bayes tokenizer: quadratic _ADDRESS and _HOSTNAME (test_fuzz_regressions.py)"
-)
 @settings(max_examples=examples(200))
 @given(messages())
 def test_bayes_tokenizer_never_raises_and_is_bounded(raw: bytes) -> None:
@@ -82,9 +79,6 @@ def test_html_scanner_on_random_markup(markup: str) -> None:
     exercise("html", markup.encode("utf-8", "surrogatepass"), lambda: scan_html(markup).attrs)
 
 
-@pytest.mark.xfail(
-    strict=False, reason="htmlscan: quadratic on unclosed comments and tags (test_fuzz_regressions.py)"
-)
 @settings(max_examples=examples(60))
 @given(repeated_html())
 def test_html_scanner_on_repeated_traps(markup: str) -> None:

@@ -49,12 +49,6 @@ def scanned(raw: bytes) -> Verdict:
     return verdict
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="the tokenizer's and htmlscan's quadratic regexes make bayes take seconds to minutes on long "
-    "headers and unclosed markup, and decode_words raises on odd charset names, so rules and bayes "
-    "fail open (test_fuzz_regressions.py)",
-)
 @settings(max_examples=examples(220))
 @given(messages())
 def test_offline_pipeline_never_fails_a_check_and_is_bounded(raw: bytes) -> None:
