@@ -16,8 +16,9 @@ the slowest input and check, and the inputs whose pipeline run went over [milter
     python bench/hostile.py [--corpus-sample N] [--scale S] [--only SUBSTRING]
 
 --scale multiplies the sizes of the generated inputs (1: up to ~50 KB headers and 20k
-repeated tags; 2 reaches Postfix's default header_size_limit of 100 KB, which with today's
-quadratic tokenizer regexes takes minutes).
+repeated tags; 2 reaches Postfix's default header_size_limit of 100 KB).  Before the hardening
+of issue 12 the slowest input at scale 1 took 1.4 s (the tokenizer's quadratic regexes) and scale 2
+took minutes; now the slowest at scale 2 is about 66 ms.
 """
 
 from __future__ import annotations
