@@ -154,7 +154,7 @@ def test_workers_whose_parent_died_finish_their_messages_and_postfix_tempfails_n
 
         sender = threading.Thread(target=keep_sending)
         sender.start()
-        time.sleep(1.0)  # the workers noticed by now; the messages in flight still finish
+        time.sleep(2.5)  # the workers noticed long ago; the messages in flight still finish
         assert not filterd.socket_path.exists()  # so Postfix fails fast instead of waiting
         for smtp, msg, marker in in_flight:
             smtp.data(msg)
