@@ -12,13 +12,13 @@ next MAIL FROM.  No connection is dropped and a bad file never replaces a good o
 Why workers never read the configuration file: the file on disk may be broken at any time (an
 admin halfway through an edit; a reload refused).  A worker that starts, or rebuilds, from the
 file then fails at start every second, forever, and with every worker dead nothing accepts mail
-while the parent lives on (so systemd does not restart it either).  So the file is read once, by
-the parent, and only validated content ever reaches a worker: a worker starts from the parent's
-`Config` object as it was at fork time (the last one validated), and on a reload the parent
-writes the validated file's bytes into a shared memory buffer (`ValidatedText`) before it bumps
-the generation; a worker builds its pipeline from those bytes, at start and at each reload, never
-from the file.  Restarting workers on
-each reload would also work, but needs old and new workers side by side while the old ones drain.
+while the parent lives on (so systemd does not restart it either).  So only the parent reads the
+file, and only validated content reaches a worker: the parent keeps the bytes of the last file it
+validated in a shared memory buffer (`ValidatedText`, written before the generation is bumped),
+and a worker builds its pipeline from those bytes -- at start, also when it replaces a dead one,
+and at each reload -- never from the file.  (Restarting every worker on each reload would work
+too, but needs old and new workers side by side while the old ones drain.)  Files the
+configuration names (a Bayes model, rule lists) are still opened by each worker's pipeline.
 
 SIGTERM: workers ignore it too, because once libmilter's main loop returns, pymilter can no
 longer run callbacks for the connections still open -- a message in flight would hang.  Instead
