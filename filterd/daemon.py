@@ -9,12 +9,32 @@ SIGHUP, and a reload goes through the parent: it validates the new configuration
 is good, bumps a generation counter in shared memory; each worker rebuilds its pipeline at its
 next MAIL FROM.  No connection is dropped and a bad file never replaces a good one.
 
+Why workers never read the configuration file: the file on disk may be broken at any time (an
+admin halfway through an edit; a reload refused).  A worker that starts, or rebuilds, from the
+file then fails at start every second, forever, and with every worker dead nothing accepts mail
+while the parent lives on (so systemd does not restart it either).  So only the parent reads the
+file, and only validated content reaches a worker: the parent keeps the bytes of the last file it
+validated in a shared memory buffer (`ValidatedText`, written before the generation is bumped),
+and a worker builds its pipeline from those bytes -- at start, also when it replaces a dead one,
+and at each reload -- never from the file.  (Restarting every worker on each reload would work
+too, but needs old and new workers side by side while the old ones drain.)  Files the
+configuration names (a Bayes model, rule lists) are still opened by each worker's pipeline.
+
 SIGTERM: workers ignore it too, because once libmilter's main loop returns, pymilter can no
 longer run callbacks for the connections still open -- a message in flight would hang.  Instead
 the parent removes the unix socket (new connections now fail, and Postfix tempfails them per
 milter_default_action) and raises a stop flag in shared memory; each worker waits until its
-messages in flight are done (at most `shutdown_grace` seconds) and exits.  A worker whose parent
-died does the same.
+messages in flight are done (at most `shutdown_grace` seconds) and exits.
+
+A worker whose parent died (SIGKILL, a crash) must not go on accepting: nothing replaces it any
+more, and at its exit it would cut whatever it holds.  Its drain watcher polls os.getppid() every
+0.1 s; once the parent is gone it removes the unix socket file (only if it is still ours: a new
+filterd may have bound the same path) so Postfix fails fast per milter_default_action instead of
+waiting, stops accepting (`_stop_accepting`: its copy of the listening socket is swapped for a
+socket no one can reach, so libmilter's accept loop simply never wakes -- closing the fd would
+make that loop fail and return, which hangs the open connections), finishes its messages in
+flight (at most `shutdown_grace`) and exits.  Stopping workers on SIGTERM stop accepting the same
+way, which matters for an inet: socket, which has no file to remove.
 
 Why everything is imported before the first fork: a worker that imports numpy/scipy itself, from
 a libmilter thread while others run, after a reload turned the Bayes check on, was seen to hang
@@ -36,15 +56,20 @@ import contextlib
 import grp
 import importlib
 import logging
+import mmap
 import multiprocessing.sharedctypes
 import os
 import pkgutil
 import signal
+import socket
+import stat
 import sys
 import time
+import tomllib
 from pathlib import Path
+from typing import Any
 
-from filterd.config import DEFAULT_CONFIG_PATH, Config, load_config
+from filterd.config import DEFAULT_CONFIG_PATH, Config, parse_config
 from filterd.pipeline import Pipeline
 from filterd.settings import ConfigError
 
@@ -96,23 +121,90 @@ def preload_modules() -> list[str]:
     return missing
 
 
-def read_config(path: str | None) -> Config:
-    """Load and fully validate (by building the pipeline once) the configuration."""
-    config = load_config(path)
+def read_config_bytes(path: str | None) -> bytes:
+    """The configuration file's content, read once; `None` (built-in defaults) reads nothing."""
+    if path is None:
+        return b""
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError("", f"cannot read configuration {path}: {exc.strerror}") from exc
+
+
+def config_from_bytes(raw: bytes, path: str | None) -> Config:
+    """Parse and validate configuration bytes read from `path` (the path names it in errors)."""
+    if path is None:
+        return parse_config({})
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError("", f"{path}: not valid TOML: {exc}") from exc
+    try:
+        return parse_config(data, path)
+    except ConfigError as exc:
+        exc.args = (f"{path}: {exc}",)
+        raise
+
+
+def read_config(path: str | None) -> tuple[Config, bytes]:
+    """Read, parse and fully validate (by building the pipeline once) the configuration file.
+
+    Returns the configuration and the exact bytes it was built from, for the workers."""
+    raw = read_config_bytes(path)
+    config = config_from_bytes(raw, path)
     Pipeline.from_config(config).close()
-    return config
+    return config, raw
+
+
+class ValidatedText:
+    """The bytes of the last validated configuration file, shared with the workers.
+
+    An anonymous shared mapping made before the first fork, so parent and workers see the same
+    memory.  Two slots, picked by the generation's parity: the parent fills the next generation's
+    slot and only then bumps the generation; a reader copies its slot and reads the generation
+    again, retrying if it moved (the parent may then be refilling the slot it copied)."""
+
+    def __init__(self, generation: Any, capacity: int = 1 << 20) -> None:
+        self.generation = generation  # a RawValue("Q"): the reload generation workers watch
+        self.capacity = capacity
+        self._slot = 8 + capacity  # a length, then the bytes
+        self._buf = mmap.mmap(-1, 2 * self._slot)  # only the pages written cost memory
+
+    def publish(self, raw: bytes) -> int:
+        """Make `raw` the workers' configuration: returns the new generation."""
+        if len(raw) > self.capacity:
+            raise ConfigError("", f"configuration is {len(raw)} bytes, more than {self.capacity}")
+        gen = int(self.generation.value) + 1
+        start = (gen % 2) * self._slot
+        self._buf[start : start + 8] = len(raw).to_bytes(8, "little")
+        self._buf[start + 8 : start + 8 + len(raw)] = raw
+        self.generation.value = gen
+        return gen
+
+    def read(self) -> bytes:
+        while True:
+            gen = int(self.generation.value)
+            start = (gen % 2) * self._slot
+            size = min(int.from_bytes(self._buf[start : start + 8], "little"), self.capacity)
+            raw = self._buf[start + 8 : start + 8 + size]
+            if int(self.generation.value) == gen:
+                return raw
 
 
 class Supervisor:
-    def __init__(self, config_path: str | None, config: Config, workers: int) -> None:
+    def __init__(self, config_path: str | None, config: Config, raw: bytes, workers: int) -> None:
         self.config_path = config_path
-        self.config = config
+        self.config = config  # the last validated configuration, never replaced by a bad one
         self.workers = workers or os.cpu_count() or 1
         self.generation = multiprocessing.sharedctypes.RawValue("Q", 0)
+        self.validated = ValidatedText(self.generation)
+        self.validated.publish(raw)
         self.stop_flag = multiprocessing.sharedctypes.RawValue("B", 0)
         # one slot per worker: since when it has been making progress (time.monotonic())
         self.heartbeats = multiprocessing.sharedctypes.RawArray("d", self.workers)
         self.socket_path: Path | None = None
+        self.socket_file: tuple[int, int] | None = None  # (st_dev, st_ino) of our socket file
+        self.listen_fd: int | None = None  # libmilter's listening socket, inherited by workers
         self.children: dict[int, float] = {}  # pid -> start time
         self.slots: dict[int, int] = {}  # pid -> its heartbeat slot
         self.hung: set[int] = set()  # killed for a missing heartbeat, not yet reaped
@@ -143,6 +235,9 @@ class Supervisor:
                         settings.socket_group,
                         exc,
                     )
+            st = os.stat(socket_path)
+            self.socket_file = (st.st_dev, st.st_ino)
+        self.listen_fd = _listening_fd(socket_path)
         signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
         for slot in range(self.workers):
             self._spawn(slot)
@@ -216,27 +311,38 @@ class Supervisor:
         filterd_milter.busy[0] = time.monotonic()  # building the first pipeline: progress until built
         filterd_milter.start_heartbeat(beat)
         generation = self.generation
+        validated, path = self.validated, self.config_path
+        # never the file on disk: only what the parent validated (see the module docstring)
         filterd_milter.holder = filterd_milter.PipelineHolder(
-            build=lambda: Pipeline.from_config(load_config(self.config_path)),
+            build=lambda: Pipeline.from_config(config_from_bytes(validated.read(), path)),
             generation=lambda: int(generation.value),
         )
         del filterd_milter.busy[0]
         parent = os.getppid()
         stop_flag = self.stop_flag
+
+        def stop_accepting() -> None:
+            if os.getppid() != parent:
+                log.error("parent %d died: this worker stops accepting, finishes its messages, exits", parent)
+                self._remove_socket_file()  # Postfix then fails fast instead of waiting on us
+            _stop_accepting(self.listen_fd)
+
         filterd_milter.start_drain_watcher(
             should_stop=lambda: bool(stop_flag.value) or os.getppid() != parent,
             grace=self.config.milter.shutdown_grace,
+            on_stop=stop_accepting,
         )
         milter.main()
         return 0
 
     def _reload(self) -> None:
         try:
-            self.config = read_config(self.config_path)
+            config, raw = read_config(self.config_path)
+            self.validated.publish(raw)  # before self.config: a refused publish keeps both old
         except Exception as exc:  # ConfigError, or a check that cannot start
             log.error("reload refused, keeping the running configuration: %s", exc)
             return
-        self.generation.value += 1
+        self.config = config
         log.info(
             "configuration %s validated; workers reload it (generation %d)",
             self.config_path or "built-in defaults",
@@ -248,11 +354,21 @@ class Supervisor:
             return
         self.stopping = True
         log.info("stopping: workers finish the messages in flight")
-        if self.socket_path is not None:
-            with contextlib.suppress(FileNotFoundError):
-                self.socket_path.unlink()  # no new connections; Postfix tempfails them meanwhile
+        self._remove_socket_file()  # no new connections; Postfix tempfails them meanwhile
+        if self.listen_fd is not None:  # no worker will be started again: nor inet connections
+            _stop_accepting(self.listen_fd)
         self.stop_flag.value = 1
         self.kill_deadline = time.monotonic() + self.config.milter.shutdown_grace + 5
+
+    def _remove_socket_file(self) -> None:
+        """Remove our unix socket file -- only if it is still ours: a new filterd started after
+        this one's parent died may have bound a socket of its own at the same path."""
+        if self.socket_path is None:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            st = os.stat(self.socket_path)
+            if (st.st_dev, st.st_ino) == self.socket_file:
+                self.socket_path.unlink()
 
     def _reap(self) -> None:
         while self.children:
@@ -280,6 +396,48 @@ class Supervisor:
 def _kill(pid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
+
+
+def _listening_fd(socket_path: Path | None) -> int | None:
+    """The fd of the listening socket libmilter opened (pymilter does not tell it): the one
+    socket of this process that listens, on `socket_path` for a unix socket."""
+    found = []
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        try:
+            if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+                continue
+            sock = socket.socket(fileno=os.dup(fd))
+        except OSError:
+            continue
+        with sock:
+            if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+                continue
+            if socket_path is not None and sock.getsockname() != str(socket_path):
+                continue
+            found.append(fd)
+    if len(found) != 1:
+        log.warning(
+            "cannot tell libmilter's listening socket (%d candidates): workers will not stop accepting before they exit",
+            len(found),
+        )
+        return None
+    return found[0]
+
+
+def _stop_accepting(listen_fd: int | None) -> None:
+    """Stop accepting connections in this process, without disturbing libmilter's accept loop.
+
+    The listening fd is replaced (dup2) by a listening unix socket bound to a fresh, unnamed
+    abstract address that nothing connects to: libmilter goes on waiting on the same fd number
+    and never wakes.  Closing the fd instead would make its loop fail and return, and then
+    pymilter cannot finish the connections still open (see the module docstring)."""
+    if listen_fd is None:
+        return
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as nowhere:
+        nowhere.bind("")  # Linux autobind: an abstract address of its own
+        nowhere.listen(1)
+        os.dup2(nowhere.fileno(), listen_fd)
 
 
 def _unix_path(conn: str) -> Path | None:
@@ -323,7 +481,7 @@ def main(argv: list[str] | None = None) -> None:
     for missing in preload_modules():
         logging.getLogger("filterd").debug("not preloaded: %s", missing)
     try:
-        config = read_config(path)
+        config, raw = read_config(path)
     except ConfigError as exc:
         print(f"filterd: configuration error: {exc}", file=sys.stderr)
         sys.exit(2)
@@ -331,7 +489,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.workers is not None and args.workers < 1:
         parser.error("--workers must be 1 or more")
     workers = args.workers if args.workers is not None else config.milter.workers
-    sys.exit(Supervisor(path, config, workers).run())
+    sys.exit(Supervisor(path, config, raw, workers).run())
 
 
 if __name__ == "__main__":

@@ -733,8 +733,12 @@ def start_heartbeat(beat: Callable[[float], None], interval: float = 1.0) -> thr
     return thread
 
 
-def start_drain_watcher(should_stop: Callable[[], bool], grace: float) -> threading.Thread:
+def start_drain_watcher(
+    should_stop: Callable[[], bool], grace: float, on_stop: Callable[[], None] = lambda: None
+) -> threading.Thread:
     """Exit the worker once told to stop and its messages in flight are done (or `grace` ran out).
+
+    `on_stop` runs once, as soon as the stop is seen: the daemon stops accepting connections there.
 
     The worker must not return from libmilter's main loop to stop: after that pymilter cannot run
     callbacks for connections still open, and their messages would hang (see filterd.daemon).
@@ -743,6 +747,10 @@ def start_drain_watcher(should_stop: Callable[[], bool], grace: float) -> thread
     def watch() -> None:
         while not should_stop():
             time.sleep(0.1)
+        try:
+            on_stop()
+        except Exception:  # still drain and exit: a worker told to stop must not linger
+            log.exception("stopping to accept connections failed")
         deadline = time.monotonic() + grace
         while holder is not None and holder.active > 0 and time.monotonic() < deadline:
             time.sleep(0.05)
