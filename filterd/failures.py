@@ -10,6 +10,12 @@ admin asked that no unchecked mail be delivered, and a 5xx at least tells the se
 
 from __future__ import annotations
 
+import dkim
+import dns.exception
+import dns.resolver
+import redis.exceptions
+import spf
+
 from filterd.clamd import ClamdError
 from filterd.dns import DnsTempError
 from filterd.replies import Reply
@@ -17,39 +23,19 @@ from filterd.replies import Reply
 R554_CHECK_FAILED = Reply(554, "5.3.0", "The content filter could not check this message")
 
 
-def _dependency_errors() -> tuple[type[BaseException], ...]:
-    """The exception classes that mean "a service we depend on failed", from what is installed."""
-    found: list[type[BaseException]] = [OSError, ClamdError, DnsTempError]  # OSError: sockets, timeouts, disk
-    try:
-        import redis.exceptions
-
-        # all of them: besides a lost connection, OOM, READONLY and the like are the server's state
-        found.append(redis.exceptions.RedisError)
-    except ImportError:
-        pass
-    try:
-        import dns.exception
-        import dns.resolver
-
-        found += [dns.exception.Timeout, dns.resolver.NoNameservers]
-    except ImportError:
-        pass
-    try:
-        import spf
-
-        found.append(spf.TempError)
-    except ImportError:
-        pass
-    try:
-        import dkim
-
-        found.append(dkim.DnsTimeoutError)
-    except ImportError:
-        pass
-    return tuple(found)
-
-
-DEPENDENCY_ERRORS = _dependency_errors()
+# The exception classes that mean "a service we depend on failed".  OSError: sockets, timeouts,
+# disk.  Every RedisError: besides a lost connection, OOM, READONLY and the like are the server's
+# state, not the message's.
+DEPENDENCY_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    ClamdError,
+    DnsTempError,
+    redis.exceptions.RedisError,
+    dns.exception.Timeout,
+    dns.resolver.NoNameservers,
+    spf.TempError,
+    dkim.DnsTimeoutError,
+)
 
 
 def is_dependency_failure(exc: BaseException) -> bool:
