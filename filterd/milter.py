@@ -68,6 +68,7 @@ from filterd.report import (
     CLAIM_HEADERS,
     FORGEABLE_PREFIXES,
     REPORT_HEADER,
+    drop_fields,
     is_forgeable,
     log_line,
     verdict_headers,
@@ -668,21 +669,6 @@ def _logged(step: str) -> Iterator[None]:
         yield
     except Exception:
         log.exception("%s failed", step)
-
-
-def drop_fields(raw: bytes, positions: set[int]) -> bytes:
-    """`raw` without its header fields at these places (0 = the first field), folds included."""
-    end = raw.find(b"\r\n\r\n")
-    end = end + 2 if end >= 0 else len(raw)
-    kept: list[bytes] = []
-    field = -1
-    for line in raw[:end].splitlines(keepends=True):
-        if line[:1] not in (b" ", b"\t"):
-            field += 1
-        if field not in positions:
-            kept.append(line)
-    kept.append(raw[end:])
-    return b"".join(kept)
 
 
 def install_callbacks(timeout: int) -> None:

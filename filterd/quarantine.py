@@ -49,7 +49,7 @@ import smtplib
 import socket
 import stat
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -505,30 +505,6 @@ def meta_from(tx: Transaction, verdict: Verdict) -> dict[str, Any]:
         "symbols": [{"name": s.name, "score": s.score, "reason": s.reason} for s in verdict.symbols],
         "reason": reason,
     }
-
-
-def drop_headers(raw: bytes, unwanted: Callable[[str], bool]) -> bytes:
-    """`raw` without the header fields (and their folded lines) whose name `unwanted` accepts."""
-    end = _header_end(raw)
-    kept: list[bytes] = []
-    dropping = False
-    for line in raw[:end].splitlines(keepends=True):
-        if line[:1] in (b" ", b"\t"):  # a folded continuation belongs to the field before it
-            if not dropping:
-                kept.append(line)
-            continue
-        name = line.split(b":", 1)[0].decode("ascii", "replace").strip()
-        dropping = b":" in line and unwanted(name)
-        if not dropping:
-            kept.append(line)
-    return b"".join(kept) + raw[end:]
-
-
-def _header_end(raw: bytes) -> int:
-    """Offset just past the line ending of the last header line (the blank line follows)."""
-    crlf, lf = raw.find(b"\r\n\r\n"), raw.find(b"\n\n")
-    ends = [i + 2 if i == crlf else i + 1 for i in (crlf, lf) if i >= 0]
-    return min(ends) if ends else len(raw)
 
 
 def render_headers(headers: Sequence[tuple[str, str]], eol: bytes) -> bytes:

@@ -77,6 +77,13 @@ def drop_forged(raw: bytes, our_head: bytes) -> bytes:
     return b"".join(kept) + raw[end:]
 
 
+def drop_fields(raw: bytes, positions: set[int]) -> bytes:
+    """`raw` without its header fields at these places (0 = the first field), folds included."""
+    end = _header_end(raw)
+    kept = [lines for i, (_, _, lines) in enumerate(_field_lines(raw[:end])) if i not in positions]
+    return b"".join(kept) + raw[end:]
+
+
 def _field_lines(block: bytes) -> Iterable[tuple[str, str, bytes]]:
     """Each header field of `block`: name, unfolded value, and its lines as they were."""
     current: list[bytes] = []
