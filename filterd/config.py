@@ -254,21 +254,33 @@ def parse_config(data: Mapping[str, Any], path: str = "") -> Config:
 
 def load_config(path: Path | str | None) -> Config:
     """Read and validate a configuration file; `None` gives the built-in defaults."""
+    return config_from_bytes(read_config_bytes(path), path)
+
+
+def read_config_bytes(path: Path | str | None) -> bytes:
+    """The configuration file's content, read once; `None` (built-in defaults) reads nothing."""
+    if path is None:
+        return b""
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError("", f"cannot read configuration {path}: {exc.strerror}") from exc
+
+
+def config_from_bytes(raw: bytes, path: Path | str | None) -> Config:
+    """Parse and validate configuration bytes read from `path` (the path names it in errors).
+
+    The daemon's workers build from bytes the parent validated, never from the file itself."""
     if path is None:
         return parse_config({})
-    p = Path(path)
-    try:
-        raw = p.read_bytes()
-    except OSError as exc:
-        raise ConfigError("", f"cannot read configuration {p}: {exc.strerror}") from exc
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError("", f"{p}: not valid TOML: {exc}") from exc
+        raise ConfigError("", f"{path}: not valid TOML: {exc}") from exc
     try:
-        return parse_config(data, str(p))
+        return parse_config(data, str(path))
     except ConfigError as exc:
-        exc.args = (f"{p}: {exc}",)
+        exc.args = (f"{path}: {exc}",)
         raise
 
 

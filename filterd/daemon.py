@@ -65,11 +65,10 @@ import socket
 import stat
 import sys
 import time
-import tomllib
 from pathlib import Path
 from typing import Any
 
-from filterd.config import DEFAULT_CONFIG_PATH, Config, parse_config
+from filterd.config import DEFAULT_CONFIG_PATH, Config, config_from_bytes, read_config_bytes
 from filterd.pipeline import Pipeline
 from filterd.settings import ConfigError
 
@@ -119,31 +118,6 @@ def preload_modules() -> list[str]:
         except Exception as exc:  # ImportError, or a module that fails without its extra
             missing.append(f"{name} ({type(exc).__name__}: {exc})")
     return missing
-
-
-def read_config_bytes(path: str | None) -> bytes:
-    """The configuration file's content, read once; `None` (built-in defaults) reads nothing."""
-    if path is None:
-        return b""
-    try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        raise ConfigError("", f"cannot read configuration {path}: {exc.strerror}") from exc
-
-
-def config_from_bytes(raw: bytes, path: str | None) -> Config:
-    """Parse and validate configuration bytes read from `path` (the path names it in errors)."""
-    if path is None:
-        return parse_config({})
-    try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError("", f"{path}: not valid TOML: {exc}") from exc
-    try:
-        return parse_config(data, path)
-    except ConfigError as exc:
-        exc.args = (f"{path}: {exc}",)
-        raise
 
 
 def read_config(path: str | None) -> tuple[Config, bytes]:
