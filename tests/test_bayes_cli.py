@@ -164,14 +164,14 @@ def test_train_without_redis_says_so(tmp_path) -> None:
     )
 
 
-def test_eval_side_by_side(corpus, tmp_path) -> None:
+def test_eval_side_by_side_on_both_corpora(corpus, tmp_path) -> None:
     png = tmp_path / "roc.png"
-    code, out = run(["eval", "--limit", "300", "--online-batch", "50", "--plot", str(png)])
+    code, out = run(["eval", "--limit", "300", "--run", "hash", "--run", "cross", "--plot", str(png)])
     assert code == 0
-    lines = out.splitlines()
-    assert any(line.startswith("split    filterd") for line in lines)
-    assert any(line.startswith("split    bogofilter") for line in lines)
-    assert any(line.startswith("online   bogofilter") for line in lines)
+    rows = {tuple(line.split()[:3]) for line in out.splitlines()}
+    for data in ("SA", "CSDMC", "SA->CSDMC", "CSDMC->SA"):
+        for name in ("filterd", "bogofilter"):
+            assert (("cross" if "->" in data else "hash"), data, name) in rows
     try:
         import matplotlib  # noqa: F401  (the "eval" extra)
     except ImportError:
