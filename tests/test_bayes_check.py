@@ -215,6 +215,19 @@ def test_redis_down_fails_open_with_a_symbol(model_file, prefix) -> None:
     pipeline.close()
 
 
+def test_without_redis_it_classifies_from_the_file_and_says_so_once(model_file, prefix, caplog) -> None:
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    pipeline = pipeline_for(dead, prefix, model=str(model_file), redis_retry=0.0, sync_interval=0.001)
+    with caplog.at_level("WARNING"):
+        for i in range(3):  # each message tries Redis again (redis_retry 0) and fails
+            time.sleep(0.01)  # past sync_interval: the check follows the shared model again
+            _, verdict = scan(pipeline, spam_message(510 + i))
+            assert {"BAYES_SPAM", "BAYES_REDIS_ERROR"} <= set(bayes_symbols(verdict)), (i, verdict)
+    said = [r.getMessage() for r in caplog.records if "classifying with the model" in r.getMessage()]
+    assert len(said) == 1 and "nothing stored" in said[0]
+    pipeline.close()
+
+
 def test_redis_down_fails_closed_when_asked(model_file, prefix) -> None:
     dead = f"redis://127.0.0.1:{free_port()}/0"
     pipeline = pipeline_for(dead, prefix, model=str(model_file), on_error="closed")

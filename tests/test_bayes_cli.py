@@ -114,7 +114,7 @@ def test_signature_retrain_through_redis(redis_server, tmp_path) -> None:
     config = tmp_path / "filterd.toml"
     config.write_text(
         f'[redis]\nurl = "{redis_server.url}"\nkey_prefix = "{prefix}"\n'
-        f'[checks.bayes]\nmodel = "{seed}"\ntrain_mode = "teft"\n'
+        f'[checks.bayes]\nmodel = "{seed}"\ntrain_mode = "teft"\nstorage = "redis"\n'
     )
     pipeline = Pipeline.from_config(
         parse_config(
@@ -154,7 +154,7 @@ def test_train_without_redis_says_so(tmp_path) -> None:
 
     config = tmp_path / "filterd.toml"
     config.write_text(
-        f'[redis]\nurl = "redis://127.0.0.1:{free_port()}/0"\ntimeout = 0.3\n[checks.bayes]\nmodel = "{tmp_path}/m.npz"\n'
+        f'[redis]\nurl = "redis://127.0.0.1:{free_port()}/0"\ntimeout = 0.3\n[checks.bayes]\nmodel = "{tmp_path}/m.npz"\nstorage = "redis"\n'
     )
     result = CliRunner().invoke(cli, ["--config", str(config), "train", "spam", "-"], input=spam_message(1))
     assert (
