@@ -22,6 +22,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from filterd.bayes.tokenizer import is_verdict_header
+
 SPAM, HAM = "spam", "ham"
 ROOT = Path(__file__).resolve().parent.parent
 CORPORA = ("spamassassin-public", "csdmc2010")  # the two labelled sources `filterctl eval` runs by default
@@ -32,14 +34,8 @@ WHERE_TO_GET = (
 
 # Header fields removed before training and testing: the names the issue lists (X-Spam-*, X-DSPAM-*,
 # X-Bogosity, X-Virus-*) and every other field whose name says it carries some filter's verdict
-# (X-Barracuda-Spam-Score, X-AmavisStatus, X-RC-Spam, X-CM-Score, CSDMC's munged XStatus, ...).
-_VERDICT_NAME = re.compile(
-    rb"^(?:x-spam|x-dspam|x-bogosity|x-virus|x-filterd"
-    rb"|[a-z0-9-]*(?:spam|virus|amavis|barracuda|bogo|mailscanner)"
-    rb"|x(?:status|level|score|checker-version)$"
-    rb"|x-(?:cm|vr|cloudmark|sbb)-?score$)",
-    re.IGNORECASE,
-)
+# (X-Barracuda-Spam-Score, X-ASG-*, X-AmavisStatus, X-CM-Score, CSDMC's munged XStatus, ...): the
+# same test filterd's tokenizer applies on the mail path.
 
 
 def corpus_root() -> Path:
@@ -48,7 +44,7 @@ def corpus_root() -> Path:
 
 
 def strip_verdict_headers(raw: bytes) -> bytes:
-    """`raw` without the header fields (and their continuation lines) of `_VERDICT_NAME`."""
+    """`raw` without the header fields (and their continuation lines) that carry a verdict (`is_verdict_header`)."""
     end = raw.find(b"\n\n")
     crlf = raw.find(b"\r\n\r\n")
     if crlf >= 0 and (end < 0 or crlf < end):
@@ -61,8 +57,8 @@ def strip_verdict_headers(raw: bytes) -> bytes:
             if not dropping:
                 kept.append(line)
             continue
-        name = line.split(b":", 1)[0].strip()
-        dropping = b":" in line and bool(_VERDICT_NAME.match(name))
+        name = line.split(b":", 1)[0].strip().decode("latin-1").lower()
+        dropping = b":" in line and is_verdict_header(name)
         if not dropping:
             kept.append(line)
     return b"".join(kept) + body

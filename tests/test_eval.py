@@ -33,7 +33,7 @@ def test_verdict_headers_of_other_filters_are_removed_with_their_continuation_li
         b"Received: from a\r\n\tby b\r\n"
         b"X-Spam-Status: Yes, score=9.1\r\n\ttests=A,B\r\n"
         b"XStatus: No, score=-15.9 required=4.0\r\n"  # CSDMC's munged SpamAssassin verdict
-        b"X-Barracuda-Spam-Score: 3.2\r\nX-AmavisStatus: No\r\nX-Virus-Scanned: yes\r\n"
+        b"X-Barracuda-Spam-Score: 3.2\r\nX-AmavisStatus: No\r\nX-Virus-Scanned: yes\r\nX-ASG-Tag: INTENT\r\n"
         b"X-Bogosity: Ham\r\nX-DSPAM-Result: Innocent\r\n"
         b"Subject: X-Spam-Status: in a subject stays\r\nX-Mailer: mutt\r\n\r\n"
         b"X-Spam-Status: in the body stays\r\n"

@@ -47,18 +47,36 @@ import numpy as np
 
 from filterd.message import Message, decode_words
 
-TOKENIZER_VERSION = 2  # stored in the model: a model is only valid with the tokenizer it was trained by
+TOKENIZER_VERSION = 3  # stored in the model: a model is only valid with the tokenizer it was trained by
 
 MAX_TEXT_CHARS = 60_000  # body text tokenized; the rest of a long message adds little evidence
 MAX_TOKENS = 6_000  # distinct tokens kept per message
 MAX_URLS = 50
 MAX_RECEIVED = 6
+MAX_RECEIVED_CHARS = 300  # of one Received line read for words
 MAX_HEADER_CHARS = 4_000  # of one header value tokenized: a 34 KB To: adds nothing but work
 MAX_CACHED_HEADER = 1_000  # longer values are not kept in the header cache (memory)
 MAX_WORD = 24  # longer words become a skip: token (base64 runs, hashes)
 
 # Headers a filter adds: never learned from (they are the other filter's opinion, and forgeable).
-IGNORED_HEADER_PREFIXES = ("x-spam", "x-dspam", "x-bogosity", "x-filterd")
+# Beyond the usual names, any field whose name says it carries a spam or virus verdict: CSDMC's
+# mail came through a Barracuda (X-Barracuda-Spam-*, X-ASG-*) and amavis (X-AmavisStatus), and
+# its ham through a list server whose SpamAssassin verdict was renamed (XStatus, XLevel).  Learning
+# them learns another filter, and a spammer writes "X-Virus-Scanned: clean" as easily as anyone.
+_VERDICT_HEADER = re.compile(
+    r"x-spam|x-dspam|x-bogosity|x-virus|x-filterd|x-asg-"
+    r"|[a-z0-9-]*(?:spam|virus|amavis|barracuda|bogo|mailscanner)"
+    r"|x(?:status|level|score|checker-version)$"
+    r"|x-(?:cm|vr|cloudmark|sbb)-?score$"
+)
+
+
+@functools.lru_cache(maxsize=4096)  # header names repeat from message to message
+def is_verdict_header(name: str) -> bool:
+    """True for a header field (lower-case name) that carries some filter's verdict."""
+    return _VERDICT_HEADER.match(name) is not None
+
+
 # Headers whose words are tokens.  Words of every other header (dates, ids, relay software versions)
 # were tried: on split (a) they made (1-ROCA) worse, 0.027 -> 0.021 without them -- mostly noise that
 # is unique to one message or to one mailbox of the corpus.  Their names still count (hn:).
@@ -89,6 +107,8 @@ _WORD = re.compile(r"[$]?[^\W\d_][^\W_]*(?:[_'$.\-%]+[^\W_]+)*")  # no backtrack
 # faster, and most mail is ASCII.
 _WORD_ASCII = re.compile(r"[$]?[a-z][a-z0-9]*(?:[_'$.\-%]+[a-z0-9]+)*")
 _HEADER_WORD = re.compile(r"[^\s<>()\[\]\",;:=]+")
+# A word of a Received line: letters, dots and hyphens, not touching a digit or another word character.
+_RECEIVED_WORD = re.compile(r"(?<![\w.\-])[a-z][a-z.\-]{0,29}(?![\w.\-])")
 _CJK_RUN = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]{2,}")
 _HAS_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]")
 _ADDRESS = re.compile(r"[\w.+\-=&'/]+@([\w\-]+\.)+[\w\-]+")  # what `_address_spans` finds, for reading
@@ -144,7 +164,7 @@ def _header_tokens(msg: Message) -> list[str]:
     received = 0
     for name, value in msg.headers:
         key = name.lower()
-        if key.startswith(IGNORED_HEADER_PREFIXES):
+        if is_verdict_header(key):
             continue
         if key == "received":  # different in every message: never worth caching
             found.append("hn:received")
@@ -268,6 +288,10 @@ def _received_tokens(value: str) -> Iterable[str]:
         yield "rcvd:dom:" + registered_domain(host)
     if "with esmtp" in value:
         yield "rcvd:esmtp"
+    # The line's words too, as bogofilter and SpamBayes (mine_received_headers) read it: "unknown",
+    # "helo", the relay software, "with smtp" against "esmtpa"...  Only words without digits: the
+    # queue ids, times and numbered hosts were one new token per line (new hash work, and noise).
+    yield from map("rcvd:w:".__add__, _RECEIVED_WORD.findall(value, 0, MAX_RECEIVED_CHARS))
 
 
 def _networks(value: str) -> Iterable[str]:
