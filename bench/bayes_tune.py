@@ -1,6 +1,6 @@
 """Try classifier variants on the tuning views of both corpora, never on the halves reported.
 
-    python bench/bayes_tune.py VARIANT...      # e.g. base "drop=tag:|part:" robs=0.1+min_dev=0.3 drop=pairs
+    python bench/bayes_tune.py [--chrono] VARIANT...      # e.g. base "drop=tag:|part:" robs=0.1+min_dev=0.3 drop=pairs
 
 A variant is `base` or comma-free settings joined by `+`: `drop=P1|P2` (token-name prefixes
 removed; `drop=pairs`: no word pairs), or a `Params` field (`robx=0.45`).  Views (the halves `filterctl eval` reports are never
@@ -8,6 +8,8 @@ used here):
 
     SA hash-swap, CSDMC hash-swap     train on the odd half of sha1(file name), test the even one
     SA->CSDMC/dev, CSDMC->SA/dev       train on all of A, test the even half of B
+
+--chrono: the views are each corpus's first half in Date order, split in two (train, test).
 
 Prints (1-ROCA)% and spam missed at <= 0.1% and <= 1% of ham flagged for each view, filterd only.
 """
@@ -28,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 import filterd.bayes.model as model_module  # noqa: E402
 from filterd.bayes.params import Params  # noqa: E402
 from filterd.bayes.tokenizer import Tokens, tokens  # noqa: E402
-from filterd_eval.corpus import corpus_root, in_second_half, load_folder  # noqa: E402
+from filterd_eval.corpus import corpus_root, in_order, in_second_half, load_folder  # noqa: E402
 from filterd_eval.learners import filterd_bayes  # noqa: E402
 from filterd_eval.metrics import figures  # noqa: E402
 from filterd_eval.runs import train_test  # noqa: E402
@@ -61,6 +63,14 @@ def main() -> None:
         ("SA->CSDMC/dev", sa, [i for i in cs if not in_second_half(i)]),
         ("CSDMC->SA/dev", cs, [i for i in sa if not in_second_half(i)]),
     ]
+    if sys.argv[1:2] == ["--chrono"]:
+        # inside the first half in Date order (what `filterctl eval`'s chrono run trains on):
+        # train on its first half, test its second -- never the second half that run reports
+        sys.argv.pop(1)
+        views = []
+        for name, items in (("SA", sa), ("CSDMC", cs)):
+            ordered = in_order(items, "date")[: len(items) // 2]
+            views.append((f"{name} chrono/dev", ordered[: len(ordered) // 2], ordered[len(ordered) // 2 :]))
     print("each view: (1-ROCA)%, spam missed at <= 0.1% and at <= 1% of ham flagged")
     print(f"{'variant':<34}" + "".join(f"{name:>24}" for name, _, _ in views) + "   seconds")
     for spec in sys.argv[1:]:
