@@ -2,7 +2,7 @@
 
     python bench/bayes_tune.py [--chrono] VARIANT...      # e.g. base "drop=tag:|part:" robs=0.1+min_dev=0.3 drop=pairs
 
-A variant is `base` or comma-free settings joined by `+`: `drop=P1|P2` (token-name prefixes
+A variant is `bogofilter` (its figures on the same views), `base` or comma-free settings joined by `+`: `drop=P1|P2` (token-name prefixes
 removed; `drop=pairs`: no word pairs), or a `Params` field (`robx=0.45`).  Views (the halves `filterctl eval` reports are never
 used here):
 
@@ -30,8 +30,8 @@ sys.path.insert(0, str(ROOT))
 import filterd.bayes.model as model_module  # noqa: E402
 from filterd.bayes.params import Params  # noqa: E402
 from filterd.bayes.tokenizer import Tokens, tokens  # noqa: E402
-from filterd_eval.corpus import corpus_root, in_order, in_second_half, load_folder  # noqa: E402
-from filterd_eval.learners import filterd_bayes  # noqa: E402
+from filterd_eval.corpus import Item, corpus_root, in_order, in_second_half, load_folder  # noqa: E402
+from filterd_eval.learners import Bogofilter, filterd_bayes  # noqa: E402
 from filterd_eval.metrics import figures  # noqa: E402
 from filterd_eval.runs import train_test  # noqa: E402
 
@@ -51,6 +51,14 @@ def variant(spec: str) -> tuple[Params, tuple[str, ...]]:
             kind = type(getattr(params, key))
             params = dataclasses.replace(params, **{key: kind(value)})
     return params, drop
+
+
+def _cell(test: list[Item], scores: np.ndarray) -> str:
+    y = np.array([i.is_spam for i in test])
+    f = figures(y, scores, 0.99)
+    fpr, tpr, _ = roc_curve(y, scores)
+    at1 = 100.0 * (1.0 - float(tpr[fpr <= 0.01].max()))  # less driven by a few outliers
+    return f"{f.roca:>8.3f} {f.fn_at_fp:>6.2f}% {at1:>6.2f}%"
 
 
 def main() -> None:
@@ -74,6 +82,14 @@ def main() -> None:
     print("each view: (1-ROCA)%, spam missed at <= 0.1% and at <= 1% of ham flagged")
     print(f"{'variant':<34}" + "".join(f"{name:>24}" for name, _, _ in views) + "   seconds")
     for spec in sys.argv[1:]:
+        if spec == "bogofilter":  # the same views, bogofilter's figures
+            started = time.time()
+            cells = []
+            for _, train, test in views:
+                scores = train_test(Bogofilter(), train, test)
+                cells.append(_cell(test, scores))
+            print(f"{spec:<34}" + "".join(f"{c:>24}" for c in cells) + f"   {time.time() - started:7.0f}")
+            continue
         params, drop = variant(spec)
 
         def filtered(msg, drop=drop):  # type: ignore[no-untyped-def]
@@ -90,11 +106,7 @@ def main() -> None:
         cells = []
         for _, train, test in views:
             scores = train_test(filterd_bayes(params), train, test)
-            y = np.array([i.is_spam for i in test])
-            f = figures(y, scores, 0.99)
-            fpr, tpr, _ = roc_curve(y, scores)
-            at1 = 100.0 * (1.0 - float(tpr[fpr <= 0.01].max()))  # less driven by a few outliers
-            cells.append(f"{f.roca:>8.3f} {f.fn_at_fp:>6.2f}% {at1:>6.2f}%")
+            cells.append(_cell(test, scores))
         print(
             f"{spec:<34}" + "".join(f"{c:>24}" for c in cells) + f"   {time.time() - started:7.0f}",
             flush=True,

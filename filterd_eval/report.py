@@ -30,8 +30,30 @@ def render(rows: Sequence[Row], cutoff: float) -> str:
             f"cutoff {cutoff} for ham>=cut / spam<cut; rates are messages per CPU second",
             HEADER,
             *(line(r) for r in rows),
+            *spread(rows),
         ]
     )
+
+
+def spread(rows: Sequence[Row]) -> list[str]:
+    """Median and range over several hash splits of one corpus (data "SA", "SA#2", "SA#3"...)."""
+    groups: dict[tuple[str, str, str], list[Row]] = {}
+    for r in rows:
+        groups.setdefault((r.run, r.data.partition("#")[0], r.filter), []).append(r)
+    out: list[str] = []
+    for (run, data, name), group in groups.items():
+        if len(group) < 2:
+            continue
+        if not out:
+            out = ["", "over several hash splits: median [min - max] of (1-ROCA)%, then of FN@FP<=0.1%"]
+        roca = [g.figures.roca for g in group]
+        fn = [g.figures.fn_at_fp for g in group]
+        out.append(
+            f"{run:<10} {data + f' x{len(group)}':<26} {name:<11} "
+            f"{np.median(roca):.4f} [{min(roca):.4f} - {max(roca):.4f}]   "
+            f"{np.median(fn):.2f}% [{min(fn):.2f} - {max(fn):.2f}]"
+        )
+    return out
 
 
 def write_roc_plot(rows: Sequence[Row], path: Path) -> None:

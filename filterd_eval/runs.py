@@ -73,7 +73,11 @@ class Plan:
     test: Sequence[Item]  # for online: the stream
 
 
-def plans(corpora: dict[str, list[Item]], runs: Sequence[str], order: str = "date") -> list[Plan]:
+def plans(
+    corpora: dict[str, list[Item]], runs: Sequence[str], order: str = "date", splits: int = 1
+) -> list[Plan]:
+    """The plans of `runs`; `hash` and `hash-swap` on `splits` different hash splits (the first is
+    sha1(file name) mod 2; the others are labelled "SA#2", "SA#3"...)."""
     out: list[Plan] = []
     for run in runs:
         if run == "cross":
@@ -84,10 +88,11 @@ def plans(corpora: dict[str, list[Item]], runs: Sequence[str], order: str = "dat
             continue
         for name, items in corpora.items():
             if run in ("hash", "hash-swap"):
-                first = [i for i in items if not in_second_half(i)]
-                second = [i for i in items if in_second_half(i)]
-                train, test = (first, second) if run == "hash" else (second, first)
-                out.append(Plan(run, name, train, test))
+                for salt in range(splits):
+                    first = [i for i in items if not in_second_half(i, salt)]
+                    second = [i for i in items if in_second_half(i, salt)]
+                    train, test = (first, second) if run == "hash" else (second, first)
+                    out.append(Plan(run, name if salt == 0 else f"{name}#{salt + 1}", train, test))
             elif run == "chrono":
                 ordered = in_order(items, order)
                 half = len(ordered) // 2
@@ -127,10 +132,11 @@ def evaluate(
     batch: int = 200,
     order: str = "date",
     say: Callable[[str], None] = lambda line: None,
+    splits: int = 1,
 ) -> list[Row]:
     """Every run of `runs` on every corpus (and pair of corpora), for every learner."""
     rows = []
-    for plan in plans(corpora, runs, order):
+    for plan in plans(corpora, runs, order, splits):
         for factory in factories:
             row = execute(plan, factory, cutoff, batch)
             say(f"{row.run} {row.data} {row.filter}: (1-ROCA)% {row.figures.roca:.4f}")

@@ -14,6 +14,7 @@ from filterd.cli.filterctl import cli
 from filterd_eval.corpus import Item, in_second_half, load_folder, strip_verdict_headers
 from filterd_eval.learners import ScorerLearner
 from filterd_eval.metrics import figures
+from filterd_eval.report import render
 from filterd_eval.runs import evaluate, plans
 from tests.bayes_helpers import ham_message, spam_message
 
@@ -107,3 +108,13 @@ def test_the_mail_path_never_imports_the_evaluation_package() -> None:
         "filterd.cli.filterctl; assert not [m for m in sys.modules if m.startswith('filterd_eval')]"
     )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+def test_several_hash_splits_are_reported_with_their_median_and_range(tmp_path: Path) -> None:
+    items = load_folder(labelled_folder(tmp_path / "a", 20))
+    found = plans({"A": items}, ["hash"], splits=3)
+    assert [p.data for p in found] == ["A", "A#2", "A#3"]
+    assert len({tuple(i.name for i in p.test) for p in found}) == 3  # three different halves
+    scorer = ScorerLearner("s", lambda raw: float(len(raw)))
+    text = render(evaluate({"A": items}, [lambda: scorer], runs=["hash"], splits=3), 0.99)
+    assert "over several hash splits" in text and "A x3" in text

@@ -152,10 +152,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import mmh3
 import numpy as np
 from scipy.sparse import csr_matrix
-from scipy.special import gammaln
-from sklearn.utils import murmurhash3_32
 
 from filterd.bayes.params import Params
 from filterd.bayes.tokenizer import Tokens
@@ -179,14 +178,15 @@ class _BucketCache(dict[str, int]):
         self.n_features = n_features
 
     def __missing__(self, token: str) -> int:
-        bucket = self[token] = abs(murmurhash3_32(token, seed=0)) % self.n_features
+        bucket = self[token] = abs(mmh3.hash(token, 0)) % self.n_features
         return bucket
 
 
 class Hasher:
     """Token strings to bucket numbers, exactly as scikit-learn's `FeatureHasher(n_features,
     alternate_sign=False)` would put them (its MurmurHash3, which the tests compare); word pairs:
-    see `pair_buckets`.
+    see `pair_buckets`.  The hash is `mmh3`'s MurmurHash3_x86_32, the same function: importing
+    scikit-learn for it cost about a second of every filterctl and filterd start.
 
     Tokens are hashed one by one through a bounded cache: most tokens of a message were seen in
     earlier messages, and a dict lookup is a fifth of the cost of a hash.  (`FeatureHasher.transform`
@@ -200,7 +200,7 @@ class Hasher:
         self._cache = _BucketCache(n_features)
 
     def bucket(self, token: str) -> int:
-        return abs(murmurhash3_32(token, seed=0)) % self.n_features
+        return abs(mmh3.hash(token, 0)) % self.n_features
 
     def buckets(self, tokens: Sequence[str]) -> np.ndarray:
         """Bucket numbers of `tokens`, in order (the same length; repeats possible after collisions);
@@ -374,7 +374,7 @@ def token_probabilities(
     return (params.robs * params.robx + n * p) / (params.robs + n)
 
 
-_LOG_FACTORIAL = gammaln(np.arange(8192) + 1.0)  # ln k!, enough for MAX_TOKENS clues
+_LOG_FACTORIAL = np.array([math.lgamma(k + 1.0) for k in range(8192)])  # ln k!, enough for MAX_TOKENS clues
 _K = np.arange(len(_LOG_FACTORIAL))
 
 
@@ -384,7 +384,9 @@ def log_chi2_sf(x: float, n: int) -> float:
     if m <= 0.0:
         return 0.0
     k = np.arange(n)
-    log_fact = _LOG_FACTORIAL[:n] if n <= len(_LOG_FACTORIAL) else gammaln(k + 1.0)
+    log_fact = (
+        _LOG_FACTORIAL[:n] if n <= len(_LOG_FACTORIAL) else np.array([math.lgamma(i + 1.0) for i in range(n)])
+    )
     terms = k * np.log(m) - log_fact
     top = terms.max()  # logsumexp by hand: scipy's generic one costs 40 us a call, this 5
     return float(-m + top + np.log(np.exp(terms - top).sum()))

@@ -215,6 +215,12 @@ def _progress(quiet: bool, total: int | None, what: str) -> Iterator[Any]:
     help="chrono and online: Date order or file-name order",
 )
 @click.option("--limit", type=int, help="use only N messages of each folder (every k-th: a quick look)")
+@click.option(
+    "--splits",
+    default=1,
+    show_default=True,
+    help="hash and hash-swap: this many different hash splits, with their median and range",
+)
 @click.option("--plot", metavar="PNG", default="", help="write the ROC curves there (needs matplotlib)")
 @click.pass_context
 def eval_(
@@ -225,6 +231,7 @@ def eval_(
     batch: int,
     order: str,
     limit: int | None,
+    splits: int,
     plot: str,
 ) -> None:
     """Measure the classifier, and bogofilter beside it, on labelled FOLDERs.
@@ -248,6 +255,8 @@ def eval_(
     s = cfg.check_settings("bayes")
     if batch < 1:
         raise click.BadParameter("must be 1 or more", param_hint="--batch")
+    if splits < 1:
+        raise click.BadParameter("must be 1 or more", param_hint="--splits")
     paths = [Path(f) for f in folders] or [corpus_root() / name for name in CORPORA]
     present = [p for p in paths if p.is_dir()]
     if folders and len(present) < len(paths):
@@ -280,6 +289,7 @@ def eval_(
         batch=batch,
         order=order,
         say=lambda line: click.echo(line, err=True),
+        splits=splits,
     )
     click.echo(render(rows, s.spam_cutoff))
     if plot:
