@@ -14,7 +14,9 @@ import redis
 from filterd.bayes.model import Model
 from filterd.check import AddHeader
 from filterd.config import parse_config
-from filterd.pipeline import Action, Pipeline, Verdict, scan
+from filterd.driver import scan
+from filterd.pipeline import Pipeline
+from filterd.results import Action, Verdict
 from filterd.settings import ConfigError
 from tests.bayes_helpers import ham_message, make_message, only_bayes, spam_message, trained_model
 from tests.harness.net import free_port

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from filterd.config import parse_config
-from filterd.pipeline import Action, Pipeline, SmtpContext, scan
+from filterd.driver import SmtpContext, scan
+from filterd.pipeline import Pipeline
 from filterd.quarantine import (
     AlreadyReleased,
     InvalidId,
@@ -32,6 +33,7 @@ from filterd.quarantine import (
     render_headers,
 )
 from filterd.report import verdict_headers
+from filterd.results import Action
 from tests.harness import avsamples
 from tests.harness.clamd import ClamdServer
 from tests.harness.net import free_port

@@ -31,7 +31,8 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from filterd.addresses import getaddresses
-from filterd.check import Check, CheckSettings, Finding, Output, Stage
+from filterd.auth.results import DKIM
+from filterd.check import Check, CheckSettings, Cost, Finding, Output, Stage
 from filterd.dns import DnsTempError
 from filterd.keys import domain_of
 from filterd.reputation import authenticated_domains
@@ -70,15 +71,15 @@ class _Budget:
 
 
 def _is_internal(check: Check, ip: IPAddress | None) -> bool:
-    nets = [ipaddress.ip_network(n, strict=False) for n in check.config.network.internal_networks]
+    nets = check.site.internal_networks
     return ip is not None and any(ip.version == n.version and ip in n for n in nets)
 
 
 def _our_names(check: Check) -> tuple[str, frozenset[str]]:
     """This host's name, and our mail domains (``[network] local_domains``), lower-cased."""
     # gethostname(), not getfqdn(): no DNS lookup on the mail path
-    host = (check.config.network.hostname or socket.gethostname()).lower().rstrip(".")
-    return host, frozenset(d.lower().strip().rstrip(".") for d in check.config.network.local_domains)
+    host = (check.site.hostname or socket.gethostname()).lower().rstrip(".")
+    return host, frozenset(d.lower().strip().rstrip(".") for d in check.site.local_domains)
 
 
 def _in_domains(name: str, domains: Iterable[str]) -> str | None:
@@ -153,6 +154,7 @@ class ClientDnsSettings(DnsCheckSettings):
 class ClientDns(Check):
     name = "client_dns"
     stage = Stage.CONNECT
+    cost = Cost.NETWORK  # after the client lists: a denied client costs no lookup
     description = "client without reverse DNS, not forward-confirmed, or named like a dynamic pool"
     symbols = {
         "RDNS_NONE": 1.5,
@@ -172,7 +174,7 @@ class ClientDns(Check):
             return
         resolver = self.services.resolver
         budget = _Budget(self.settings.dns_budget)
-        shared = tx.dns_budget_for(self.config.dns)  # the message's (here the connection stage's) budget
+        shared = tx.dns_budget_for(self.ctx.dns)  # the message's (here the connection stage's) budget
         try:
             names = [n.lower().rstrip(".") for n in resolver.ptr(str(ip), shared)]
         except DnsTempError as exc:
@@ -255,6 +257,7 @@ def _contains_run(numbers: list[str], octets: list[str], n: int) -> bool:
 class SenderDns(Check):
     name = "sender_dns"
     stage = Stage.MAIL_FROM
+    cost = Cost.NETWORK
     description = "envelope sender domain with neither MX nor A/AAAA, or a null MX"
     symbols = {
         "SENDER_DOMAIN_NO_MX_A": 2.5,
@@ -273,7 +276,7 @@ class SenderDns(Check):
             return  # the null sender, or an address-literal domain
         resolver = self.services.resolver
         budget = _Budget(self.settings.dns_budget)
-        shared = tx.dns_budget_for(self.config.dns)  # the message's budget, with SPF's lookups
+        shared = tx.dns_budget_for(self.ctx.dns)  # the message's budget, with SPF's lookups
         try:
             mx = resolver.query(domain, "MX", shared)
             if any(_is_null_mx(r) for r in mx):
@@ -322,7 +325,8 @@ _TZ = re.compile(r"([+-])(\d\d)(\d\d)\s*(?:\(.*\))?\s*$")
 
 class HeaderHeuristics(Check):
     name = "header_heuristics"
-    stage = Stage.EOM  # after DKIM, so an authenticated From is known; reads headers only
+    stage = Stage.EOM  # reads headers only
+    requires = (DKIM,)  # which domains authenticated
     description = "many recipients; From imitating our domains; Date, Message-ID, Received anomalies"
     # Measured on the SpamAssassin public corpus (4150 ham / 1896 spam, 2002), share of messages:
     #   DATE_BAD_TIMEZONE       ham 0.0%   spam 17.5%   -> a strong sign: 2.0

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from filterd.pipeline import Action
 from filterd.replies import TempFail
+from filterd.results import Action
 from tests.harness.redis import RedisServer
 from tests.redis_state.conftest import Clock, build, deliver, symbols
 

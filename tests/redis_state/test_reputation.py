@@ -10,8 +10,9 @@ from click.testing import CliRunner
 from filterd.check import AddHeader, Check, CheckSettings, Output, Stage
 from filterd.cli.filterctl import cli
 from filterd.keys import Keys
-from filterd.pipeline import Action, Pipeline, Symbol, Verdict
+from filterd.pipeline import Pipeline
 from filterd.reputation import Entity, ReputationSettings, ReputationStore, category_of, retrain
+from filterd.results import Action, Symbol, Verdict
 from filterd.transaction import Transaction
 from tests.redis_state.conftest import Clock, build, deliver, keys_with_ttl, message, symbols
 
