@@ -45,6 +45,7 @@ from filterd.check import (
     Output,
     Stage,
 )
+from filterd.results import Action, Verdict
 from filterd.settings import ConfigError, not_negative, positive, setting
 from filterd.transaction import Transaction
 
@@ -53,7 +54,6 @@ if TYPE_CHECKING:  # numpy and scikit-learn load when the check is built, not wh
 
     from filterd.bayes.classifier import Result
     from filterd.bayes.model import Model
-    from filterd.pipeline import Verdict
 
 log = logging.getLogger("filterd.bayes")
 T = TypeVar("T")
@@ -284,8 +284,6 @@ class Bayes(Check):
 
     def after_verdict(self, tx: Transaction, verdict: Verdict) -> None:
         """Store the message's signature if it is delivered; forget (or delete) it otherwise."""
-        from filterd.pipeline import Action
-
         pending = self.pending.pop(tx)
         if pending is None:
             return

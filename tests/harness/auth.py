@@ -135,7 +135,9 @@ def milter_run(p: Pipeline, raw: bytes, **context: Any) -> tuple[Transaction, Ve
     (not on the raw bytes, as `scan` does)."""
     from filterd.driver import Driver
 
-    driver = Driver(p, Session(client_addr=context.get("client_addr"), helo=context.get("helo")), learns=False)
+    driver = Driver(
+        p, Session(client_addr=context.get("client_addr"), helo=context.get("helo")), learns=False
+    )
     step = driver.mail(context.get("mail_from"), context.get("auth_user"))
     tx = driver.current()
     if step.verdict is not None:
