@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from filterd.checks.smtp_behaviour import dynamic_reason, lookalike
+from filterd.checks.client_dns import dynamic_reason
+from filterd.checks.header_heuristics import lookalike
 from filterd.config import parse_config, registered_checks
 from filterd.driver import SmtpContext, scan
 from filterd.pipeline import Pipeline
