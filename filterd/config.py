@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from filterd.check import Check
 from filterd.dns import DnsSettings
-from filterd.quarantine import QuarantineSettings
+from filterd.quarantine.store import QuarantineSettings
 from filterd.registry import all_checks, settings_sections
 from filterd.registry import known_symbols as known_symbols
 from filterd.settings import (

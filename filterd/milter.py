@@ -55,7 +55,7 @@ import milter
 from filterd.auth.results import our_ids
 from filterd.driver import Driver, Step
 from filterd.pipeline import Pipeline
-from filterd.quarantine import QuarantineError, QuarantineStore, meta_from
+from filterd.quarantine.store import QuarantineError, QuarantineStore, meta_from
 from filterd.replies import (
     R451_CHECK_FAILED,
     R552_MESSAGE_TOO_BIG,

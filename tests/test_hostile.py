@@ -20,7 +20,7 @@ import pytest
 from filterd.config import Config, parse_config, registered_checks
 from filterd.driver import SmtpContext, scan
 from filterd.pipeline import Pipeline
-from filterd.quarantine import QuarantineSettings, QuarantineStore, meta_from
+from filterd.quarantine.store import QuarantineSettings, QuarantineStore, meta_from
 from filterd.results import Verdict
 from filterd.services import Services
 from tests.harness.clamd import ClamdServer

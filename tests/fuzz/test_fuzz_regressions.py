@@ -18,7 +18,7 @@ from filterd.driver import scan
 from filterd.htmlscan import scan_html
 from filterd.message import Message
 from filterd.pipeline import Pipeline
-from filterd.quarantine import QuarantineSettings, QuarantineStore
+from filterd.quarantine.store import QuarantineSettings, QuarantineStore
 from filterd.rules import load_rule_set
 from filterd.rules.targets import Targets
 from filterd.settings import ConfigError
