@@ -54,8 +54,11 @@ def test_every_recipient_takes_a_token(redis_server: Any, prefix: str, clock: Cl
     assert deliver(p, rcpts=three)[1].action is Action.ACCEPT
     _, over = deliver(p, rcpts=("d@ours.test",))
     assert over.action is Action.TEMPFAIL
-    clock.advance(10)  # one token back: one recipient, not two
-    assert deliver(p, rcpts=("e@ours.test", "f@ours.test"))[1].action is Action.TEMPFAIL
+    clock.advance(10)  # one token back: one recipient, not two -- the other is refused at RCPT
+    tx, verdict = deliver(p, rcpts=("e@ours.test", "f@ours.test"))
+    assert tx.rcpts == ["e@ours.test"] and verdict.action is Action.ACCEPT
+    [(refused, decision)] = tx.refused
+    assert refused == "f@ours.test" and isinstance(decision, TempFail)
     p.close()
 
 
