@@ -10,8 +10,10 @@ import click
 from filterd.checks.bayes import spamicity_of
 from filterd.cli.common import load, read_messages
 from filterd.config import Config
-from filterd.pipeline import Action, Pipeline, SmtpContext
-from filterd.pipeline import scan as scan_message
+from filterd.driver import SmtpContext
+from filterd.driver import scan as scan_message
+from filterd.pipeline import Pipeline
+from filterd.results import Action
 from filterd.settings import ConfigError
 
 # Exit status, as `spamassassin -e` and `spamc -c` tell spam from ham (click itself exits 2 on
