@@ -27,6 +27,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from filterd.check import AddHeader, Check, Direction, Finding, Stage
+from filterd.combination import BASE_SYMBOL, Combination
 from filterd.config import Config, registered_checks
 from filterd.failures import R554_CHECK_FAILED, is_dependency_failure
 from filterd.replies import (
@@ -101,6 +102,7 @@ class Pipeline:
         # Built once, not per message: the checks that learn from verdicts (the others' hook does
         # nothing), and the score thresholds as (threshold, severity, action).
         self.learners = [c for c in self.checks if type(c).after_verdict is not Check.after_verdict]
+        self.combination = Combination(config.scoring)  # table or learned scores (filterd.combination)
         self.thresholds = [
             (threshold, _SEVERITY.index(Action(name)), Action(name))
             for name, threshold in config.actions.thresholds().items()
@@ -231,8 +233,14 @@ class Pipeline:
 
     def verdict(self, tx: Transaction, decision: Decision | None = None) -> Verdict:
         """Add up the findings and choose the action (or report the decision a check took)."""
-        symbols = [Symbol(f.symbol, round(self.score(f), 3), f.reason) for f in tx.findings]
-        total = round(sum(s.score for s in symbols), 3)
+        # [scoring]: each finding's contribution and the total, from the table or the learned model
+        scored = self.combination.score(tx.findings, [self.score(f) for f in tx.findings])
+        symbols = [
+            Symbol(f.symbol, c, f.reason) for f, c in zip(tx.findings, scored.contributions, strict=True)
+        ]
+        if scored.base is not None:
+            symbols.insert(0, Symbol(BASE_SYMBOL, scored.base, "where the learned combination starts"))
+        total = scored.total
         actions = self.config.actions
         verdict = Verdict(
             score=total,
