@@ -160,7 +160,7 @@ def _number(data: Mapping[str, Any], key: str, where: str = "") -> float:
     return float(value)
 
 
-def logit(p: float, clip: float = BAYES_CLIP) -> float:
+def logit(p: float, clip: float) -> float:
     """log(p / (1 - p)), clipped to +-clip (p of exactly 0 or 1 included)."""
     if p <= 0.0:
         return -clip

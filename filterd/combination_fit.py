@@ -20,6 +20,7 @@ docs/scoring.md for how they were chosen.
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -129,7 +130,7 @@ def fit_model(vectors: Sequence[Vector], p: np.ndarray, source: str = "") -> dic
     b0, w0, c0 = _fit(design(vectors, symbols, p), y)
     b1, w1, c1 = _fit(design(vectors, symbols, None), y)
     defaults = ActionSettings()
-    z_add, z_reject = logit(P_ADD_HEADER), logit(P_REJECT)
+    z_add, z_reject = logit(P_ADD_HEADER, math.inf), logit(P_REJECT, math.inf)
     scale = (defaults.reject - defaults.add_header) / (z_reject - z_add)
     offset = defaults.add_header - scale * z_add
     return {
