@@ -113,12 +113,14 @@ def test(
 # -- measuring on labelled mail ----------------------------------------------------------------
 
 # A rule "flags more than a small share of ham" when, on some corpus, it hits at least 0.1% of
-# the ham and more than one ham for every nine spam (as shares: S/O below 0.9).
+# the ham, and at least 3 ham messages (fewer is one sender's habit, not a pattern), and more
+# than one ham for every nine spam (as shares: S/O below 0.9).
 FLAG_HAM_RATE = 0.001
+FLAG_HAM_HITS = 3
 FLAG_SO = 0.9
 CRITERION = (
-    f"hits >= {100 * FLAG_HAM_RATE:g}% of ham and S/O < {FLAG_SO:g} "
-    "(more than 1 ham per 9 spam, as shares) on some corpus"
+    f"a scoring symbol that hits >= {100 * FLAG_HAM_RATE:g}% and >= {FLAG_HAM_HITS} of the ham "
+    f"with S/O < {FLAG_SO:g} (more than 1 ham per 9 spam, as shares) on some corpus"
 )
 _DEFAULT_CORPORA = ("spamassassin-public", "csdmc2010")
 _WHERE_TO_GET = (
@@ -210,7 +212,7 @@ def symbol_stats(
                 "ham_rate": h,
                 "so": so,
             }
-            flagged |= h >= FLAG_HAM_RATE and so < FLAG_SO
+            flagged |= h >= FLAG_HAM_RATE and ham_hits >= FLAG_HAM_HITS and so < FLAG_SO
         kind = "rule" if name in rule_scores else "check"
         score = rule_scores.get(name, table.get(name, 0.0))
         rows.append(
