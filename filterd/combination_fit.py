@@ -47,6 +47,7 @@ NOT_FITTED = frozenset({"CHECK_ERROR", "TIME_BUDGET", "TIME_BUDGET_SKIPPED", "IN
 P_ADD_HEADER = 0.9
 P_REJECT = 0.99999
 C_GRID = (0.03, 0.1, 0.3, 1.0, 3.0)
+TRADEOFF_PROBABILITIES = (0.5, 0.7, 0.9, 0.99, 0.999)
 
 
 # -- the Bayes spamicity, from models that never saw the message ----------------------------------
@@ -103,21 +104,65 @@ def design(vectors: Sequence[Vector], symbols: Sequence[str], p: np.ndarray | No
     return x
 
 
-def _fit(x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray, float]:
-    """The L2 strength with the best 5-fold log-loss on (x, y), then the fit on all of it."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold, cross_val_score
+Bounds = list[tuple[float | None, float | None]]
 
-    folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=0)
-    losses = {
-        c: -cross_val_score(
-            LogisticRegression(C=c, max_iter=5000), x, y, cv=folds, scoring="neg_log_loss"
-        ).mean()
-        for c in C_GRID
-    }
+
+def sign_bounds(vectors: Sequence[Vector], symbols: Sequence[str], with_bayes: bool) -> Bounds:
+    """Each weight keeps the sign of the symbol's table score (free when that is 0); the Bayes
+    weight is at least 0.  SpamAssassin's perceptron keeps its rules' signs the same way: a rule
+    written to catch spam must not end up rewarding a message because, in the fitting mail, it
+    happened to fire with stronger rules (BULK_UNSUB_ADDRESS and BULK_NO_LONGER_WISH came out at
+    -1.1 and -1.2 unconstrained, fitted on SpamAssassin mail)."""
+    table: dict[str, float] = {}
+    for v in vectors:
+        for s, score in v.symbols.items():
+            table.setdefault(s, score)
+    bounds: Bounds = []
+    for s in symbols:
+        score = table.get(s, 0.0)
+        bounds.append((0.0, None) if score > 0 else (None, 0.0) if score < 0 else (None, None))
+    if with_bayes:
+        bounds.append((0.0, None))
+    return bounds
+
+
+def logistic_l2(x: np.ndarray, y: np.ndarray, c: float, bounds: Bounds) -> tuple[float, np.ndarray]:
+    """Minimise  sum(log-loss) + |w|^2 / (2c)  within the bounds (the intercept is free and not
+    penalised): scikit-learn's LogisticRegression(C=c), with sign bounds it does not offer."""
+    from scipy.optimize import minimize
+    from scipy.special import expit
+
+    t = y.astype(float)
+
+    def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        b, w = theta[0], theta[1:]
+        z = b + x @ w
+        err = expit(z) - t
+        loss = float(np.logaddexp(0.0, z).sum() - t @ z + w @ w / (2 * c))
+        return loss, np.concatenate([[err.sum()], x.T @ err + w / c])
+
+    start = np.zeros(x.shape[1] + 1)
+    result = minimize(objective, start, jac=True, method="L-BFGS-B", bounds=[(None, None), *bounds])
+    return float(result.x[0]), result.x[1:]
+
+
+def _fit(x: np.ndarray, y: np.ndarray, bounds: Bounds) -> tuple[float, np.ndarray, float]:
+    """The L2 strength with the best 5-fold log-loss on (x, y), then the fit on all of it."""
+    from scipy.special import expit
+    from sklearn.model_selection import StratifiedKFold
+
+    folds = list(StratifiedKFold(n_splits=5, shuffle=True, random_state=0).split(x, y))
+    losses = {}
+    for c in C_GRID:
+        total = 0.0
+        for train, test in folds:
+            b, w = logistic_l2(x[train], y[train], c, bounds)
+            q = np.clip(expit(b + x[test] @ w), 1e-15, 1 - 1e-15)
+            total -= float(np.where(y[test], np.log(q), np.log1p(-q)).sum())
+        losses[c] = total
     c = min(C_GRID, key=lambda k: losses[k])
-    final = LogisticRegression(C=c, max_iter=5000).fit(x, y)
-    return float(final.intercept_[0]), final.coef_[0], c
+    b, w = logistic_l2(x, y, c, bounds)
+    return b, w, c
 
 
 def fit_model(vectors: Sequence[Vector], p: np.ndarray, source: str = "") -> dict[str, Any]:
@@ -127,8 +172,8 @@ def fit_model(vectors: Sequence[Vector], p: np.ndarray, source: str = "") -> dic
     if y.all() or not y.any():
         raise ValueError("the fitting mail needs both spam and ham")
     symbols = fitted_symbols(vectors)
-    b0, w0, c0 = _fit(design(vectors, symbols, p), y)
-    b1, w1, c1 = _fit(design(vectors, symbols, None), y)
+    b0, w0, c0 = _fit(design(vectors, symbols, p), y, sign_bounds(vectors, symbols, True))
+    b1, w1, c1 = _fit(design(vectors, symbols, None), y, sign_bounds(vectors, symbols, False))
     defaults = ActionSettings()
     z_add, z_reject = logit(P_ADD_HEADER, math.inf), logit(P_REJECT, math.inf)
     scale = (defaults.reject - defaults.add_header) / (z_reject - z_add)
@@ -245,6 +290,8 @@ class Scenario:
     n_test: int
     figures: dict[str, dict[str, float]]  # scorer -> ranking
     flags: dict[str, dict[str, float]]  # scorer -> flag rates at the default thresholds
+    # learned total: (P(spam) at add_header, % ham flagged, % spam flagged), were it set there
+    tradeoff: list[tuple[float, float, float]]
 
 
 def run_scenario(
@@ -269,4 +316,9 @@ def run_scenario(
     actions = ActionSettings()
     figures = {k: ranking(y, t) for k, t in totals.items()}
     flags = {k: flag_rates(y, t, actions) for k, t in totals.items() if k != "Bayes spamicity alone"}
-    return Scenario(name, len(fit_on), len(test), figures, flags), model_data
+    z = (totals["learned total"] - model.offset) / model.scale
+    tradeoff = []
+    for q in TRADEOFF_PROBABILITIES:
+        flagged = z >= logit(q, math.inf)
+        tradeoff.append((q, 100.0 * float(flagged[~y].mean()), 100.0 * float(flagged[y].mean())))
+    return Scenario(name, len(fit_on), len(test), figures, flags, tradeoff), model_data

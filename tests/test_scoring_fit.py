@@ -6,10 +6,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from filterd.cli.filterctl import cli
 from filterd.combination import load_model
+from filterd.combination_fit import logistic_l2
 from filterd.config import parse_config
 from filterd.symbolvectors import (
     OfflineScanner,
@@ -125,7 +128,10 @@ def test_fit_writes_a_model_that_loads_and_ranks(tmp_path: Path) -> None:
     assert code == 0, out
     model = load_model(out_file)
     assert model.meta["spam"] == 15 and model.meta["ham"] == 15
-    assert model.with_bayes.symbols["PRIZE_WORDS"] > 0 > model.with_bayes.symbols["HAM_WORDS"]
+    assert model.with_bayes.symbols["PRIZE_WORDS"] > 0
+    # HAM_WORDS hits only ham, but its table score says it was written to catch spam: the fit
+    # keeps that sign and gives it nothing, rather than a reward for hitting
+    assert model.with_bayes.symbols["HAM_WORDS"] == 0.0
     code, out = invoke(tmp_path, "fit", "--ham", str(a / "ham"), "-o", str(out_file))
     assert code == 2 and "give both --ham and --spam" in out
 
@@ -149,3 +155,17 @@ def test_eval_compares_the_three_scores_in_every_direction(tmp_path: Path) -> No
 def test_a_folder_without_labels_is_a_clear_error(tmp_path: Path) -> None:
     code, out = invoke(tmp_path, "stats", "--corpus", str(tmp_path))
     assert code == 2 and "no manifest.csv and no spam/ subdirectory" in out
+
+
+def test_the_bounded_fit_is_scikit_learns_logistic_regression_when_unbounded() -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(1)
+    x = (rng.random((400, 5)) < 0.3).astype(float)
+    y = (x @ np.array([2.0, -1.0, 0.5, 0.0, 1.0]) + rng.normal(0, 1, 400)) > 0.8
+    b, w = logistic_l2(x, y, 1.0, [(None, None)] * 5)
+    ref = LogisticRegression(C=1.0, max_iter=5000, tol=1e-10).fit(x, y)
+    assert b == pytest.approx(ref.intercept_[0], abs=1e-3)
+    assert w == pytest.approx(ref.coef_[0], abs=1e-3)
+    _, bounded = logistic_l2(x, y, 1.0, [(0.0, None)] * 5)
+    assert bounded[1] == 0.0 and (bounded >= 0).all()

@@ -401,3 +401,11 @@ def eval_(
             f"  {head.name}, {s:<42} ham flagged {f['ham_flagged']:5.2f}%  spam flagged "
             f"{f['spam_flagged']:5.1f}%  rejected {f['spam_rejected']:5.1f}%  (ham rejected {f['ham_rejected']:.2f}%)"
         )
+    click.echo("")
+    click.echo(
+        "Learned total, were add_header set at another P(spam) (threshold = offset + scale x logit(P)):"
+    )
+    for r in results:
+        click.echo(
+            f"  {r.name:<42}" + "  ".join(f"P {q:g}: ham {h:.2f}% spam {s:.1f}%" for q, h, s in r.tradeoff)
+        )
