@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from filterd.check import Finding
+from filterd.results import Finding
 from filterd.settings import ConfigError, setting
 
 FORMAT = "filterd-combination/1"

@@ -28,7 +28,6 @@ from typing import Any
 
 import numpy as np
 
-from filterd.check import Finding
 from filterd.combination import (
     BAYES_CLIP,
     BAYES_PREFIX,
@@ -39,6 +38,7 @@ from filterd.combination import (
     model_from_dict,
 )
 from filterd.config import ActionSettings
+from filterd.results import Finding
 from filterd.symbolvectors import Vector
 
 FOLDS = 5

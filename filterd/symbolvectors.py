@@ -192,8 +192,8 @@ class OfflineScanner:
         self.clocked = [c for c in self.pipeline.checks if isinstance(c, HeaderSanity)]
 
     def symbols(self, raw: bytes) -> dict[str, float]:
+        from filterd.driver import scan
         from filterd.message import Message
-        from filterd.pipeline import scan
 
         when = received_time(Message(raw).headers)
         for check in self.clocked:

@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from filterd.check import Finding
 from filterd.cli.filterctl import cli
 from filterd.combination import (
     BASE_SYMBOL,
@@ -24,7 +23,9 @@ from filterd.combination import (
     shipped_model,
 )
 from filterd.config import parse_config
-from filterd.pipeline import Action, Pipeline, scan
+from filterd.driver import scan
+from filterd.pipeline import Pipeline
+from filterd.results import Action, Finding
 from filterd.settings import ConfigError
 from tests.bayes_helpers import ham_message, only_bayes, spam_message, trained_model
 
