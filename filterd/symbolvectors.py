@@ -60,6 +60,8 @@ NETWORK_CHECKS = (
     "auth_results",
     "dkim_sign",
     "client_dns",
+    "dnsbl",
+    "uribl",  # when it exists: asking blocklists today about old mail says nothing of then
     "sender_dns",
     "reputation",
     "reputation_auth",
