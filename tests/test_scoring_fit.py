@@ -169,3 +169,11 @@ def test_the_bounded_fit_is_scikit_learns_logistic_regression_when_unbounded() -
     assert w == pytest.approx(ref.coef_[0], abs=1e-3)
     _, bounded = logistic_l2(x, y, 1.0, [(0.0, None)] * 5)
     assert bounded[1] == 0.0 and (bounded >= 0).all()
+
+
+def test_without_corpora_the_commands_say_where_to_get_them(tmp_path: Path) -> None:
+    result = CliRunner(
+        env={"FILTERD_CONFIG": "/nonexistent", "FILTERD_CORPUS": str(tmp_path / "none")}
+    ).invoke(cli, ["rules", "eval"])
+    assert result.exit_code == 1
+    assert "no corpus found" in result.output and "spamassassin.apache.org" in result.output
