@@ -74,11 +74,6 @@ class PerMessage(Generic[T]):
         with self._lock:
             self._items[key] = (weakref.ref(owner, gone), value)
 
-    def get(self, owner: object) -> T | None:
-        with self._lock:
-            item = self._items.get(id(owner))
-            return item[1] if item is not None and item[0]() is owner else None
-
     def pop(self, owner: object) -> T | None:
         with self._lock:
             item = self._items.get(id(owner))

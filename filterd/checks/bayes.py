@@ -66,15 +66,6 @@ T = TypeVar("T")
 
 SIGNATURE_HEADER = "X-Filterd-Signature"
 
-# Each message's spamicity at full precision, for `filterctl scan --json` (the reason text rounds it
-# to 4 decimals, which alone moved (1-ROCA)% from 0.116 to 0.162 in issue 17's measurement).
-_SPAMICITY: PerMessage[float] = PerMessage()
-
-
-def spamicity_of(tx: Transaction) -> float | None:
-    """The spamicity the bayes check gave `tx`, or None when it did not classify it."""
-    return _SPAMICITY.get(tx)
-
 
 def check_bands(bands: tuple[tuple[float, ...], ...]) -> str | None:
     if not bands:
@@ -240,7 +231,6 @@ class Bayes(Check):
         msg = tx.message
         tokens, buckets = model.features(msg)
         result = model.classify_tokens(tokens, buckets, self.params)
-        _SPAMICITY.put(tx, result.spamicity)
         untrained = min(model.nspam, model.nham) < s.min_learned
         if untrained:
             yield Finding(

@@ -7,8 +7,8 @@ import json
 
 import click
 
-from filterd.checks.bayes import spamicity_of
 from filterd.cli.common import load, read_messages
+from filterd.combination import spamicity_of
 from filterd.config import Config
 from filterd.driver import SmtpContext
 from filterd.driver import scan as scan_message
@@ -88,7 +88,7 @@ def scan(
                             "score": verdict.score,
                             "required": verdict.required,
                             "action": verdict.action.value,
-                            "spamicity": spamicity_of(tx),
+                            "spamicity": spamicity_of(tx.findings),  # unrounded
                             "reply": str(verdict.decision.reply)
                             if verdict.decision and hasattr(verdict.decision, "reply")
                             else None,
