@@ -41,6 +41,21 @@ def test_scan_json_with_smtp_context_and_stdin(tmp_path: Path) -> None:
     assert out["reply"].startswith("550 5.7.1 Client host [192.0.2.5]")
 
 
+def test_scan_refuses_a_denied_recipient_alone_as_postfix_does(tmp_path: Path) -> None:
+    deny = write(tmp_path, "deny", b"denied@example.net\n")
+    cfg = write(tmp_path, "f.toml", f"[checks.recipient_lists]\ndeny_file = '{deny}'\n".encode())
+    msg = (
+        b"From: a@example.org\r\nDate: Thu, 03 Dec 2026 10:00:00 +0000\r\nMessage-ID: <1@e.org>\r\n\r\nhi\r\n"
+    )
+    args = ["--config", str(cfg), "scan", "--rcpt", "ok@example.net", "--rcpt", "denied@example.net"]
+    result = CliRunner().invoke(cli, [*args, "--json", "-"], input=msg)
+    out = json.loads(result.output)
+    assert out["action"] != "reject"  # the message goes on for ok@ (the old scan rejected it whole)
+    assert [(r["rcpt"], r["reply"][:9]) for r in out["refused"]] == [("denied@example.net", "550 5.7.1")]
+    result = CliRunner().invoke(cli, [*args, "-"], input=msg)
+    assert "refused <denied@example.net>: 550 5.7.1" in result.output
+
+
 def test_scan_of_a_missing_path_is_a_clear_usage_error(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["scan", str(tmp_path / "nope")])
     assert result.exit_code == 2
