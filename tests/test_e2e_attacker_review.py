@@ -37,7 +37,7 @@ def test_a_rejected_message_stores_no_bayes_signature(stack: Stack, redis_server
     """Rejected mail is never in a mailbox: no signature key for it in Redis.  Delivered mail keeps one."""
     prefix = f"e2e-sig-{uuid.uuid4().hex[:8]}:"
     client = redis.Redis.from_url(redis_server.url)
-    bayes = {"enabled": True}
+    bayes = {"enabled": True, "storage": "redis", "signature": True}  # signatures are opt-in
     base = {"redis": {"url": redis_server.url, "key_prefix": prefix}, "checks": {"bayes": bayes}}
     rejecting = {**base, "actions": {"reject": 3.0, "add_header": math.inf}}
     with stack.configured(rejecting):
