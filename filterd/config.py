@@ -18,6 +18,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
+from filterd.breaker import BreakerSettings
 from filterd.check import PIPELINE_SYMBOLS, Check
 from filterd.dns import DnsSettings
 from filterd.quarantine import QuarantineSettings
@@ -220,6 +221,10 @@ class Config:
     actions: ActionSettings = section(ActionSettings, "Score thresholds for each action")
     redis: RedisSettings = section(RedisSettings, "Redis, where state shared by several filterd hosts lives")
     dns: DnsSettings = section(DnsSettings, "The DNS resolver every lookup goes through")
+    breaker: BreakerSettings = section(
+        BreakerSettings,
+        "When a backend (clamd, a DNS server, Redis) keeps failing, stop asking it for a while",
+    )
     quarantine: QuarantineSettings = section(QuarantineSettings, "Where quarantined messages are kept")
     scores: Mapping[str, float] = setting(
         types.MappingProxyType({}), "score overrides, SYMBOL = score (see `filterctl symbols`)"

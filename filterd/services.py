@@ -10,6 +10,10 @@ from __future__ import annotations
 import contextlib
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from filterd.breaker import breaker_for
+from filterd.redisstate import BreakerRedis
 
 if TYPE_CHECKING:
     from filterd.config import Config
@@ -36,24 +40,29 @@ class Services:
         }
         if s.password:
             options["password"] = s.password
+        if s.cluster:
+            from redis.cluster import RedisCluster
+
+            # no breaker: the cluster client tracks its nodes itself (and callers check its type)
+            return RedisCluster.from_url(s.url, **options)
         if s.sentinels:
             from redis.sentinel import Sentinel
 
             hosts = [(h.rsplit(":", 1)[0], int(h.rsplit(":", 1)[1])) for h in s.sentinels]
-            return Sentinel(hosts, **options).master_for(s.sentinel_service, **options)
-        if s.cluster:
-            from redis.cluster import RedisCluster
-
-            return RedisCluster.from_url(s.url, **options)
-        # retry_on_timeout off: on the mail path a slow Redis must fail fast into the check's policy
-        return redis.Redis.from_url(s.url, **options)
+            client = Sentinel(hosts, **options).master_for(s.sentinel_service, **options)
+            name = f"Redis master {s.sentinel_service} (Sentinel)"
+        else:
+            # retry_on_timeout off: on the mail path a slow Redis must fail fast into the check's policy
+            client = redis.Redis.from_url(s.url, **options)
+            name = f"Redis {_server_of(s.url)}"
+        return BreakerRedis(client, breaker_for(name, self.config.breaker))
 
     @cached_property
     def resolver(self) -> Resolver:
         """The one DNS resolver (``[dns]``); pyspf and dkimpy are pointed at it too."""
         from filterd.dns import Resolver
 
-        resolver = Resolver(self.config.dns)
+        resolver = Resolver(self.config.dns, self.config.breaker)
         resolver.install_as_default()
         return resolver
 
@@ -62,3 +71,11 @@ class Services:
         if client is not None:
             with contextlib.suppress(Exception):  # a broken connection must not stop a reload
                 client.close()
+
+
+def _server_of(url: str) -> str:
+    """host:port/db of a redis:// URL, without the password, to name its breaker in logs."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return parts.path
+    return f"{parts.hostname or '127.0.0.1'}:{parts.port or 6379}{parts.path or '/0'}"
