@@ -236,6 +236,12 @@ def states() -> list[dict[str, Any]]:
     return [b.snapshot() for b in breakers]
 
 
+def forget_all() -> None:
+    """Drop every breaker of this process (tests that reuse one backend address start clean)."""
+    with _registry_lock:
+        _registry.clear()
+
+
 def _reinit_after_fork() -> None:
     global _registry_lock
     _registry_lock = threading.Lock()
