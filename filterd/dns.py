@@ -33,7 +33,7 @@ import dns.rdatatype
 import dns.resolver
 import dns.reversename
 
-from filterd.breaker import Breaker, BreakerOpen, BreakerSettings, breaker_for
+from filterd.breaker import Breaker, BreakerOpen, BreakerSettings, State, breaker_for
 from filterd.settings import positive, setting
 
 
@@ -121,14 +121,16 @@ class DnsBudget:
         self.seconds += max(0.0, seconds)
 
 
-# Seconds the "are you there" question to a server may take after a lookup timed out.
-ALIVE_PROBE_TIMEOUT = 1.0
+PROBE_REUSE = 5.0
 
 
 class _GuardedResolver(dns.resolver.Resolver):
     """dnspython's resolver with a circuit breaker around `resolve()` (pyspf calls it too)."""
 
     breaker: Breaker | None = None
+    # the last "are the servers there?" verdict, reused for PROBE_REUSE seconds: concurrent
+    # failing lookups need not each wait for a probe of their own
+    _probe: tuple[float, bool] = (-PROBE_REUSE, False)
 
     def resolve(self, *args: Any, **kwargs: Any) -> dns.resolver.Answer:
         breaker = self.breaker
@@ -143,6 +145,8 @@ class _GuardedResolver(dns.resolver.Resolver):
             breaker.success()
             raise
         except (dns.exception.Timeout, dns.resolver.NoNameservers) as exc:
+            if breaker.state is State.OPEN:
+                raise  # opened meanwhile (this call was let through before): nothing to learn
             if self.servers_answer():
                 breaker.success()  # the servers are there: this name is what fails
             else:
@@ -156,8 +160,18 @@ class _GuardedResolver(dns.resolver.Resolver):
 
     def servers_answer(self) -> bool:
         """Does any configured server answer a question of ours (any reply, even an error)?"""
+        asked_at, alive = self._probe
+        if time.monotonic() - asked_at < PROBE_REUSE:
+            return alive
+        alive = self._ask_servers()
+        self._probe = (time.monotonic(), alive)
+        return alive
+
+    def _ask_servers(self) -> bool:
         query = dns.message.make_query(".", "NS")
-        timeout = min(ALIVE_PROBE_TIMEOUT, self.timeout)
+        # as long as one attempt of a lookup: a server slower than that to answer is no use anyway,
+        # and a shorter wait would count a slow but working server as gone
+        timeout = self.timeout
         for server in self.nameservers:
             address = getattr(server, "address", server)
             port = getattr(server, "port", self.port)

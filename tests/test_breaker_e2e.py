@@ -187,3 +187,59 @@ def test_silent_dns_costs_nothing_once_the_breaker_opens_and_lookups_resume(
                 time.sleep(0.3)
     finally:
         relay.close()
+
+
+def test_hung_clamd_fail_closed_tempfails_at_once_and_nothing_is_lost(
+    stack: Stack, clamd: ClamdServer
+) -> None:
+    """on_unavailable = tempfail: once open, each message gets its 451 at once (the log line says
+    why), and the client's retries are delivered once each when clamd is back."""
+    timeout = 3.0
+    config = {
+        "breaker": BREAKER,
+        "milter": ONE_WORKER,
+        "checks": {
+            "antivirus": {
+                "enabled": True,
+                "sockets": [clamd.unix_address],
+                "timeout": timeout,
+                "connect_timeout": 1.0,
+                "on_unavailable": "tempfail",
+                "cache_ttl": 0,
+            }
+        },
+    }
+    sent: dict[str, bytes] = {}
+    with stack.configured(config) as filterd:
+        start = len(filterd.log())
+        clamd.pause()
+        try:
+            results = []
+            for i in range(8):
+                msg, marker = make_message(f"closed {i}", body=f"body {uuid.uuid4()}\r\n")
+                sent[marker] = msg
+                results.append(_timed_send(stack, msg))
+        finally:
+            clamd.resume()
+        assert all(code == 451 for code, _ in results), results
+        assert all(took < timeout / 3 for _, took in results[BREAKER["failures"] :]), results
+        log = filterd.log()[start:]
+        lines = [line for line in log.splitlines() if "action=tempfail" in line]
+        assert len(lines) == len(sent)
+        assert "reason='clamd unavailable: circuit breaker open for clamd unix:" in lines[-1]
+        # the client retries until clamd is scanning again: each message delivered once
+        deadline = time.monotonic() + BREAKER["open_seconds"] + timeout + 5
+        pending = dict(sent)
+        while pending:
+            assert time.monotonic() < deadline, f"{len(pending)} still refused"
+            for marker, msg in list(pending.items()):
+                code, _ = _timed_send(stack, msg)
+                if code is None:
+                    del pending[marker]
+                else:
+                    assert code == 451
+            time.sleep(0.3)
+        for marker in sent:
+            got = stack.sink.find(marker)
+            assert got.header("X-Virus-Status") == ["Clean"]
+            assert stack.sink.count(marker) == 1
