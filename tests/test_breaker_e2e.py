@@ -17,6 +17,7 @@ import pytest
 from tests.harness import avsamples
 from tests.harness.clamd import ClamdServer
 from tests.harness.dns import LocalDns
+from tests.harness.net import wait_for
 from tests.harness.stack import Stack, make_message
 
 pytestmark = pytest.mark.stack
@@ -63,8 +64,9 @@ def test_hung_clamd_costs_nothing_once_the_breaker_opens_and_scanning_resumes(
             }
         },
     }
+    start = len(stack.filterd.log())
     with stack.configured(config) as filterd:
-        start = len(filterd.log())
+        _worker_found_clamd(filterd, start)
         clamd.pause()
         try:
             sent = []
@@ -99,6 +101,12 @@ def test_hung_clamd_costs_nothing_once_the_breaker_opens_and_scanning_resumes(
             assert time.monotonic() - resumed < BREAKER["open_seconds"] + timeout + 2
             time.sleep(0.3)
         assert "circuit breaker closed" in filterd.log()[start:]
+
+
+def _worker_found_clamd(filterd: Any, start: int) -> None:
+    """Wait until the worker has built its antivirus check (it asks clamd's VERSION), so that the
+    failures the test counts are the messages' own."""
+    wait_for(lambda: filterd.log()[start:].count("antivirus: clamd ClamAV") >= 2, 30, "the worker")
 
 
 class SilentableDns:
@@ -210,8 +218,9 @@ def test_hung_clamd_fail_closed_tempfails_at_once_and_nothing_is_lost(
         },
     }
     sent: dict[str, bytes] = {}
+    start = len(stack.filterd.log())
     with stack.configured(config) as filterd:
-        start = len(filterd.log())
+        _worker_found_clamd(filterd, start)
         clamd.pause()
         try:
             results = []
