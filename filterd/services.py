@@ -40,17 +40,17 @@ class Services:
         }
         if s.password:
             options["password"] = s.password
-        if s.cluster:
-            from redis.cluster import RedisCluster
-
-            # no breaker: the cluster client tracks its nodes itself (and callers check its type)
-            return RedisCluster.from_url(s.url, **options)
         if s.sentinels:
             from redis.sentinel import Sentinel
 
             hosts = [(h.rsplit(":", 1)[0], int(h.rsplit(":", 1)[1])) for h in s.sentinels]
             client = Sentinel(hosts, **options).master_for(s.sentinel_service, **options)
             name = f"Redis master {s.sentinel_service} (Sentinel)"
+        elif s.cluster:
+            from redis.cluster import RedisCluster
+
+            # no breaker: the cluster client tracks its nodes itself (and callers check its type)
+            return RedisCluster.from_url(s.url, **options)
         else:
             # retry_on_timeout off: on the mail path a slow Redis must fail fast into the check's policy
             client = redis.Redis.from_url(s.url, **options)
