@@ -16,6 +16,7 @@ from filterd.breaker import breaker_for
 from filterd.redisstate import BreakerRedis
 
 if TYPE_CHECKING:
+    from filterd.clamd import ClamdPool
     from filterd.config import Config
     from filterd.dns import Resolver
 
@@ -56,6 +57,21 @@ class Services:
             client = redis.Redis.from_url(s.url, **options)
             name = f"Redis {_server_of(s.url)}"
         return BreakerRedis(client, breaker_for(name, self.config.breaker))
+
+    def clamd(
+        self, sockets: tuple[str, ...], timeout: float, connect_timeout: float, retry_after: float
+    ) -> ClamdPool:
+        """A clamd client for `sockets`, each behind its circuit breaker (``[breaker]``)."""
+        from filterd.clamd import ClamdPool
+
+        return ClamdPool(sockets, timeout, connect_timeout, retry_after, breaker=self.config.breaker)
+
+    @property
+    def longest_wait(self) -> float:
+        """Seconds one call to a backend may wait: half of [milter] heartbeat_timeout.  A callback
+        that waits longer than the heartbeat timeout is taken for a hung worker, which is killed
+        with every session it holds."""
+        return self.config.milter.heartbeat_timeout / 2
 
     @cached_property
     def resolver(self) -> Resolver:

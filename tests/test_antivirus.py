@@ -14,9 +14,11 @@ import pytest
 from filterd.checks.antivirus import Antivirus
 from filterd.clamd import ScanResult
 from filterd.config import Config, parse_config
-from filterd.pipeline import Action, Pipeline, SmtpContext, Verdict, scan
+from filterd.driver import SmtpContext, scan
+from filterd.pipeline import Pipeline
 from filterd.replies import Reject, TempFail
 from filterd.report import is_forgeable
+from filterd.results import Action, Verdict
 from filterd.scancache import ScanCache, write_secret
 from filterd.scanlimits import ScanLimits, exceeded
 from filterd.services import Services
