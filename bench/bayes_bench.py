@@ -35,11 +35,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from filterd.bayes.evaluate import default_corpus, load_corpus  # noqa: E402
 from filterd.config import parse_config, registered_checks  # noqa: E402
 from filterd.message import Message  # noqa: E402
 from filterd.pipeline import Pipeline  # noqa: E402
 from filterd.transaction import Session, Transaction  # noqa: E402
+from filterd_eval.corpus import corpus_root, load_folder  # noqa: E402
 from tests.harness.redis import RedisServer  # noqa: E402
 
 
@@ -107,9 +107,10 @@ def main() -> None:
         help="passes over the sample; each message's least time counts (default 1: one pass)",
     )
     args = parser.parse_args()
-    items = load_corpus(default_corpus(), args.messages)
-    raws = [i.path.read_bytes() for i in items]
-    print(f"{len(raws)} messages from {default_corpus()}, one process, pid {os.getpid()}")
+    folder = corpus_root() / "spamassassin-public"
+    items = load_folder(folder, args.messages)
+    raws = [i.raw for i in items]
+    print(f"{len(raws)} messages from {folder}, one process, pid {os.getpid()}")
 
     with tempfile.TemporaryDirectory() as tmp:
         server = RedisServer(Path(tmp) / "redis")

@@ -81,8 +81,7 @@ _SIGNALS = {signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD}
 _LAZY_IMPORTS = (
     "numpy",
     "scipy.sparse",
-    "scipy.special",
-    "sklearn.utils",
+    "mmh3",
     "re2",
     "dkim",
     "spf",

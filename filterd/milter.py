@@ -403,6 +403,8 @@ class FilterdMilter(Milter.Base):
         step = self.driver.rcpt(rcpt.strip().removeprefix("<").removesuffix(">"), awaits_reply=not quiet)
         if quiet:
             return Milter.NOREPLY
+        if step.proceeds:
+            return Milter.CONTINUE
         return self._carry_out(step_action(step))  # a refusal refuses this recipient only
 
     @Milter.noreply
@@ -621,7 +623,7 @@ def on_header(ctx: Any, name: str, value: bytes) -> int:
     per name as it arrives (its index among namesakes is what chgheader needs); only the first
     `max_headers` fields are kept for the checks."""
     m: FilterdMilter = ctx.getpriv()
-    tx = m.tx
+    tx = m.driver.tx  # (not the property: this runs once per header)
     if tx is not None:
         try:
             text = value.decode("utf-8", "surrogateescape")
@@ -648,7 +650,7 @@ def on_header(ctx: Any, name: str, value: bytes) -> int:
 
 def on_body(ctx: Any, chunk: bytes) -> int:
     m: FilterdMilter = ctx.getpriv()
-    tx = m.tx
+    tx = m.driver.tx  # (not the property: this runs once per header)
     if tx is not None:
         try:
             tx.size += len(chunk)

@@ -21,6 +21,7 @@ its own timeouts, and other threads holding the GIL do not count against this me
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import time
@@ -158,9 +159,11 @@ class Pipeline:
             tx.timings[stage] = tx.timings.get(stage, 0.0) + time.perf_counter() - started
 
     def _run_check(self, check: Check, tx: Transaction) -> Decision | None:
-        return self._guarded(check, tx, lambda: list(check.run(tx)))
+        return self._guarded(check, tx, check.run)
 
-    def _guarded(self, check: Check, tx: Transaction, run: Callable[[], list[Output]]) -> Decision | None:
+    def _guarded(
+        self, check: Check, tx: Transaction, run: Callable[[Transaction], Iterable[Output]]
+    ) -> Decision | None:
         """Run one check's work, charged to the message's CPU budget; an exception follows the
         check's `on_error` policy (see the module docstring)."""
         budget = self.config.milter.cpu_budget
@@ -171,7 +174,7 @@ class Pipeline:
             return None
         started = time.thread_time()
         try:
-            outputs = run()
+            outputs = list(run(tx))
         except Exception as exc:  # a check's bug or its backend's failure must not reach libmilter
             log.warning(
                 "%s: check %s failed: %s: %s",
@@ -230,7 +233,7 @@ class Pipeline:
     def _finish_with(self, finisher: Check, tx: Transaction, verdict: Verdict) -> Decision | None:
         assert isinstance(finisher, Finisher)
         findings, headers = len(tx.findings), len(tx.add_headers)
-        decision = self._guarded(finisher, tx, lambda: list(finisher.finish(tx, verdict)))
+        decision = self._guarded(finisher, tx, functools.partial(finisher.finish, verdict=verdict))
         verdict.symbols += [Symbol(f.symbol, 0.0, f.reason) for f in tx.findings[findings:]]
         verdict.add_headers += tx.add_headers[headers:]
         return decision

@@ -78,5 +78,6 @@ def trained_model(n: int = 30) -> Model:
 def only_bayes(bayes: dict[str, Any], *also: str) -> dict[str, Any]:
     """[checks] with every check but bayes (and `also`) off: no DNS lookups from the bayes tests."""
     checks: dict[str, Any] = {c.name: {"enabled": False} for c in registered_checks() if c.name not in also}
-    checks["bayes"] = {"enabled": True, **bayes}
+    # the shared model and signatures, which these tests exercise (the defaults are a file, no signatures)
+    checks["bayes"] = {"enabled": True, "storage": "redis", "signature": True, **bayes}
     return checks

@@ -115,7 +115,7 @@ def test_signature_retrain_through_redis(redis_server, tmp_path) -> None:
     config = tmp_path / "filterd.toml"
     config.write_text(
         f'[redis]\nurl = "{redis_server.url}"\nkey_prefix = "{prefix}"\n'
-        f'[checks.bayes]\nmodel = "{seed}"\ntrain_mode = "teft"\n'
+        f'[checks.bayes]\nmodel = "{seed}"\ntrain_mode = "teft"\nstorage = "redis"\n'
     )
     pipeline = Pipeline.from_config(
         parse_config(
@@ -155,7 +155,7 @@ def test_train_without_redis_says_so(tmp_path) -> None:
 
     config = tmp_path / "filterd.toml"
     config.write_text(
-        f'[redis]\nurl = "redis://127.0.0.1:{free_port()}/0"\ntimeout = 0.3\n[checks.bayes]\nmodel = "{tmp_path}/m.npz"\n'
+        f'[redis]\nurl = "redis://127.0.0.1:{free_port()}/0"\ntimeout = 0.3\n[checks.bayes]\nmodel = "{tmp_path}/m.npz"\nstorage = "redis"\n'
     )
     result = CliRunner().invoke(cli, ["--config", str(config), "train", "spam", "-"], input=spam_message(1))
     assert (
@@ -165,14 +165,14 @@ def test_train_without_redis_says_so(tmp_path) -> None:
     )
 
 
-def test_eval_side_by_side(corpus, tmp_path) -> None:
+def test_eval_side_by_side_on_both_corpora(corpus, tmp_path) -> None:
     png = tmp_path / "roc.png"
-    code, out = run(["eval", "--limit", "300", "--online-batch", "50", "--plot", str(png)])
+    code, out = run(["eval", "--limit", "300", "--run", "hash", "--run", "cross", "--plot", str(png)])
     assert code == 0
-    lines = out.splitlines()
-    assert any(line.startswith("split    filterd") for line in lines)
-    assert any(line.startswith("split    bogofilter") for line in lines)
-    assert any(line.startswith("online   bogofilter") for line in lines)
+    rows = {tuple(line.split()[:3]) for line in out.splitlines()}
+    for data in ("SA", "CSDMC", "SA->CSDMC", "CSDMC->SA"):
+        for name in ("filterd", "bogofilter"):
+            assert (("cross" if "->" in data else "hash"), data, name) in rows
     try:
         import matplotlib  # noqa: F401  (the "eval" extra)
     except ImportError:

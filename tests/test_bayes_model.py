@@ -99,11 +99,11 @@ def test_shipped_model_on_a_corpus_it_never_saw(corpus) -> None:
 
     from sklearn.metrics import roc_auc_score
 
-    from filterd.bayes.evaluate import load_corpus
     from filterd.bayes.store import SHIPPED_MODEL
+    from filterd_eval.corpus import load_folder
 
     model = Model.load(SHIPPED_MODEL)
     assert model.nspam == 1896 and model.nham == 4150
-    items = load_corpus(Path(corpus) / "spamassassin-testdata")
-    scores = [model.classify(Message(i.path.read_bytes())).spamicity for i in items]
+    items = load_folder(Path(corpus) / "spamassassin-testdata")
+    scores = [model.classify(Message(i.raw)).spamicity for i in items]
     assert roc_auc_score([i.is_spam for i in items], scores) > 0.65

@@ -132,7 +132,7 @@ def test_the_pipeline_scores_with_the_learned_model_and_explains_every_point(tmp
     rules.mkdir()
     (rules / "r.toml").write_text(RULES)
     checks: dict[str, Any] = {"rules": {"default_dir": str(rules)}, "dkim": {"enabled": False}}
-    checks |= {name: {"enabled": False} for name in ("arc", "dmarc", "auth_results")}
+    checks |= {name: {"enabled": False} for name in ("arc", "dmarc", "auth_results", "bayes")}
     table = Pipeline.from_config(parse_config({"checks": checks}))
     _, before = scan(table, SPAM)
     # table: PILLS 9 + MISSING_DATE 1 + MISSING_MESSAGE_ID 1 -> 11, flagged

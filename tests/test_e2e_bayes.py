@@ -25,7 +25,12 @@ SPAMMY = (
 
 def test_signature_header_and_bayes_symbol_then_retrain(stack: Stack, redis_server, tmp_path: Path) -> None:
     prefix = f"e2e-{uuid.uuid4().hex[:8]}:"
-    bayes = {"redis": {"url": redis_server.url, "key_prefix": prefix}, "checks": {"bayes": {"enabled": True}}}
+    shared = {
+        "enabled": True,
+        "storage": "redis",
+        "signature": True,
+    }  # the defaults are a file, no signatures
+    bayes = {"redis": {"url": redis_server.url, "key_prefix": prefix}, "checks": {"bayes": shared}}
     with stack.configured(bayes):
         msg, marker = make_message("Accept credit cards today", SPAMMY)
         assert stack.send(msg) == {}
@@ -39,7 +44,9 @@ def test_signature_header_and_bayes_symbol_then_retrain(stack: Stack, redis_serv
 
     # the user says "not spam": retrained from the signature alone, in the shared model
     config = tmp_path / "filterd.toml"
-    config.write_text(f'[redis]\nurl = "{redis_server.url}"\nkey_prefix = "{prefix}"\n')
+    config.write_text(
+        f'[redis]\nurl = "{redis_server.url}"\nkey_prefix = "{prefix}"\n[checks.bayes]\nstorage = "redis"\n'
+    )
     shipped = Model.load(Path(__file__).resolve().parent.parent / "models" / "bayes.npz")
     result = CliRunner().invoke(cli, ["--config", str(config), "train", "ham", "--signature", sig])
     assert result.exit_code == 0, result.output

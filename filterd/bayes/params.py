@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Params:
-    robs: float = 0.0178  # Robinson's s: how many messages the prior x is worth
+    robs: float = 0.1  # Robinson's s: how many messages the prior x is worth (classifier.py: why 0.1)
     robx: float = 0.52  # Robinson's x: the spam probability of a token never seen
     min_dev: float = 0.4  # tokens with |f - 0.5| below this are not evidence
     max_clues: int = 500  # at most this many of the strongest tokens are combined

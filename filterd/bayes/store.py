@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,8 +23,17 @@ from filterd.bayes.shared import SharedModel
 
 log = logging.getLogger("filterd.bayes")
 
-# The model shipped in the source tree (models/bayes.npz beside the filterd package).
-SHIPPED_MODEL = Path(__file__).resolve().parent.parent.parent / "models" / "bayes.npz"
+
+def shipped_model() -> Path:
+    """The model filterd ships: models/bayes.npz beside the package in a source checkout, else
+    <prefix>/share/filterd/models/bayes.npz where the wheel installs it (pyproject's data-files)."""
+    checkout = Path(__file__).resolve().parents[2] / "models" / "bayes.npz"
+    if checkout.is_file():
+        return checkout
+    return Path(sys.prefix) / "share" / "filterd" / "models" / "bayes.npz"
+
+
+SHIPPED_MODEL = shipped_model()
 
 
 def model_path(setting: str) -> Path:

@@ -32,6 +32,32 @@ Lab notes (split (a) of the SpamAssassin public corpus, see docs/bayes.md for th
 - CJK scripts are written without spaces: a run of Han/Kana/Hangul characters is split into
   overlapping character bigrams, the usual trick for those languages.
 
+Lab notes, second round (issue 17): measured across two corpora, SpamAssassin (SA, 2002) and CSDMC
+(2009-10), with `python bench/bayes_tune.py` -- the tuning views only: each corpus's hash halves the
+other way round from the ones `filterctl eval` reports, and A -> the even half of B.  Figures are
+(1-ROCA)% / spam missed at <= 0.1% ham flagged; "SA swap, SA->CSDMC" below.
+
+- What fooled the SA-trained model on CSDMC was not ham but spam: 2010 "salad" spam, HTML pages
+  whose text and `<a name=...>` attributes are sentences cut from Wikipedia ("the fall of the roman
+  empire"), scoring 0.0000 on dozens of words and pairs the model had only seen in ham.  Robinson's
+  s did most (classifier.py); of the tokenizer changes only the Received words stayed.
+- Received lines: bogofilter and SpamBayes read their words, we read only hosts and networks.  Their
+  words too ("unknown", "helo", relay software, "with smtp"), without the ones holding a digit
+  (queue ids, times: new tokens in every line): SA swap 0.032 / 6.3% -> 0.027 / 4.6%, SA->CSDMC
+  1.08 / 24.3% -> 1.51 / 23.2%, CSDMC->SA 9.93 / 80% -> 10.0 / 82% (all with s = 0.1).  Mixed
+  across corpora but better where the training set is large; kept.  With the digits kept it was a
+  little better on the cross views (1.26 / 22.7%) and ~5% slower; left out.
+- The words of every header (bogofilter's "head:" tokens): SA swap 0.032 -> 0.033, SA->CSDMC
+  1.08 -> 1.46, CSDMC->SA FN 80% -> 79%: no gain; still only the few telling headers.
+- HTML tag tokens are not what hurts across corpora: without them SA->CSDMC went 2.24 -> 3.76
+  (before s = 0.1), with the MIME part tokens gone too 3.99.  Kept.
+- Without word pairs: SA->CSDMC 1.26 / 22.7% -> 1.19 / 13.7% (salad pairs double the ham
+  evidence), but SA swap 0.027 / 4.6% -> 0.038 / 10.0%.  Pairs stay; with salad spam in mind this
+  is the next thing to look at (pairs that count once with their words).
+- More verdict headers of other filters are ignored (`is_verdict_header`): CSDMC's ham carries a
+  renamed SpamAssassin verdict (XStatus, XLevel) and its spam Barracuda's (X-Barracuda-*, X-ASG-*):
+  the label itself, to a filter that learns header names.
+
 Work is bounded: `MAX_TEXT_CHARS` characters of text and `MAX_TOKENS` distinct tokens per message.
 """
 
@@ -47,18 +73,36 @@ import numpy as np
 
 from filterd.message import Message, decode_words
 
-TOKENIZER_VERSION = 2  # stored in the model: a model is only valid with the tokenizer it was trained by
+TOKENIZER_VERSION = 3  # stored in the model: a model is only valid with the tokenizer it was trained by
 
 MAX_TEXT_CHARS = 60_000  # body text tokenized; the rest of a long message adds little evidence
 MAX_TOKENS = 6_000  # distinct tokens kept per message
 MAX_URLS = 50
 MAX_RECEIVED = 6
+MAX_RECEIVED_CHARS = 300  # of one Received line read for words
 MAX_HEADER_CHARS = 4_000  # of one header value tokenized: a 34 KB To: adds nothing but work
 MAX_CACHED_HEADER = 1_000  # longer values are not kept in the header cache (memory)
 MAX_WORD = 24  # longer words become a skip: token (base64 runs, hashes)
 
 # Headers a filter adds: never learned from (they are the other filter's opinion, and forgeable).
-IGNORED_HEADER_PREFIXES = ("x-spam", "x-dspam", "x-bogosity", "x-filterd")
+# Beyond the usual names, any field whose name says it carries a spam or virus verdict: CSDMC's
+# mail came through a Barracuda (X-Barracuda-Spam-*, X-ASG-*) and amavis (X-AmavisStatus), and
+# its ham through a list server whose SpamAssassin verdict was renamed (XStatus, XLevel).  Learning
+# them learns another filter, and a spammer writes "X-Virus-Scanned: clean" as easily as anyone.
+_VERDICT_HEADER = re.compile(
+    r"x-spam|x-dspam|x-bogosity|x-virus|x-filterd|x-asg-"
+    r"|[a-z0-9-]*(?:spam|virus|amavis|barracuda|bogo|mailscanner)"
+    r"|x(?:status|level|score|checker-version)$"
+    r"|x-(?:cm|vr|cloudmark|sbb)-?score$"
+)
+
+
+@functools.lru_cache(maxsize=4096)  # header names repeat from message to message
+def is_verdict_header(name: str) -> bool:
+    """True for a header field (lower-case name) that carries some filter's verdict."""
+    return _VERDICT_HEADER.match(name) is not None
+
+
 # Headers whose words are tokens.  Words of every other header (dates, ids, relay software versions)
 # were tried: on split (a) they made (1-ROCA) worse, 0.027 -> 0.021 without them -- mostly noise that
 # is unique to one message or to one mailbox of the corpus.  Their names still count (hn:).
@@ -89,6 +133,8 @@ _WORD = re.compile(r"[$]?[^\W\d_][^\W_]*(?:[_'$.\-%]+[^\W_]+)*")  # no backtrack
 # faster, and most mail is ASCII.
 _WORD_ASCII = re.compile(r"[$]?[a-z][a-z0-9]*(?:[_'$.\-%]+[a-z0-9]+)*")
 _HEADER_WORD = re.compile(r"[^\s<>()\[\]\",;:=]+")
+# A word of a Received line: letters, dots and hyphens, not touching a digit or another word character.
+_RECEIVED_WORD = re.compile(r"(?<![\w.\-])[a-z][a-z.\-]{0,29}(?![\w.\-])")
 _CJK_RUN = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]{2,}")
 _HAS_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]")
 _ADDRESS = re.compile(r"[\w.+\-=&'/]+@([\w\-]+\.)+[\w\-]+")  # what `_address_spans` finds, for reading
@@ -144,7 +190,7 @@ def _header_tokens(msg: Message) -> list[str]:
     received = 0
     for name, value in msg.headers:
         key = name.lower()
-        if key.startswith(IGNORED_HEADER_PREFIXES):
+        if is_verdict_header(key):
             continue
         if key == "received":  # different in every message: never worth caching
             found.append("hn:received")
@@ -268,6 +314,10 @@ def _received_tokens(value: str) -> Iterable[str]:
         yield "rcvd:dom:" + registered_domain(host)
     if "with esmtp" in value:
         yield "rcvd:esmtp"
+    # The line's words too, as bogofilter and SpamBayes (mine_received_headers) read it: "unknown",
+    # "helo", the relay software, "with smtp" against "esmtpa"...  Only words without digits: the
+    # queue ids, times and numbered hosts were one new token per line (new hash work, and noise).
+    yield from map("rcvd:w:".__add__, _RECEIVED_WORD.findall(value, 0, MAX_RECEIVED_CHARS))
 
 
 def _networks(value: str) -> Iterable[str]:

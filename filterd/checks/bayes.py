@@ -18,16 +18,21 @@ message does not wait for the write: a background thread sends the queued signat
 is never accepted with a signature that was not stored) and deleted again if the message is not
 delivered.  The training modes and autolearn also train here (they need storage = "redis").
 
-Redis failure: with on_error = "open" (the default) the message is classified with the model in
-memory, nothing is stored, no signature header is added, and BAYES_REDIS_ERROR says why; after a
-failure Redis is left alone for `redis_retry` seconds, so a dead Redis costs one timeout, not one
-per message.  With on_error = "closed" the message is tempfailed.
+On by default, with the shipped model and `storage = "file"`: it needs nothing but the model file,
+and uses Redis only when an admin turns on signatures or the shared model (as every Redis-backed
+check, it does not assume a Redis exists).
+
+Redis failure: the shared handling of the Redis-backed checks (filterd.redisstate.RedisGuard).  With
+on_error = "open" (the default) the message is classified with the model in memory (the file, or
+the shared model as last synced), nothing is stored, no signature header is added, and
+BAYES_REDIS_ERROR says why; after a failure Redis is left alone for `redis_retry` seconds, so a dead
+Redis costs one timeout, not one per message.  That the check is classifying from the file is
+logged once.  With on_error = "closed" the message is tempfailed.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, TypeVar
@@ -45,6 +50,7 @@ from filterd.check import (
     Output,
     Stage,
 )
+from filterd.redisstate import RedisCheckSettings, RedisGuard, redis_errors
 from filterd.results import Action, Verdict
 from filterd.settings import ConfigError, not_negative, positive, setting
 from filterd.transaction import Transaction
@@ -82,12 +88,15 @@ def check_unit(value: float) -> str | None:
 
 @dataclass(frozen=True)
 class BayesSettings(CheckSettings):
-    # Off until an admin turns it on: the other checks' scores, and every test that asserts them,
-    # stay as they were; the shipped model classifies from the first message once it is on.
-    enabled: bool = setting(False, "run this check (the shipped model works from the first message)")
-    model: str = setting("", "the model file (.npz); empty: the model shipped in models/bayes.npz")
+    # On by default: the shipped model classifies from the first message, from its file alone.
+    enabled: bool = setting(True, "run this check (the shipped model works from the first message)")
+    model: str = setting(
+        "", "the model file (.npz); empty: the model shipped with filterd (models/bayes.npz)"
+    )
+    # "file" by default: nothing but the model file is needed, as no Redis-backed check is on until
+    # an admin has a Redis for it.
     storage: Literal["redis", "file"] = setting(
-        "redis",
+        "file",
         '"redis": hosts share the model\'s training log through [redis] (the file is the seed); '
         '"file": `filterctl train` rewrites the model file and filterd reloads it',
     )
@@ -119,7 +128,7 @@ class BayesSettings(CheckSettings):
         not_negative,
     )
     signature: bool = setting(
-        True, f"add {SIGNATURE_HEADER} and keep the message's tokens in Redis for retraining"
+        False, f"add {SIGNATURE_HEADER} and keep the message's tokens in Redis for retraining (needs [redis])"
     )
     signature_days: float = setting(14.0, "days a signature's tokens are kept", positive)
     log_max: int = setting(
@@ -201,8 +210,14 @@ class Bayes(Check):
             )
         except ModelError as exc:  # a damaged or incompatible file must stop the start, loudly
             raise ConfigError("checks.bayes.model", str(exc)) from exc
-        self._redis_down_until = 0.0
-        self._redis_error = ""
+        # the failure handling every Redis-backed check shares: back-off, and the fail-open symbol
+        self.guard = RedisGuard(
+            self.name,
+            "BAYES_REDIS_ERROR",
+            RedisCheckSettings(on_error=settings.on_error, redis_retry_after=settings.redis_retry),
+        )
+        self._outage_logged = False
+        self._failures = 0  # Redis failures so far: a message that saw one says so, whatever the back-off
         self.signatures = SignatureWriter(lambda: self.holder.client().redis, self._redis_failed)
         self.pending: PerMessage[PendingSignature] = PerMessage()
 
@@ -210,6 +225,7 @@ class Bayes(Check):
 
     def run(self, tx: Transaction) -> Iterable[Output]:
         s = self.settings
+        failures = self._failures
         self._guarded(lambda: self.holder.refresh(follow_shared=self._redis_usable()))
         model = self.holder.model
         msg = tx.message
@@ -233,10 +249,10 @@ class Bayes(Check):
             )
             if stored is not None:
                 yield from stored
-        if (needs_redis or s.storage == "redis") and not self._redis_usable():
+        if (needs_redis or s.storage == "redis") and (not self._redis_usable() or self._failures != failures):
             yield Finding(
                 "BAYES_REDIS_ERROR",
-                f"redis unavailable ({self._redis_error}): classified with the model in memory, nothing stored",
+                f"redis unavailable ({self.guard.last_error}): classified with the model in memory, nothing stored",
             )
 
     def _finding(self, result: Result) -> Finding:
@@ -334,23 +350,39 @@ class Bayes(Check):
     # -- Redis failure policy ----------------------------------------------------------------
 
     def _redis_usable(self) -> bool:
-        return time.monotonic() >= self._redis_down_until
+        return self.guard.available
 
     def _guarded(self, action: Callable[[], T]) -> T | None:
-        """Run a Redis-backed action; a Redis failure follows on_error (fail-closed raises),
-        fail-open returns None and leaves Redis alone for `redis_retry` seconds."""
-        import redis
-
+        """Run a Redis-backed action; a Redis failure follows on_error (fail-closed raises, for the
+        pipeline's tempfail), fail-open returns None and the guard backs off."""
         try:
-            return action()
-        except (redis.RedisError, OSError) as exc:
+            result = action()
+        except redis_errors() as exc:
             if self.settings.on_error == "closed":
                 raise
             self._redis_failed(exc)
             return None
+        return result
 
     def _redis_failed(self, exc: Exception) -> None:
-        """Leave Redis alone for `redis_retry` seconds (called from the signature thread too)."""
-        self._redis_error = f"{type(exc).__name__}: {exc}"
-        self._redis_down_until = time.monotonic() + self.settings.redis_retry
-        log.warning("bayes: redis failed, not used for %gs: %s", self.settings.redis_retry, self._redis_error)
+        """Back off (called from the signature thread too); say once what the check does meanwhile
+        (the guard's own warning repeats at each retry)."""
+        self.guard.failed(exc)
+        self._failures += 1
+        if not self._outage_logged:
+            self._outage_logged = True
+            log.warning(
+                "bayes: redis unavailable: classifying with the model %s (nothing stored, no signatures) "
+                "until it answers again",
+                "file " + str(self.holder.path) if self.settings.storage == "file" else "in memory",
+            )
+
+    def config_warnings(self) -> list[str]:
+        """What `filterctl config check` should say about this check's setup."""
+        path = self.holder.path
+        if self.settings.storage == "file" and not path.exists():
+            return [
+                f"checks.bayes: no model at {path}: every message scores BAYES_UNTRAINED until one is "
+                "trained (filterctl train, see models/README.md)"
+            ]
+        return []

@@ -21,10 +21,16 @@ def check(ctx: click.Context) -> None:
     """Validate the configuration exactly as filterd does at start (exit 1 on error)."""
     cfg = load(ctx)
     try:
-        Pipeline.from_config(cfg).close()  # also reads list files and whatever else checks load
+        pipeline = Pipeline.from_config(cfg)  # also reads list files and whatever else checks load
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(f"{cfg.path or 'built-in defaults'}: OK")
+    warnings = [w for c in pipeline.checks for w in getattr(c, "config_warnings", list)()]
+    pipeline.close()
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
+    click.echo(
+        f"{cfg.path or 'built-in defaults'}: OK" + (f" ({len(warnings)} warning(s))" if warnings else "")
+    )
 
 
 @config.command()
