@@ -16,7 +16,12 @@ its habits are wrong on a mail path, so `_Connection` mixes in fixes:
 A scan gives `ScanResult` (clean or the virus names) or raises `ClamdError` (unreachable, too slow,
 clamd's own ERROR reply) / `ClamdTooLarge` (over clamd's StreamMaxLength).  `ClamdPool` tries the
 configured sockets in order and skips one that just failed for `retry_after` seconds, so a dead
-primary does not cost a connect timeout on every message.
+primary does not cost a connect timeout on every message.  Each socket also has a circuit breaker
+(filterd/breaker.py): one that keeps failing is not tried at all for a while, and with every
+socket's breaker open a scan fails at once with `ClamdBreakerOpen` (a `ClamdError`).  A scan that
+times out counts against clamd only when clamd does not answer PING either: a clamd busy with one
+hard message is not a dead clamd, and a sender must not be able to open the breaker with a
+message that takes long to scan.
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ from typing import Any
 
 import pyclamd
 
+from filterd.breaker import Breaker, BreakerOpen, BreakerSettings, breaker_for
+
 log = logging.getLogger("filterd.clamd")
 
 CHUNK = 64 * 1024
@@ -46,6 +53,10 @@ class ClamdError(Exception):
 
 class ClamdTooLarge(ClamdError):
     """The message is over clamd's StreamMaxLength (clamd replied "INSTREAM size limit exceeded")."""
+
+
+class ClamdBreakerOpen(BreakerOpen, ClamdError):
+    """No clamd was asked: the breaker of every configured socket is open."""
 
 
 # FOUND names that say "I could not look at all of it", not "I found malware": a limit passed
@@ -227,7 +238,9 @@ class ClamdPool:
         timeout: float,
         connect_timeout: float,
         retry_after: float,
+        breaker: BreakerSettings | None = None,
     ) -> None:
+        """`breaker`: the circuit breaker settings ([breaker]); None: no breaker (tools, tests)."""
         if not addresses:
             raise ValueError("no clamd address configured")
         self.addresses = addresses
@@ -236,6 +249,7 @@ class ClamdPool:
         self.retry_after = retry_after
         self._down_until: dict[str, float] = {}
         self._lock = threading.Lock()
+        self._breakers = {a: breaker_for(f"clamd {a}", breaker) for a in addresses} if breaker else {}
 
     def _order(self) -> list[str]:
         """Healthy sockets first (config order), then the ones marked down (as a last resort)."""
@@ -252,42 +266,91 @@ class ClamdPool:
             else:
                 self._down_until[address] = time.monotonic() + self.retry_after
 
+    def _refusal(self, address: str) -> str | None:
+        """Why `address` is not to be asked now (its breaker is open), or None."""
+        breaker = self._breakers.get(address)
+        return breaker.refusal() if breaker is not None else None
+
+    def _answered(self, address: str) -> None:
+        self._mark(address, True)
+        breaker = self._breakers.get(address)
+        if breaker is not None:
+            breaker.success()
+
+    def _failed(self, address: str, exc: BaseException, conn: _Connection | None = None) -> None:
+        """Count a failure against `address`; a timed-out scan (`conn` given) only when clamd does
+        not answer PING either (see the module docstring)."""
+        self._mark(address, False)
+        breaker: Breaker | None = self._breakers.get(address)
+        if breaker is None:
+            return
+        timed_out = isinstance(exc, TimeoutError | socket.timeout)
+        if conn is not None and timed_out and conn._answers_ping():
+            breaker.success()  # alive: this message is what takes long
+        else:
+            breaker.failure(_describe(exc) + (" (and no answer to PING)" if timed_out and conn else ""))
+
+    @staticmethod
+    def _give_up(errors: list[str], refused: int) -> ClamdError:
+        if refused == len(errors):
+            return ClamdBreakerOpen("; ".join(errors))
+        return ClamdError("; ".join(errors))
+
     def scan(self, data: bytes) -> ScanResult:
         """Scan with the first clamd that answers; raise ClamdError when none does."""
         errors = []
+        refused = 0
         for address in self._order():
+            refusal = self._refusal(address)
+            if refusal is not None:
+                errors.append(refusal)
+                refused += 1
+                continue
             conn = connection(address, self.connect_timeout)
             try:
                 lines = conn.scan_bytes(data, self.timeout)
             except ClamdTooLarge:
-                self._mark(address, True)  # clamd is fine, the message is too big for it
+                self._answered(address)  # clamd is fine, the message is too big for it
                 raise
             except (OSError, ClamdError) as exc:
-                self._mark(address, False)
+                self._failed(address, exc, conn)
                 errors.append(f"{address}: {_describe(exc)}")
                 log.warning("clamd %s failed, trying the next one: %s", address, _describe(exc))
                 continue
             failed = [text for status, text in lines if status == "ERROR"]
             if failed:
-                # clamd's own error (out of memory, a temp file it could not write): the next may cope
+                # clamd's own error (out of memory, a temp file it could not write): the next may
+                # cope.  It answered at once, so its breaker counts it as alive.
+                self._answered(address)
                 self._mark(address, False)
                 errors.append(f"{address}: clamd error: {'; '.join(failed)}")
                 continue
-            self._mark(address, True)
+            self._answered(address)
             found = tuple(virus_name(text) for status, text in lines if status == "FOUND")
             return ScanResult(viruses=found, address=address)
-        raise ClamdError("; ".join(errors))
+        raise self._give_up(errors, refused)
 
-    def version(self) -> str:
-        """clamd's VERSION reply ("ClamAV 1.4.6/27470/..."): engine and signature versions."""
+    def version(self, timeout: float | None = None) -> str:
+        """clamd's VERSION reply ("ClamAV 1.4.6/27470/..."): engine and signature versions.
+
+        `timeout` (default: the scan timeout) bounds the wait for each clamd."""
         errors = []
+        refused = 0
         for address in self._order():
+            refusal = self._refusal(address)
+            if refusal is not None:
+                errors.append(refusal)
+                refused += 1
+                continue
             try:
-                return connection(address, self.connect_timeout).command("VERSION", self.timeout)
+                reply = connection(address, self.connect_timeout).command("VERSION", timeout or self.timeout)
             except OSError as exc:
-                self._mark(address, False)
+                self._failed(address, exc)
                 errors.append(f"{address}: {_describe(exc)}")
-        raise ClamdError("; ".join(errors))
+                continue
+            self._answered(address)
+            return reply
+        raise self._give_up(errors, refused)
 
     def status(self) -> list[dict[str, Any]]:
         """For `filterctl antivirus status`: each socket, whether it answers, and its version."""

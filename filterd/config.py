@@ -18,6 +18,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
+from filterd.breaker import BreakerSettings
 from filterd.check import Check
 from filterd.combination import ScoringSettings
 from filterd.dns import DnsSettings
@@ -211,6 +212,10 @@ class Config:
     scoring: ScoringSettings = section(ScoringSettings, "How the symbols become the total score")
     redis: RedisSettings = section(RedisSettings, "Redis, where state shared by several filterd hosts lives")
     dns: DnsSettings = section(DnsSettings, "The DNS resolver every lookup goes through")
+    breaker: BreakerSettings = section(
+        BreakerSettings,
+        "When a backend (clamd, a DNS server, Redis) keeps failing, stop asking it for a while",
+    )
     quarantine: QuarantineSettings = section(QuarantineSettings, "Where quarantined messages are kept")
     scores: Mapping[str, float] = setting(
         types.MappingProxyType({}), "score overrides, SYMBOL = score (see `filterctl symbols`)"

@@ -4,6 +4,17 @@ Answers come back as plain data; "no such name" and "no record of that type" are
 and every failure that may go away (timeout, SERVFAIL, no server answering) is `DnsTempError`, so
 a check can turn it into a temperror result instead of an exception.  `install_as_default()` makes
 pyspf and dkimpy, which call dnspython's default resolver, use this one too.
+
+A circuit breaker (filterd/breaker.py, ``[breaker]``) guards the resolver as a whole, inside
+dnspython's `resolve()`, so it covers pyspf and dkimpy as well as our own lookups.  As a whole and
+not per name server: dnspython chooses among the configured servers inside one `resolve()`, and
+what the admin needs to know, and what makes every message slow, is "DNS gives no answers".
+While it is open a lookup fails at once with `DnsBreakerOpen` (a dnspython `NoNameservers`, so
+pyspf says temperror as for a timeout; here a `DnsTempError`), and the per-message `DnsBudget`
+is hardly spent.  A timed-out lookup counts against the servers only when they do not answer a
+question of our own either (the root's NS, sent to each server): a sender can make a lookup time
+out with a domain whose name servers never answer, and must not be able to switch DNS off for
+everyone else that way.
 """
 
 from __future__ import annotations
@@ -11,14 +22,18 @@ from __future__ import annotations
 import ipaddress
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import dns.exception
+import dns.message
 import dns.name
+import dns.query
 import dns.rdata
 import dns.rdatatype
 import dns.resolver
 import dns.reversename
 
+from filterd.breaker import Breaker, BreakerOpen, BreakerSettings, State, breaker_for
 from filterd.settings import positive, setting
 
 
@@ -51,6 +66,10 @@ class DnsSettings:
 
 class DnsTempError(Exception):
     """A lookup failed in a way that may go away: timeout, SERVFAIL, no server reachable."""
+
+
+class DnsBreakerOpen(BreakerOpen, dns.resolver.NoNameservers):
+    """No server was asked: the resolver's circuit breaker is open."""
 
 
 class DnsBudgetSpent(DnsTempError):
@@ -102,14 +121,78 @@ class DnsBudget:
         self.seconds += max(0.0, seconds)
 
 
+PROBE_REUSE = 5.0
+
+
+class _GuardedResolver(dns.resolver.Resolver):
+    """dnspython's resolver with a circuit breaker around `resolve()` (pyspf calls it too)."""
+
+    breaker: Breaker | None = None
+    # the last "are the servers there?" verdict, reused for PROBE_REUSE seconds: concurrent
+    # failing lookups need not each wait for a probe of their own
+    _probe: tuple[float, bool] = (-PROBE_REUSE, False)
+
+    def resolve(self, *args: Any, **kwargs: Any) -> dns.resolver.Answer:
+        breaker = self.breaker
+        if breaker is None:
+            return super().resolve(*args, **kwargs)
+        refusal = breaker.refusal()
+        if refusal is not None:
+            raise DnsBreakerOpen(refusal)
+        try:
+            answer = super().resolve(*args, **kwargs)
+        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer, dns.resolver.YXDOMAIN):
+            breaker.success()
+            raise
+        except (dns.exception.Timeout, dns.resolver.NoNameservers) as exc:
+            if breaker.state is State.OPEN:
+                raise  # opened meanwhile (this call was let through before): nothing to learn
+            if self.servers_answer():
+                breaker.success()  # the servers are there: this name is what fails
+            else:
+                breaker.failure(f"{type(exc).__name__}, and no server answers at all")
+            raise
+        except BaseException:
+            breaker.release()  # a malformed name says nothing about the servers
+            raise
+        breaker.success()
+        return answer
+
+    def servers_answer(self) -> bool:
+        """Does any configured server answer a question of ours (any reply, even an error)?"""
+        asked_at, alive = self._probe
+        if time.monotonic() - asked_at < PROBE_REUSE:
+            return alive
+        alive = self._ask_servers()
+        self._probe = (time.monotonic(), alive)
+        return alive
+
+    def _ask_servers(self) -> bool:
+        query = dns.message.make_query(".", "NS")
+        # as long as one attempt of a lookup: a server slower than that to answer is no use anyway,
+        # and a shorter wait would count a slow but working server as gone
+        timeout = self.timeout
+        for server in self.nameservers:
+            address = getattr(server, "address", server)
+            port = getattr(server, "port", self.port)
+            try:
+                dns.query.udp(query, str(address), timeout=timeout, port=int(port))
+            except (dns.exception.DNSException, OSError, ValueError):
+                continue
+            return True
+        return False
+
+
 class Resolver:
-    def __init__(self, settings: DnsSettings) -> None:
+    def __init__(self, settings: DnsSettings, breaker: BreakerSettings | None = None) -> None:
+        """`breaker`: the circuit breaker settings ([breaker]); None: no breaker (tools, tests)."""
         self.settings = settings
+        res = _GuardedResolver(configure=not settings.nameservers)
         if settings.nameservers:
-            res = dns.resolver.Resolver(configure=False)
             res.nameservers = list(settings.nameservers)
-        else:
-            res = dns.resolver.Resolver(configure=True)
+        if breaker is not None:
+            servers = ",".join(str(getattr(n, "address", n)) for n in res.nameservers)
+            res.breaker = breaker_for(f"DNS {servers} port {settings.port}", breaker)
         res.port = settings.port
         res.timeout = settings.timeout
         res.lifetime = settings.timeout
@@ -141,6 +224,8 @@ class Resolver:
                     answer = self.dnspython.resolve(qname, rdtype, search=False, lifetime=lifetime)
                 except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
                     return []
+                except DnsBreakerOpen as exc:  # another attempt would be refused the same way
+                    raise DnsTempError(f"DNS lookup of {name} {rdtype} not made: {exc}") from exc
                 except (dns.exception.Timeout, dns.resolver.NoNameservers) as exc:
                     last = exc
                     continue

@@ -12,6 +12,12 @@ the check's policy -- fail-open gives a named ``<CHECK>_REDIS_ERROR`` symbol (sc
 report header) and fail-closed a 4xx -- and then leaves Redis alone for ``redis_retry_after``
 seconds, so a hung Redis costs one timeout every few seconds instead of one per message.  After
 that the next message tries again; redis-py's pool reconnects by itself.
+
+Under that, the client itself has a circuit breaker (`BreakerRedis`, filterd/breaker.py): after a
+few connection errors or timeouts in a row every call fails at once with `RedisBreakerOpen` (a
+redis-py `ConnectionError`, so every caller's existing handling applies) until a probe gets an
+answer.  The guard's back-off is per check; the breaker is per server and covers every user of
+the client (the antivirus cache, Bayes), and its error text says it is open.
 """
 
 from __future__ import annotations
@@ -23,6 +29,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import redis.exceptions
+
+from filterd.breaker import Breaker, BreakerOpen
 from filterd.check import CheckSettings, Finding
 from filterd.replies import R451_CHECK_FAILED, TempFail
 from filterd.settings import not_negative, setting
@@ -117,3 +126,69 @@ class RedisGuard:
         except redis_errors() as exc:
             self.failed(exc)
             return False, None
+
+
+# The errors that say the server is not there; any other RedisError (NOSCRIPT, WRONGTYPE) is an answer.
+_SERVER_FAILURES = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.RedisClusterException,
+    OSError,
+)
+
+
+class RedisBreakerOpen(BreakerOpen, redis.exceptions.ConnectionError):
+    """Redis was not asked: its circuit breaker is open."""
+
+
+class BreakerRedis:
+    """A redis-py client (or pipeline) whose commands go through one server's circuit breaker.
+
+    A thin proxy: every attribute is the client's, and calling a method first asks the breaker.
+    Pipelines are proxied too, their `execute` being the one round trip."""
+
+    def __init__(self, client: Any, breaker: Breaker) -> None:
+        self._client = client
+        self._breaker = breaker
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if not callable(attr) or name == "close":
+            return attr
+        if name == "pipeline":
+            return lambda *a, **kw: BreakerRedis(attr(*a, **kw), self._breaker)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return self._call(attr, args, kwargs)
+
+        return call
+
+    def _call(self, method: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        breaker = self._breaker
+        if method.__name__ not in _ROUND_TRIPS and _is_queued(self._client):
+            result = method(*args, **kwargs)  # queued in a pipeline: no round trip yet
+            return self if result is self._client else result
+        refusal = breaker.refusal()
+        if refusal is not None:
+            raise RedisBreakerOpen(refusal)
+        try:
+            result = method(*args, **kwargs)
+        except _SERVER_FAILURES as exc:
+            breaker.failure(f"{type(exc).__name__}: {exc}")
+            raise
+        except Exception:
+            breaker.success()  # an error reply (NOSCRIPT, WRONGTYPE): the server answered
+            raise
+        except BaseException:
+            breaker.release()
+            raise
+        breaker.success()
+        return self if result is self._client else result
+
+
+# In a pipeline, only these make a round trip; every other method queues a command.
+_ROUND_TRIPS = frozenset({"execute", "immediate_execute_command", "watch", "unwatch"})
+
+
+def _is_queued(client: Any) -> bool:
+    return hasattr(client, "command_stack")

@@ -30,6 +30,13 @@ Replaces clamav-milter.  What happens in each case, and why:
   anyone without the key in ``cache_key_file`` is ignored, and without a key there is no cache.
 - Redis (the result cache) failing never stops a scan: the message is scanned as if the cache
   were off, and CLAM_CACHE_FAIL says so in the report.
+- a hung clamd stalls only the messages being scanned.  Each clamd socket has a circuit breaker
+  ([breaker], filterd/breaker.py): after a few failures scans fail at once into on_unavailable.
+  The scan timeout is kept below half of [milter] heartbeat_timeout: a callback waiting longer
+  than that is taken by the supervisor for a hung worker, which is killed with every session it
+  holds.  And clamd's VERSION (asked when a worker builds this check, and once a minute) gets a
+  short timeout of its own, never the scan's: a worker started while clamd hangs must serve mail
+  at once, not after the scan timeout; on the mail path a failed refresh keeps the last answer.
 """
 
 from __future__ import annotations
@@ -55,7 +62,7 @@ from filterd.check import (
     Stage,
 )
 from filterd.checks.message_size import oversize_decision
-from filterd.clamd import ClamdError, ClamdPool, ClamdTooLarge, ScanResult, check_address
+from filterd.clamd import ClamdError, ClamdTooLarge, ScanResult, check_address
 from filterd.replies import (
     R451_VIRUS_SCAN_FAILED,
     R452_TOO_BIG_TO_SCAN,
@@ -76,6 +83,7 @@ log = logging.getLogger("filterd.checks.antivirus")
 SCANNED_HEADER = "X-Virus-Scanned"
 STATUS_HEADER = "X-Virus-Status"
 VERSION_REFRESH = 60.0  # seconds a clamd VERSION answer (part of the cache key) is reused
+VERSION_TIMEOUT = 2.0  # seconds for clamd's VERSION reply: it needs no scan (module docstring)
 # After a Redis failure the cache is skipped this long, so a Redis that times out costs one
 # [redis] timeout per CACHE_RETRY_AFTER seconds, not one per message.
 CACHE_RETRY_AFTER = 10.0
@@ -103,7 +111,11 @@ class AntivirusSettings(CheckSettings):
         'clamd sockets, "unix:/path" or "inet:PORT@HOST", tried in order: the next is used when one fails',
         _addresses,
     )
-    timeout: float = setting(30.0, "seconds one clamd has for one scan, sending included", positive)
+    timeout: float = setting(
+        15.0,
+        "seconds one clamd has for one scan, sending included; at most half of [milter] heartbeat_timeout",
+        positive,
+    )
     connect_timeout: float = setting(2.0, "seconds to connect to one clamd", positive)
     retry_after: float = setting(
         10.0, "seconds a clamd that failed is tried last instead of first", not_negative
@@ -187,8 +199,16 @@ class Antivirus(Check):
         super().__init__(ctx)
         settings = ctx.settings
         self.s = settings
-        self.pool = ClamdPool(
-            settings.sockets, settings.timeout, settings.connect_timeout, settings.retry_after
+        scan_timeout = min(settings.timeout, ctx.services.longest_wait)
+        if scan_timeout < settings.timeout:
+            log.warning(
+                "antivirus: timeout %gs is more than half of [milter] heartbeat_timeout: using %gs, "
+                "so that a worker waiting for clamd is not killed as hung",
+                settings.timeout,
+                scan_timeout,
+            )
+        self.pool = ctx.services.clamd(
+            settings.sockets, scan_timeout, settings.connect_timeout, settings.retry_after
         )
         self.max_size = settings.max_size or ctx.site.max_scan_bytes
         self.limits = ScanLimits(
@@ -231,12 +251,22 @@ class Antivirus(Check):
         )
 
     def engine_version(self) -> str:
-        """clamd's VERSION, asked at most once a minute per process; raises ClamdError."""
+        """clamd's VERSION, asked at most once a minute per process; raises ClamdError when no
+        clamd answers and none ever did (a failed refresh keeps the last answer)."""
         now = time.monotonic()
         with self._version_lock:
-            if self._version is not None and now - self._version[0] < VERSION_REFRESH:
-                return self._version[1]
-        version = self.pool.version()
+            known = self._version
+        if known is not None and now - known[0] < VERSION_REFRESH:
+            return known[1]
+        try:
+            version = self.pool.version(VERSION_TIMEOUT)
+        except ClamdError:
+            if known is None:
+                raise
+            # the scan will tell whether clamd is there; the signature version is a minute old
+            with self._version_lock:
+                self._version = (now, known[1])
+            return known[1]
         with self._version_lock:
             self._version = (now, version)
         return version

@@ -63,6 +63,9 @@ def build(
     for name, values in (checks or {}).items():
         sections.setdefault(name, {}).update(values)
         sections[name].setdefault("enabled", True)
+    # no circuit breaker unless a test asks for one: its state is per process, and tests that
+    # stop Redis would otherwise open it for the next test on the same address
+    top.setdefault("breaker", {"enabled": False})
     data = {"redis": {"url": url, "key_prefix": prefix}, "checks": sections, **top}
     config = parse_config(data)
     pipeline = Pipeline.from_config(config, Services(config))

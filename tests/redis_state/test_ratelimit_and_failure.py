@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from filterd.breaker import forget_all
 from filterd.replies import TempFail
 from filterd.results import Action
 from tests.harness.redis import RedisServer
@@ -196,7 +197,9 @@ def test_redis_hung_times_out_into_the_policy(own_redis: RedisServer, prefix: st
         ALL_ON,
         clock,
         redis={"url": own_redis.url, "key_prefix": prefix, "timeout": 0.2},
+        breaker={"failures": 3, "open_seconds": 1.5},
     )
+    forget_all()
     assert deliver(p)[1].action is Action.TEMPFAIL  # connected and working
     assert own_redis.proc is not None
     os.kill(own_redis.proc.pid, signal.SIGSTOP)
@@ -210,6 +213,13 @@ def test_redis_hung_times_out_into_the_policy(own_redis: RedisServer, prefix: st
     reason = next(x.reason for x in v.symbols if x.name == "GREYLIST_REDIS_ERROR")
     assert "Timeout" in reason
     assert elapsed < 2.0  # ratelimit, reputation, greylist and the verdict update: 0.2 s each at most
+    # three timeouts opened the breaker: Redis is back, but for open_seconds every call fails at once
+    started = time.monotonic()
+    _, skipped = deliver(p, rcpts=("other@ours.test",))
+    assert time.monotonic() - started < 0.2
+    reason = next(x.reason for x in skipped.symbols if x.name == "GREYLIST_REDIS_ERROR")
+    assert "RedisBreakerOpen: circuit breaker open for Redis 127.0.0.1:" in reason
+    time.sleep(1.6)
     _, back = deliver(p, rcpts=("other@ours.test",))
     assert back.action is Action.TEMPFAIL and "Greylisted" in str(back.decision.reply)  # type: ignore[union-attr]
     p.close()
