@@ -155,11 +155,12 @@ def main() -> int:
         factory: Any = Trivial
     else:
         from filterd import milter as filterd_milter
+        from filterd import worker as filterd_worker
         from filterd.config import load_config
         from filterd.pipeline import Pipeline
 
         config_path = args.config
-        filterd_milter.holder = filterd_milter.PipelineHolder(
+        filterd_worker.holder = filterd_worker.PipelineHolder(
             build=lambda: Pipeline.from_config(load_config(config_path))
         )
         factory = filterd_milter.FilterdMilter

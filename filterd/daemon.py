@@ -45,7 +45,7 @@ find it all in memory, shared copy-on-write.
 
 Why a heartbeat: a hung worker keeps its share of the socket's connections, each waiting for
 Postfix's milter timeout and then tempfailing.  Each worker writes, once a second, into its slot
-in shared memory since when it has been making progress (filterd.milter.start_heartbeat); the
+in shared memory since when it has been making progress (filterd.worker.start_heartbeat); the
 parent kills a worker whose slot lags more than [milter] heartbeat_timeout and starts another.
 """
 
@@ -271,7 +271,7 @@ class Supervisor:
     def _worker(self, slot: int) -> int:
         import milter
 
-        from filterd import milter as filterd_milter
+        from filterd import worker
 
         # libmilter stops on any of these; the parent decides instead (see the module docstring)
         for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
@@ -282,16 +282,16 @@ class Supervisor:
         def beat(progress: float) -> None:
             heartbeats[slot] = progress
 
-        filterd_milter.busy[0] = time.monotonic()  # building the first pipeline: progress until built
-        filterd_milter.start_heartbeat(beat)
+        worker.busy[0] = time.monotonic()  # building the first pipeline: progress until built
+        worker.start_heartbeat(beat)
         generation = self.generation
         validated, path = self.validated, self.config_path
         # never the file on disk: only what the parent validated (see the module docstring)
-        filterd_milter.holder = filterd_milter.PipelineHolder(
+        worker.holder = worker.PipelineHolder(
             build=lambda: Pipeline.from_config(config_from_bytes(validated.read(), path)),
             generation=lambda: int(generation.value),
         )
-        del filterd_milter.busy[0]
+        del worker.busy[0]
         parent = os.getppid()
         stop_flag = self.stop_flag
 
@@ -301,7 +301,7 @@ class Supervisor:
                 self._remove_socket_file()  # Postfix then fails fast instead of waiting on us
             _stop_accepting(self.listen_fd)
 
-        filterd_milter.start_drain_watcher(
+        worker.start_drain_watcher(
             should_stop=lambda: bool(stop_flag.value) or os.getppid() != parent,
             grace=self.config.milter.shutdown_grace,
             on_stop=stop_accepting,
