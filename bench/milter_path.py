@@ -160,9 +160,7 @@ def main() -> int:
         from filterd.pipeline import Pipeline
 
         config_path = args.config
-        filterd_worker.holder = filterd_worker.PipelineHolder(
-            build=lambda: Pipeline.from_config(load_config(config_path))
-        )
+        filterd_worker.holder = filterd_worker.PipelineHolder(Pipeline.from_config(load_config(config_path)))
         factory = filterd_milter.FilterdMilter
     drive(factory, messages[:100], args.per_session)  # warm up
     profiler = cProfile.Profile() if args.profile else None

@@ -53,10 +53,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import grp
 import importlib
 import logging
-import mmap
 import multiprocessing.sharedctypes
 import os
 import pkgutil
@@ -120,67 +120,38 @@ def preload_modules() -> list[str]:
     return missing
 
 
-def read_config(path: str | None) -> tuple[Config, bytes]:
-    """Read, parse and fully validate (by building the pipeline once) the configuration file.
+def build(path: str | None) -> tuple[Config, Pipeline]:
+    """Read, parse and fully validate the configuration file by building its pipeline.
 
-    Returns the configuration and the exact bytes it was built from, for the workers."""
-    raw = read_config_bytes(path)
-    config = config_from_bytes(raw, path)
-    Pipeline.from_config(config).close()
-    return config, raw
+    The pipeline built here is the one the workers serve with (they are forked with it)."""
+    config = config_from_bytes(read_config_bytes(path), path)
+    return config, Pipeline.from_config(config)
 
 
-class ValidatedText:
-    """The bytes of the last validated configuration file, shared with the workers.
-
-    An anonymous shared mapping made before the first fork, so parent and workers see the same
-    memory.  Two slots, picked by the generation's parity: the parent fills the next generation's
-    slot and only then bumps the generation; a reader copies its slot and reads the generation
-    again, retrying if it moved (the parent may then be refilling the slot it copied)."""
-
-    def __init__(self, generation: Any, capacity: int = 1 << 20) -> None:
-        self.generation = generation  # a RawValue("Q"): the reload generation workers watch
-        self.capacity = capacity
-        self._slot = 8 + capacity  # a length, then the bytes
-        self._buf = mmap.mmap(-1, 2 * self._slot)  # only the pages written cost memory
-
-    def publish(self, raw: bytes) -> int:
-        """Make `raw` the workers' configuration: returns the new generation."""
-        if len(raw) > self.capacity:
-            raise ConfigError("", f"configuration is {len(raw)} bytes, more than {self.capacity}")
-        gen = int(self.generation.value) + 1
-        start = (gen % 2) * self._slot
-        self._buf[start : start + 8] = len(raw).to_bytes(8, "little")
-        self._buf[start + 8 : start + 8 + len(raw)] = raw
-        self.generation.value = gen
-        return gen
-
-    def read(self) -> bytes:
-        while True:
-            gen = int(self.generation.value)
-            start = (gen % 2) * self._slot
-            size = min(int.from_bytes(self._buf[start : start + 8], "little"), self.capacity)
-            raw = self._buf[start + 8 : start + 8 + size]
-            if int(self.generation.value) == gen:
-                return raw
+# Flags the parent raises in a worker's slot of shared memory.
+RUNNING, STOP, DRAIN = 0, 1, 2  # STOP: filterd stops; DRAIN: a reload replaced this worker
 
 
 class Supervisor:
-    def __init__(self, config_path: str | None, config: Config, raw: bytes, workers: int) -> None:
+    def __init__(self, config_path: str | None, config: Config, pipeline: Pipeline, workers: int) -> None:
         self.config_path = config_path
         self.config = config  # the last validated configuration, never replaced by a bad one
+        self.pipeline = pipeline  # built from it; what every worker forked from now on serves with
+        self.generation = 1
         self.workers = workers or os.cpu_count() or 1
-        self.generation = multiprocessing.sharedctypes.RawValue("Q", 0)
-        self.validated = ValidatedText(self.generation)
-        self.validated.publish(raw)
-        self.stop_flag = multiprocessing.sharedctypes.RawValue("B", 0)
-        # one slot per worker: since when it has been making progress (time.monotonic())
-        self.heartbeats = multiprocessing.sharedctypes.RawArray("d", self.workers)
+        # Slots in shared memory, per worker: the current ones and those a reload replaced that
+        # are still finishing (two reloads in a row: three sets at most; see _free_slots).
+        slots = 3 * self.workers
+        self.heartbeats = multiprocessing.sharedctypes.RawArray("d", slots)  # progress since (monotonic)
+        self.flags = multiprocessing.sharedctypes.RawArray("B", slots)  # RUNNING / STOP / DRAIN
+        self.accepting = multiprocessing.sharedctypes.RawArray("B", slots)  # 0 once a worker stopped
         self.socket_path: Path | None = None
         self.socket_file: tuple[int, int] | None = None  # (st_dev, st_ino) of our socket file
         self.listen_fd: int | None = None  # libmilter's listening socket, inherited by workers
+        self.listen_address: str | tuple[Any, ...] | None = None  # its address, to count sessions
         self.children: dict[int, float] = {}  # pid -> start time
-        self.slots: dict[int, int] = {}  # pid -> its heartbeat slot
+        self.slots: dict[int, int] = {}  # pid -> its slot
+        self.draining: set[int] = set()  # replaced by a reload: finishing, not to be replaced
         self.hung: set[int] = set()  # killed for a missing heartbeat, not yet reaped
         self.stopping = False
         self.kill_deadline = 0.0
@@ -211,10 +182,9 @@ class Supervisor:
                     )
             st = os.stat(socket_path)
             self.socket_file = (st.st_dev, st.st_ino)
-        self.listen_fd = _listening_fd(socket_path)
+        self.listen_fd, self.listen_address = _listening_socket(socket_path)
         signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
-        for slot in range(self.workers):
-            self._spawn(slot)
+        self._start_workers()
         log.info(
             "listening on %s with %d workers (configuration: %s)",
             settings.socket,
@@ -239,8 +209,33 @@ class Supervisor:
         log.info("stopped")
         return 0
 
+    def _start_workers(self) -> None:
+        """Fork a full set of workers with the current pipeline, each in a free slot."""
+        # Objects the parent made so far (modules, the pipeline) are left alone by the cyclic GC
+        # from now on, in the parent and in the workers: a collection would write into every one
+        # of them, and each page written is a page a worker no longer shares with the parent.
+        gc.freeze()
+        for slot in self._free_slots(self.workers):
+            self._spawn(slot)
+
+    def _free_slots(self, wanted: int) -> list[int]:
+        """`wanted` slots no live worker uses; the workers finishing longest are ended for room."""
+        while True:
+            used = set(self.slots.values())
+            free = [slot for slot in range(len(self.flags)) if slot not in used]
+            if len(free) >= wanted:
+                return free[:wanted]
+            oldest = min(self.draining, key=lambda pid: self.children[pid])
+            log.warning("worker %d still finishing after two reloads: ending it", oldest)
+            _kill(oldest, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(oldest, 0)
+            self._forget(oldest)
+
     def _spawn(self, slot: int) -> None:
         self.heartbeats[slot] = time.monotonic()  # the worker's start-up counts as progress
+        self.flags[slot] = RUNNING
+        self.accepting[slot] = 1
         pid = os.fork()
         if pid == 0:
             try:
@@ -252,6 +247,11 @@ class Supervisor:
         self.children[pid] = time.monotonic()
         self.slots[pid] = slot
 
+    def _forget(self, pid: int) -> tuple[float | None, int]:
+        self.draining.discard(pid)
+        self.hung.discard(pid)
+        return self.children.pop(pid, None), self.slots.pop(pid, 0)
+
     def _check_heartbeats(self) -> None:
         """Kill a worker that stopped making progress; `_reap` then starts another in its slot."""
         limit = self.config.milter.heartbeat_timeout
@@ -260,67 +260,94 @@ class Supervisor:
             lag = now - self.heartbeats[slot]
             if lag > limit and pid not in self.hung:
                 log.error(
-                    "worker %d made no progress for %.1f s (heartbeat_timeout %g): killing it, starting another",
+                    "worker %d made no progress for %.1f s (heartbeat_timeout %g): killing it%s",
                     pid,
                     lag,
                     limit,
+                    "" if pid in self.draining else ", starting another",
                 )
                 self.hung.add(pid)
                 _kill(pid, signal.SIGKILL)
 
     def _worker(self, slot: int) -> int:
-        import milter
-
         from filterd import worker
 
         # libmilter stops on any of these; the parent decides instead (see the module docstring)
         for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, signal.SIG_IGN)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
-        heartbeats = self.heartbeats
+        # The objects the parent froze stay frozen here (gc.freeze: never scanned, never
+        # copied); what this worker makes is collected as usual.
+        heartbeats, flags, accepting = self.heartbeats, self.flags, self.accepting
+        parent = os.getppid()
+        address = self.listen_address
 
         def beat(progress: float) -> None:
             heartbeats[slot] = progress
-
-        worker.busy[0] = time.monotonic()  # building the first pipeline: progress until built
-        worker.start_heartbeat(beat)
-        generation = self.generation
-        validated, path = self.validated, self.config_path
-        # never the file on disk: only what the parent validated (see the module docstring)
-        worker.holder = worker.PipelineHolder(
-            build=lambda: Pipeline.from_config(config_from_bytes(validated.read(), path)),
-            generation=lambda: int(generation.value),
-        )
-        del worker.busy[0]
-        parent = os.getppid()
-        stop_flag = self.stop_flag
 
         def stop_accepting() -> None:
             if os.getppid() != parent:
                 log.error("parent %d died: this worker stops accepting, finishes its messages, exits", parent)
                 self._remove_socket_file()  # Postfix then fails fast instead of waiting on us
             _stop_accepting(self.listen_fd)
+            accepting[slot] = 0
 
-        worker.start_drain_watcher(
-            should_stop=lambda: bool(stop_flag.value) or os.getppid() != parent,
-            grace=self.config.milter.shutdown_grace,
+        def sessions_open() -> int:
+            """A worker replaced by a reload also finishes its open SMTP sessions (see above)."""
+            draining = flags[slot] == DRAIN and os.getppid() == parent
+            return worker.open_sessions(address) if draining else 0
+
+        return worker.serve(
+            self.pipeline,
+            beat,
+            should_stop=lambda: flags[slot] != RUNNING or os.getppid() != parent,
             on_stop=stop_accepting,
+            grace=self.config.milter.shutdown_grace,
+            sessions_open=sessions_open,
         )
-        milter.main()
-        return 0
 
     def _reload(self) -> None:
+        started = time.monotonic()
         try:
-            config, raw = read_config(self.config_path)
-            self.validated.publish(raw)  # before self.config: a refused publish keeps both old
+            config, pipeline = build(self.config_path)
         except Exception as exc:  # ConfigError, or a check that cannot start
             log.error("reload refused, keeping the running configuration: %s", exc)
             return
-        self.config = config
+        old, replaced = self.pipeline, [pid for pid in self.slots if pid not in self.draining]
+        self.config, self.pipeline = config, pipeline
+        self.generation += 1
+        gc.unfreeze()  # the old pipeline's garbage may go once the parent lets go of it
+        _close_quietly(old)
+        del old
+        gc.collect()
+        self._start_workers()  # the new workers accept first: no moment without one
+        for pid in replaced:
+            self.flags[self.slots[pid]] = DRAIN
+            self.draining.add(pid)
+        self._await_stopped_accepting(replaced)
         log.info(
-            "configuration %s validated; workers reload it (generation %d)",
+            "configuration %s validated in %.2f s (generation %d): %d new workers serve it; "
+            "the %d replaced finish their messages and sessions first",
             self.config_path or "built-in defaults",
-            self.generation.value,
+            time.monotonic() - started,
+            self.generation,
+            self.workers,
+            len(replaced),
+        )
+
+    def _await_stopped_accepting(self, pids: list[int], timeout: float = 2.0) -> None:
+        """Wait (briefly) until the replaced workers accept no more: from then on every new
+        connection goes to a worker of the new configuration."""
+        deadline, waiting = time.monotonic() + timeout, pids
+        while time.monotonic() < deadline:
+            waiting = [pid for pid in pids if self.accepting[self.slots[pid]] and _running(pid)]
+            if not waiting:
+                return
+            time.sleep(0.01)
+        log.warning(
+            "workers %s still accept after %g s: some new connections get the old configuration",
+            waiting,
+            timeout,
         )
 
     def _stop(self) -> None:
@@ -331,8 +358,12 @@ class Supervisor:
         self._remove_socket_file()  # no new connections; Postfix tempfails them meanwhile
         if self.listen_fd is not None:  # no worker will be started again: nor inet connections
             _stop_accepting(self.listen_fd)
-        self.stop_flag.value = 1
-        self.kill_deadline = time.monotonic() + self.config.milter.shutdown_grace + 5
+        for slot in self.slots.values():
+            self.flags[slot] = STOP
+        grace = self.config.milter.shutdown_grace
+        self.kill_deadline = time.monotonic() + grace + 5
+        if self.draining:  # the workers finishing after a reload were given their own grace
+            self.kill_deadline += grace
 
     def _remove_socket_file(self) -> None:
         """Remove our unix socket file -- only if it is still ours: a new filterd started after
@@ -350,15 +381,18 @@ class Supervisor:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 self.children.clear()
+                self.slots.clear()
                 return
             if pid == 0:
                 return
-            started = self.children.pop(pid, None)
-            slot = self.slots.pop(pid, 0)
+            draining, hung = pid in self.draining, pid in self.hung
+            started, slot = self._forget(pid)
             if started is None or self.stopping:
                 continue
-            if pid in self.hung:
-                self.hung.discard(pid)
+            if draining:
+                log.info("worker %d, replaced by the reload, finished%s", pid, " (killed)" if hung else "")
+                continue
+            if hung:
                 log.info("hung worker %d ended; starting another", pid)
             else:
                 log.error("worker %d exited unexpectedly (status %d); starting another", pid, status)
@@ -367,15 +401,31 @@ class Supervisor:
             self._spawn(slot)
 
 
+def _close_quietly(pipeline: Pipeline) -> None:
+    """Close a pipeline the parent no longer needs (it never ran a message: this is cheap)."""
+    try:
+        pipeline.close()
+    except Exception:
+        log.exception("closing the replaced pipeline failed")
+
+
+def _running(pid: int) -> bool:
+    """Not exited (a zombie not yet reaped counts as exited)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
 def _kill(pid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
 
 
-def _listening_fd(socket_path: Path | None) -> int | None:
-    """The fd of the listening socket libmilter opened (pymilter does not tell it): the one
-    socket of this process that listens, on `socket_path` for a unix socket."""
-    found = []
+def _listening_socket(socket_path: Path | None) -> tuple[int | None, Any]:
+    """The fd and the address of the listening socket libmilter opened (pymilter does not tell
+    it): the one socket of this process that listens, on `socket_path` for a unix socket."""
+    found: list[tuple[int, Any]] = []
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)
         try:
@@ -387,15 +437,16 @@ def _listening_fd(socket_path: Path | None) -> int | None:
         with sock:
             if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
                 continue
-            if socket_path is not None and sock.getsockname() != str(socket_path):
+            address = sock.getsockname()
+            if socket_path is not None and address != str(socket_path):
                 continue
-            found.append(fd)
+            found.append((fd, address))
     if len(found) != 1:
         log.warning(
             "cannot tell libmilter's listening socket (%d candidates): workers will not stop accepting before they exit",
             len(found),
         )
-        return None
+        return None, None
     return found[0]
 
 
@@ -455,7 +506,7 @@ def main(argv: list[str] | None = None) -> None:
     for missing in preload_modules():
         logging.getLogger("filterd").debug("not preloaded: %s", missing)
     try:
-        config, raw = read_config(path)
+        config, pipeline = build(path)
     except ConfigError as exc:
         print(f"filterd: configuration error: {exc}", file=sys.stderr)
         sys.exit(2)
@@ -463,7 +514,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.workers is not None and args.workers < 1:
         parser.error("--workers must be 1 or more")
     workers = args.workers if args.workers is not None else config.milter.workers
-    sys.exit(Supervisor(path, config, raw, workers).run())
+    sys.exit(Supervisor(path, config, pipeline, workers).run())
 
 
 if __name__ == "__main__":

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+import stat
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from filterd.pipeline import Pipeline
 
@@ -20,39 +23,23 @@ log = logging.getLogger("filterd")
 
 
 class PipelineHolder:
-    """The worker's current pipeline, rebuilt when the daemon's reload generation moves on.
+    """The worker's pipeline: built once by the parent before it forked this worker.
 
-    The daemon (the parent process) validates a new configuration on SIGHUP and only then bumps a
-    shared counter; each worker notices at the next MAIL FROM and builds its own pipeline.  A
-    message already in flight keeps the pipeline it started with.
+    A worker never builds or rebuilds a pipeline.  On a reload the parent builds the new one and
+    starts new workers with it; the old workers stop accepting and finish with the pipeline they
+    have (see filterd.daemon), so a message in flight always keeps the pipeline it started with.
     """
 
-    def __init__(self, build: Callable[[], Pipeline], generation: Callable[[], int] = lambda: 0) -> None:
-        self._build = build
-        self._generation = generation
+    def __init__(self, pipeline: Pipeline) -> None:
+        self._pipeline = pipeline
         self._lock = threading.Lock()
-        self._seen = generation()
-        self._pipeline = build()
         self.active = 0  # messages between MAIL FROM and their end, for a graceful stop
 
     def current(self) -> Pipeline:
-        gen = self._generation()
-        if gen != self._seen:
-            with self._lock:
-                if gen != self._seen:
-                    try:
-                        new = self._build()
-                    except Exception as exc:  # keep serving with the old pipeline
-                        log.error("reload failed, keeping the previous configuration: %s", exc)
-                        self._seen = gen
-                        return self._pipeline
-                    old, self._pipeline, self._seen = self._pipeline, new, gen
-                    log.info("configuration reloaded (generation %d)", gen)
-                    threading.Timer(60, old.close).start()  # let messages in flight finish with it
         return self._pipeline
 
     def close(self) -> None:
-        """Close the current pipeline: at the worker's exit, after the last message."""
+        """Close the pipeline: at the worker's exit, after the last message."""
         try:
             self._pipeline.close()
         except Exception:  # exiting anyway: say why, never hang the exit
@@ -67,7 +54,7 @@ class PipelineHolder:
             self.active -= 1
 
 
-holder: PipelineHolder | None = None  # set by the worker before libmilter starts
+holder: PipelineHolder | None = None  # set by `serve` (or a test) before libmilter starts
 
 
 # Callbacks in progress in this worker: key -> when it started (time.monotonic()).
@@ -98,15 +85,30 @@ def start_heartbeat(beat: Callable[[float], None], interval: float = 1.0) -> thr
 
 
 def start_drain_watcher(
-    should_stop: Callable[[], bool], grace: float, on_stop: Callable[[], None] = lambda: None
+    should_stop: Callable[[], bool],
+    grace: float,
+    on_stop: Callable[[], None] = lambda: None,
+    sessions_open: Callable[[], int] = lambda: 0,
 ) -> threading.Thread:
-    """Exit the worker once told to stop and its messages in flight are done (or `grace` ran out).
+    """Exit the worker once told to stop and its work is done (or `grace` ran out).
 
-    `on_stop` runs once, as soon as the stop is seen: the daemon stops accepting connections there.
+    Its work: the messages in flight, and the connections `sessions_open` counts (the daemon
+    counts them for a worker replaced by a reload, so that an SMTP session between two messages
+    is not cut; a stopping filterd counts none).  `on_stop` runs once, as soon as the stop is
+    seen: the daemon stops accepting connections there.
 
     The worker must not return from libmilter's main loop to stop: after that pymilter cannot run
     callbacks for connections still open, and their messages would hang (see filterd.daemon).
     """
+
+    def busy_with_something() -> bool:
+        if holder is not None and holder.active > 0:
+            return True
+        try:
+            return sessions_open() > 0
+        except Exception:  # cannot tell: the messages in flight alone decide
+            log.exception("counting the open connections failed")
+            return False
 
     def watch() -> None:
         while not should_stop():
@@ -116,7 +118,7 @@ def start_drain_watcher(
         except Exception:  # still drain and exit: a worker told to stop must not linger
             log.exception("stopping to accept connections failed")
         deadline = time.monotonic() + grace
-        while holder is not None and holder.active > 0 and time.monotonic() < deadline:
+        while busy_with_something() and time.monotonic() < deadline:
             time.sleep(0.05)
         if holder is not None:
             holder.close()  # what the checks still hold to send (queued Bayes signatures) goes now
@@ -126,3 +128,56 @@ def start_drain_watcher(
     thread = threading.Thread(target=watch, name="drain-watcher", daemon=True)
     thread.start()
     return thread
+
+
+def open_sessions(address: str | tuple[Any, ...] | None) -> int:
+    """Connections this process accepted on the listening socket `address` and still holds.
+
+    Counted from /proc/self/fd: an accepted socket has the listening socket's local address, and
+    the listening socket itself (still listening, or swapped for a socket nothing reaches by
+    `_stop_accepting`) is left out.  Connections to Redis, clamd or DNS have other addresses."""
+    if address is None:
+        return 0
+    count = 0
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            fd = int(name)
+            if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+                continue
+            sock = socket.socket(fileno=os.dup(fd))
+        except (OSError, ValueError):
+            continue
+        with sock:
+            try:
+                if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+                    continue
+                if sock.getsockname() == address:
+                    count += 1
+            except OSError:
+                continue
+    return count
+
+
+def serve(
+    pipeline: Pipeline,
+    beat: Callable[[float], None],
+    should_stop: Callable[[], bool],
+    on_stop: Callable[[], None],
+    grace: float,
+    sessions_open: Callable[[], int] = lambda: 0,
+) -> int:
+    """Serve libmilter's connections with `pipeline` until told to stop (the drain watcher exits).
+
+    `pipeline` is the one the parent built before forking this process: serving starts at once,
+    and nothing is read from disk here (a model or rule file broken on disk since the parent read
+    it cannot stop a replacement worker).  The parent made no connection while building it (the
+    services connect on first use), so each worker opens its own Redis, clamd and DNS sockets;
+    its locks were free at the fork, the parent having no other thread."""
+    import milter
+
+    global holder
+    holder = PipelineHolder(pipeline)
+    start_heartbeat(beat)
+    start_drain_watcher(should_stop, grace, on_stop, sessions_open)
+    milter.main()
+    return 0

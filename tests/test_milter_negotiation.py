@@ -56,7 +56,7 @@ class Context:
 
 def connect(config: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> tuple[fm.FilterdMilter, Context]:
     parsed = parse_config(config)
-    monkeypatch.setattr(worker, "holder", worker.PipelineHolder(build=lambda: Pipeline.from_config(parsed)))
+    monkeypatch.setattr(worker, "holder", worker.PipelineHolder(Pipeline.from_config(parsed)))
     ctx = Context()
     m = fm.FilterdMilter()
     m._setctx(ctx)
