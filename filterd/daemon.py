@@ -133,10 +133,12 @@ RUNNING, STOP, DRAIN = 0, 1, 2  # STOP: filterd stops; DRAIN: a reload replaced 
 
 
 class Supervisor:
-    def __init__(self, config_path: str | None, config: Config, pipeline: Pipeline, workers: int) -> None:
+    def __init__(self, config_path: str | None, config: Config, workers: int) -> None:
         self.config_path = config_path
         self.config = config  # the last validated configuration, never replaced by a bad one
-        self.pipeline = pipeline  # built from it; what every worker forked from now on serves with
+        self.pipeline: Pipeline | None = (
+            None  # built from it; what every worker forked from now on serves with
+        )
         self.generation = 1
         self.workers = workers or os.cpu_count() or 1
         # Slots in shared memory, per worker: the current ones and those a reload replaced that
@@ -156,7 +158,8 @@ class Supervisor:
         self.stopping = False
         self.kill_deadline = 0.0
 
-    def run(self) -> int:
+    def open_socket(self) -> None:
+        """Open the milter socket (before the pipeline is built: see `main`)."""
         import milter
 
         from filterd.milter import install_callbacks
@@ -183,6 +186,11 @@ class Supervisor:
             st = os.stat(socket_path)
             self.socket_file = (st.st_dev, st.st_ino)
         self.listen_fd, self.listen_address = _listening_socket(socket_path)
+
+    def run(self, pipeline: Pipeline) -> int:
+        """Fork the workers with `pipeline` and supervise them until stopped."""
+        settings = self.config.milter
+        self.pipeline = pipeline
         signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
         self._start_workers()
         log.info(
@@ -297,6 +305,7 @@ class Supervisor:
             draining = flags[slot] == DRAIN and os.getppid() == parent
             return worker.open_sessions(address) if draining else 0
 
+        assert self.pipeline is not None, "run() sets it before the first fork"
         return worker.serve(
             self.pipeline,
             beat,
@@ -317,7 +326,8 @@ class Supervisor:
         self.config, self.pipeline = config, pipeline
         self.generation += 1
         gc.unfreeze()  # the old pipeline's garbage may go once the parent lets go of it
-        _close_quietly(old)
+        if old is not None:
+            _close_quietly(old)
         del old
         gc.collect()
         self._start_workers()  # the new workers accept first: no moment without one
@@ -364,6 +374,13 @@ class Supervisor:
         self.kill_deadline = time.monotonic() + grace + 5
         if self.draining:  # the workers finishing after a reload were given their own grace
             self.kill_deadline += grace
+
+    def close_socket(self) -> None:
+        """Stop listening for good (filterd could not start after all)."""
+        self._remove_socket_file()
+        if self.listen_fd is not None:
+            os.close(self.listen_fd)
+            self.listen_fd = None
 
     def _remove_socket_file(self) -> None:
         """Remove our unix socket file -- only if it is still ours: a new filterd started after
@@ -503,18 +520,31 @@ def main(argv: list[str] | None = None) -> None:
         stream=sys.stderr, level=logging.INFO, format="filterd[%(process)d]: %(levelname)s %(message)s"
     )
     _lean_log_records()
-    for missing in preload_modules():
-        logging.getLogger("filterd").debug("not preloaded: %s", missing)
+    if args.workers is not None and args.workers < 1:
+        parser.error("--workers must be 1 or more")
     try:
-        config, pipeline = build(path)
+        config = config_from_bytes(read_config_bytes(path), path)
     except ConfigError as exc:
         print(f"filterd: configuration error: {exc}", file=sys.stderr)
         sys.exit(2)
     logging.getLogger().setLevel(config.milter.log_level.upper())
-    if args.workers is not None and args.workers < 1:
-        parser.error("--workers must be 1 or more")
     workers = args.workers if args.workers is not None else config.milter.workers
-    sys.exit(Supervisor(path, config, pipeline, workers).run())
+    supervisor = Supervisor(path, config, workers)
+    # The socket first: while this process imports its libraries and builds the pipeline (seconds
+    # on a loaded host), Postfix's connections wait in the socket's backlog and are served once
+    # the workers start, instead of failing with milter_default_action's 451 (on a restart).
+    supervisor.open_socket()
+    try:
+        for missing in preload_modules():
+            log.debug("not preloaded: %s", missing)
+        pipeline = Pipeline.from_config(config)
+    except BaseException as exc:
+        supervisor.close_socket()  # connections waiting in the backlog now fail: Postfix tempfails them
+        if isinstance(exc, ConfigError):
+            print(f"filterd: configuration error: {exc}", file=sys.stderr)
+            sys.exit(2)
+        raise
+    sys.exit(supervisor.run(pipeline))
 
 
 if __name__ == "__main__":
