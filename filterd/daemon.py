@@ -3,22 +3,38 @@
 Why a parent and workers: pymilter callbacks hold the GIL, so one process uses about one core.
 The parent opens the milter socket and forks N workers that all accept on it (real-stack.md).
 
+Why the pipeline is built once, in the parent, before the fork: a worker forked with the
+pipeline serves at once -- a new worker after a crash, a hung one or a reload takes mail within
+milliseconds of its fork (it used to build its own, about a second with the Bayes check) -- and
+it reads nothing from disk.  The files a check reads when it is built (the configuration, a
+Bayes model, the rule files, DKIM keys) may be broken at any time (an admin halfway through an
+edit; a reload refused); a worker that read them itself would fail at start every second,
+forever, and with every worker dead nothing accepts mail while the parent lives on (so systemd
+does not restart it either).  What the parent built is what it validated, and every worker runs
+exactly that.  Building opens no connection and starts no thread (the services connect on first
+use, tests/test_daemon_supervision.py checks it), so nothing a worker inherits is shared with
+another: each opens its own Redis, clamd and DNS sockets, and the locks it inherits were free at
+the fork (the parent runs no other thread).  The pages of what the parent built -- the modules,
+the 64 MB Bayes table, the compiled rules -- stay shared between the workers copy-on-write;
+`gc.freeze()` before each fork keeps the cyclic GC from writing into (and so copying) them.
+
+Why the socket is opened first (`main`): on a restart, Postfix's connections that come while the
+new filterd imports its libraries and builds its pipeline (seconds on a loaded host) wait in the
+socket's backlog and are served when the workers start, instead of getting milter_default_action's
+451.  If the pipeline cannot be built after all, the socket is closed and filterd exits with 2.
+
 Why the parent handles the signals: inside a worker, libmilter's own signal thread takes SIGHUP,
 SIGTERM and SIGINT and stops the milter on any of them -- SIGHUP included.  So workers ignore
-SIGHUP, and a reload goes through the parent: it validates the new configuration and, only if it
-is good, bumps a generation counter in shared memory; each worker rebuilds its pipeline at its
-next MAIL FROM.  No connection is dropped and a bad file never replaces a good one.
-
-Why workers never read the configuration file: the file on disk may be broken at any time (an
-admin halfway through an edit; a reload refused).  A worker that starts, or rebuilds, from the
-file then fails at start every second, forever, and with every worker dead nothing accepts mail
-while the parent lives on (so systemd does not restart it either).  So only the parent reads the
-file, and only validated content reaches a worker: the parent keeps the bytes of the last file it
-validated in a shared memory buffer (`ValidatedText`, written before the generation is bumped),
-and a worker builds its pipeline from those bytes -- at start, also when it replaces a dead one,
-and at each reload -- never from the file.  (Restarting every worker on each reload would work
-too, but needs old and new workers side by side while the old ones drain.)  Files the
-configuration names (a Bayes model, rule lists) are still opened by each worker's pipeline.
+them, and a reload goes through the parent: it reads the file and builds the new pipeline; only
+if that succeeds it forks a new set of workers with it, and then tells the replaced ones (a flag
+in shared memory) to stop accepting -- it waits until they have, so every connection made after
+the "validated" log line gets the new configuration -- to finish their messages in flight and
+their open sessions (Postfix keeps one milter connection per SMTP session: a session open across
+the reload goes on, with the pipeline it started with, and sees no 451), at most
+`shutdown_grace` seconds, and to exit.  A bad file never replaces a good one: a refused reload
+changes nothing.  (The other way, each worker rebuilding in place from validated bytes, would
+read the model and rule files again in every worker, stall that worker's mail while it builds,
+and give every worker a private copy of everything.)
 
 SIGTERM: workers ignore it too, because once libmilter's main loop returns, pymilter can no
 longer run callbacks for the connections still open -- a message in flight would hang.  Instead

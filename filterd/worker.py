@@ -1,9 +1,11 @@
 """The worker process: its pipeline, its heartbeat to the parent, and its drain when told to stop.
 
 The milter adapter (filterd.milter) only translates libmilter callbacks; what belongs to the
-process as a whole lives here: the pipeline every connection of this worker uses (`holder`), the
-callbacks in progress (`busy`) that the heartbeat reports to the parent, and the drain watcher
-that ends the worker once it is told to stop and its messages in flight are done.
+process as a whole lives here: the pipeline every connection of this worker uses (`holder`, the
+one the parent built before forking: see filterd.daemon), the callbacks in progress (`busy`) that
+the heartbeat reports to the parent, and the drain watcher that ends the worker once it is told
+to stop and its work is done.  The daemon forks, supervises and signals; `serve` is the rest of
+a worker's life.
 """
 
 from __future__ import annotations
