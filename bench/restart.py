@@ -155,7 +155,10 @@ def main() -> int:
     )
     for n, (pid, m) in enumerate(mem):
         if m is not None:
-            print(f"  {'parent' if n == 0 else 'worker'} {pid}: RSS {m[0]:.1f} MiB, PSS {m[1]:.1f} MiB")
+            print(
+                f"  {'parent' if n == 0 else 'worker'} {pid}: RSS {m[0]:.1f} MiB, PSS {m[1]:.1f} MiB, "
+                f"anonymous PSS {m[2]:.1f} MiB"
+            )
     workers = [m[1] for _, m in mem[1:] if m is not None]
     print(
         f"  workers' PSS together {sum(workers):.1f} MiB; all processes {sum(m[1] for _, m in mem if m):.1f} MiB"

@@ -17,9 +17,10 @@ paced at `--rate` messages a second over `--sessions` concurrent sessions.  A re
 spam, 4xx) is a decision, counted and not retried.
 
 What it prints: every `--interval` seconds one line per filterd process (the parent, each worker)
-with its RSS and PSS in MiB, read from /proc/PID/smaps_rollup (PSS divides each shared page among
-the processes that map it, so the workers' copy-on-write sharing of what the parent built shows
-there and not in RSS).  At the end a summary per process: the growth from the first sample to
+with its RSS, PSS and anonymous PSS in MiB, read from /proc/PID/smaps_rollup (PSS divides each
+shared page among the processes that map it, so the workers' copy-on-write sharing of what the
+parent built shows there and not in RSS; anonymous PSS leaves out the shared libraries, whose
+share moves with every other process on the machine).  At the end a summary per process: the growth from the first sample to
 the last (the whole run), and from the middle sample to the last (the last half: memory that is
 still growing then is a leak, not a warm-up), and the messages sent, refused and delivered.  A
 worker replaced during the run (its pid changed) is reported as such.
@@ -56,19 +57,22 @@ from tests.harness.stack import private_dir  # noqa: E402
 MIB = 1024 * 1024
 
 
-def memory(pid: int) -> tuple[float, float] | None:
-    """(RSS, PSS) of a process in MiB, from /proc/PID/smaps_rollup; None once it is gone."""
+def memory(pid: int) -> tuple[float, float, float] | None:
+    """(RSS, PSS, anonymous PSS) of a process in MiB, from /proc/PID/smaps_rollup; None once it
+    is gone.  The anonymous part is the process's own data (heap, arrays) shared only with its
+    parent or siblings: the PSS of shared libraries also moves with every other process on the
+    machine that maps them, so it is noise for a leak hunt."""
     values: dict[str, int] = {}
     try:
         for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
             name, _, rest = line.partition(":")
-            if name in ("Rss", "Pss"):
+            if name in ("Rss", "Pss", "Pss_Anon"):
                 values[name] = int(rest.split()[0]) * 1024
     except (FileNotFoundError, ProcessLookupError, ValueError):
         return None
-    if len(values) != 2:
+    if len(values) != 3:
         return None
-    return values["Rss"] / MIB, values["Pss"] / MIB
+    return values["Rss"] / MIB, values["Pss"] / MIB, values["Pss_Anon"] / MIB
 
 
 @dataclass
@@ -161,13 +165,16 @@ def summarize(samples: list[dict[str, Any]]) -> list[str]:
         lines.append(
             f"{role:9} pid {z['pid']}{replaced}: RSS {a['rss']:.1f} -> {z['rss']:.1f} MiB, whole run "
             f"{growth(a['rss'], z['rss'])}, last half {growth(m['rss'], z['rss'])}; PSS {a['pss']:.1f} -> "
-            f"{z['pss']:.1f} MiB, whole run {growth(a['pss'], z['pss'])}, last half {growth(m['pss'], z['pss'])}"
+            f"{z['pss']:.1f} MiB, whole run {growth(a['pss'], z['pss'])}, last half {growth(m['pss'], z['pss'])}; "
+            f"anonymous PSS {a['anon']:.1f} -> {z['anon']:.1f} MiB, whole run {growth(a['anon'], z['anon'])}, "
+            f"last half {growth(m['anon'], z['anon'])}"
         )
-    total = [sum(p["pss"] for p in s["procs"].values()) for s in (first, middle, last)]
-    lines.append(
-        f"all       PSS {total[0]:.1f} -> {total[2]:.1f} MiB, whole run {growth(total[0], total[2])}, "
-        f"last half {growth(total[1], total[2])}"
-    )
+    for kind, label in (("pss", "PSS"), ("anon", "anonymous PSS")):
+        total = [sum(p[kind] for p in s["procs"].values()) for s in (first, middle, last)]
+        lines.append(
+            f"all       {label} {total[0]:.1f} -> {total[2]:.1f} MiB, whole run {growth(total[0], total[2])}, "
+            f"last half {growth(total[1], total[2])}"
+        )
     return lines
 
 
@@ -177,7 +184,12 @@ def snapshot(parent: int, started: float, sender: Sender, postfix: Postfix) -> d
     for n, pid in enumerate(pids):
         mem = memory(pid)
         if mem is not None:
-            procs["parent" if n == 0 else f"worker{n}"] = {"pid": pid, "rss": mem[0], "pss": mem[1]}
+            procs["parent" if n == 0 else f"worker{n}"] = {
+                "pid": pid,
+                "rss": mem[0],
+                "pss": mem[1],
+                "anon": mem[2],
+            }
     c = sender.counts
     return {
         "t": round(time.monotonic() - started, 1),
@@ -191,7 +203,8 @@ def snapshot(parent: int, started: float, sender: Sender, postfix: Postfix) -> d
 
 def print_sample(s: dict[str, Any]) -> None:
     procs = "  ".join(
-        f"{role} {p['pid']}: rss {p['rss']:.1f} pss {p['pss']:.1f}" for role, p in s["procs"].items()
+        f"{role} {p['pid']}: rss {p['rss']:.1f} pss {p['pss']:.1f} anon {p['anon']:.1f}"
+        for role, p in s["procs"].items()
     )
     print(
         f"t={s['t']:7.0f}s sent={s['sent']} refused={s['refused']} errors={s['errors']} "
