@@ -133,6 +133,7 @@ def main() -> int:
             restarts.append(measure_restart(stack))
             warm(stack, 5)
             floor.extend(latency(stack) for _ in range(3))
+            time.sleep(1.5)  # workers that die within a second of their start are replaced a second later
             deaths.append(measure_worker_death(stack))
             time.sleep(1.5)  # the replacements settle before the next round
             warm(stack, 5)
