@@ -33,7 +33,8 @@ sys.path.insert(0, str(ROOT))
 
 from filterd.auth.keys import generate, parse_private_key, split_txt, txt_value  # noqa: E402
 from filterd.config import parse_config  # noqa: E402
-from filterd.pipeline import Pipeline, SmtpContext, scan  # noqa: E402
+from filterd.driver import SmtpContext, scan  # noqa: E402
+from filterd.pipeline import Pipeline  # noqa: E402
 from filterd.services import Services  # noqa: E402
 from filterd.transaction import Session, Transaction  # noqa: E402
 from tests.harness.dns import LocalDns  # noqa: E402

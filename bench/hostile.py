@@ -35,8 +35,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from filterd.check import Check, Stage  # noqa: E402
+from filterd.driver import scan  # noqa: E402
 from filterd.message import Message  # noqa: E402
-from filterd.pipeline import Pipeline, scan  # noqa: E402
+from filterd.pipeline import Pipeline  # noqa: E402
 from filterd.transaction import Session, Transaction  # noqa: E402
 from tests.fuzz import mutations as m  # noqa: E402
 from tests.fuzz.offline import offline_pipeline  # noqa: E402

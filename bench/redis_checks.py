@@ -33,8 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import redis
 
 from filterd.config import parse_config, registered_checks
+from filterd.driver import SmtpContext, scan
 from filterd.keys import Keys
-from filterd.pipeline import Pipeline, SmtpContext, scan
+from filterd.pipeline import Pipeline
 from filterd.reputation import Entity, ReputationSettings, ReputationStore
 from filterd.services import Services
 from tests.harness.redis import RedisServer

@@ -2,78 +2,49 @@
 
 A check is one small class.  It has a `name`, the SMTP `stage` at which its data first exists,
 the `symbols` it can emit with their default scores, and a `Settings` dataclass that declares
-(and so validates) its section of the configuration, ``[checks.<name>]``.  Its `run` method looks
-at the transaction and yields what it found:
+(and so validates) its section of the configuration, ``[checks.<name>]``.  It declares the
+`Fact`s it `provides` and `requires` (DKIM's results, the score so far), and the registry orders
+the checks of a stage from those (`filterd.registry`).  Its `run` method looks at the transaction
+and yields what it found:
 
 - `Finding` -- a named symbol with a short human reason.  The score normally comes from the
   score table (the symbol's default, overridden by ``[scores]`` in the config); a check whose
   score is computed (a classifier's spamicity, a reputation ratio) passes ``score=`` itself.
-- a decision from `filterd.replies` (`Reject`, `TempFail`, `Discard`, `Quarantine`) -- ends the
-  transaction early, so no later work is done.  At RCPT a decision applies to that recipient.
+- a decision (`Reject`, `TempFail`, `Discard`, `Quarantine`) -- ends the transaction early, so
+  no later work is done.  At RCPT a decision applies to that recipient.
 - `AddHeader` -- a header the check wants on the delivered message (Received-SPF, say).
 
-A check never decides the final action: the pipeline adds the scores and the action table in the
-config picks one.  Everything a check needs from outside (a resolver, Redis, clamd) is handed in,
-so a unit test can pass a fake and an end-to-end test the real thing.
+A check never decides the final action: the driver adds the scores and the action table in the
+config picks one.  A check is built from a `CheckContext`: its own settings, the few site facts
+checks need (`Site`), the score table and the services (a resolver, Redis, clamd) -- never the
+whole configuration -- so a unit test can pass a fake and an end-to-end test the real thing.
+
+A `Finisher` is a check of the FINISH stage: it runs after the verdict (Authentication-Results,
+DKIM signing), adds headers, and cannot change the verdict.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Mapping
+import ipaddress
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 
-from filterd.replies import Decision
+# re-exported (the "X as X" form): what a check yields, imported from one place with `Check`
+from filterd.results import AddHeader as AddHeader
+from filterd.results import Direction as Direction
+from filterd.results import Fact, Verdict
+from filterd.results import Finding as Finding
+from filterd.results import Output as Output
+from filterd.results import Stage as Stage
 from filterd.settings import setting
 
 if TYPE_CHECKING:
-    from filterd.config import Config
-    from filterd.pipeline import Verdict
+    from filterd.dns import DnsSettings
     from filterd.services import Services
     from filterd.transaction import Transaction
 
-
-class Stage(enum.IntEnum):
-    """The SMTP stages, in protocol order; a check runs at the first stage where its data exists."""
-
-    CONNECT = 1
-    HELO = 2
-    MAIL_FROM = 3
-    RCPT = 4
-    HEADERS = 5  # headers known; run first at end of message (the milter takes no end-of-headers event)
-    EOM = 6  # end of message: the whole message is known
-
-    @property
-    def label(self) -> str:
-        return self.name.lower()
-
-
-class Direction(enum.Enum):
-    """Inbound mail is scored; outbound (authenticated or internal clients) is not, but may be signed."""
-
-    INBOUND = "inbound"
-    OUTBOUND = "outbound"
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One named result of a check: the symbol, a short reason, and optionally its own score."""
-
-    symbol: str
-    reason: str
-    score: float | None = None
-
-
-@dataclass(frozen=True)
-class AddHeader:
-    """A header a check wants added to the delivered message."""
-
-    name: str
-    value: str
-
-
-Output = Finding | AddHeader | Decision
 
 # Symbols the pipeline itself emits, about the checks rather than the message's content.
 # TIME_BUDGET scores: a message that makes the checks slow was probably built to (deeply nested
@@ -97,6 +68,79 @@ class CheckSettings:
     )
 
 
+class Cost(enum.IntEnum):
+    """What a check costs, for ordering checks that do not depend on each other: within a stage
+    the cheaper run first, so a check that decides early (a deny list) saves the dearer ones."""
+
+    LOCAL = 1  # memory and CPU only: lists, header sanity
+    NETWORK = 2  # a round trip to DNS, Redis or clamd
+    CONTENT = 3  # CPU over the whole content: rules, the classifier
+
+
+# The score of the findings made so far in the message.  No check provides it: a check that
+# requires it runs after every check of its stage that does not (content-gated greylisting,
+# the classifier's autolearn), and reads it with `CheckContext.score_so_far`.
+SCORE_SO_FAR = Fact[float]("score.so_far")
+
+
+@dataclass(frozen=True)
+class Site:
+    """The few site-wide facts checks need, from ``[network]``, ``[milter]``, ``[redis]`` and
+    ``[actions]``: a check is handed these, not the whole configuration."""
+
+    hostname: str = ""  # [network] hostname; "" means the name Postfix announces, else the FQDN
+    local_domains: tuple[str, ...] = ()
+    internal_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    key_prefix: str = "filterd:"  # of every Redis key
+    max_scan_bytes: int = 10 * 1024 * 1024
+    oversize_action: str = "reject"
+    reject_score: float = 15.0  # [actions] reject
+
+
+class ScoreTable:
+    """Every symbol's score: its check's default, unless ``[scores]`` overrides it."""
+
+    def __init__(self, defaults: Mapping[str, float], overrides: Mapping[str, float]) -> None:
+        self.defaults = defaults
+        self.overrides = overrides
+
+    def of(self, symbol: str) -> float:
+        if symbol in self.overrides:
+            return self.overrides[symbol]
+        return self.defaults.get(symbol, 0.0)
+
+    def of_finding(self, finding: Finding) -> float:
+        """A finding's score: its own when the check computed one, else the table's."""
+        return finding.score if finding.score is not None else self.of(finding.symbol)
+
+    def total(self, findings: Iterable[Finding]) -> float:
+        return round(sum(self.of_finding(f) for f in findings), 3)
+
+    def is_overridden(self, symbol: str) -> bool:
+        return symbol in self.overrides
+
+
+S = TypeVar("S", bound=CheckSettings)
+
+
+@dataclass(frozen=True)
+class CheckContext(Generic[S]):
+    """What one check is built from."""
+
+    settings: S
+    site: Site
+    scores: ScoreTable
+    services: Services
+    dns: DnsSettings
+    # another check's settings by name, for the two checks that share a section's files
+    # (recipient_allowed reads recipient_lists', auth_reputation reads reputation's)
+    settings_of: Callable[[str], Any]
+
+    def score_so_far(self, tx: Transaction) -> float:
+        """The total of the findings made so far (for a check that requires SCORE_SO_FAR)."""
+        return self.scores.total(tx.findings)
+
+
 class Check:
     """Base class of every check.  Subclasses set the class attributes and implement `run`."""
 
@@ -107,19 +151,25 @@ class Check:
     Settings: ClassVar[type[CheckSettings]] = CheckSettings
     description: ClassVar[str] = ""
     needs_body: ClassVar[bool] = False  # True: skipped when the message is over max_scan_bytes
-    # True: runs after the other checks of its stage, so it sees their findings and the score so
-    # far (a content-gated greylist at end of message).
-    after_scoring: ClassVar[bool] = False
+    # The run order within a stage comes from these (filterd.registry): a check runs after the
+    # checks that provide what it requires, after the checks it names in `after`, and otherwise
+    # cheaper first.  `requires` may name SCORE_SO_FAR: then it runs after every check of its
+    # stage that does not.
+    provides: ClassVar[tuple[Fact[Any], ...]] = ()
+    requires: ClassVar[tuple[Fact[Any], ...]] = ()
+    after: ClassVar[tuple[str, ...]] = ()  # names of checks to run after, with the reason beside
+    cost: ClassVar[Cost] = Cost.LOCAL
     # True: the check only adds scores from the content (rules, the classifier), so it may be
     # skipped, with TIME_BUDGET_SKIPPED, once the message's CPU budget ([milter] cpu_budget) is
     # spent.  Checks whose absence changes another's result (DKIM for DMARC) or that protect
     # (antivirus, signing) keep False and always run.
     optional_content: ClassVar[bool] = False
 
-    def __init__(self, settings: CheckSettings, config: Config, services: Services) -> None:
-        self.settings = settings
-        self.config = config
-        self.services = services
+    def __init__(self, ctx: CheckContext[Any]) -> None:
+        self.ctx = ctx
+        self.settings: Any = ctx.settings  # the check's own `Settings` class
+        self.site = ctx.site
+        self.services = ctx.services
 
     def run(self, tx: Transaction) -> Iterable[Output]:
         """Look at the transaction and yield findings, headers or one decision."""
@@ -128,7 +178,7 @@ class Check:
     def after_verdict(self, tx: Transaction, verdict: Verdict) -> None:
         """Called once the final verdict of a message is known (reputation counters learn here).
 
-        The pipeline calls it for the checks of the message's direction, after the action was
+        The driver calls it for the checks of the message's direction, after the action was
         chosen; an exception here is logged and never changes the verdict."""
 
     def can_decide(self) -> bool:
@@ -144,3 +194,24 @@ class Check:
 
     def close(self) -> None:
         """Release what the check holds (connections, files) when the pipeline is replaced."""
+
+
+class Finisher(Check):
+    """A check of the FINISH stage: it runs once the verdict is known, on a message that is
+    delivered or held (not one refused or discarded), and adds headers or a signature.
+
+    It cannot change the verdict: it yields headers, and findings that explain what it did
+    (shown in the report and the log line with no score).  When it fails, its `on_error` policy
+    applies as for any check ("closed" tempfails: an admin may prefer no mail to unsigned mail)."""
+
+    stage = Stage.FINISH
+
+    def decides(self) -> bool:
+        return False
+
+    def run(self, tx: Transaction) -> Iterable[Output]:
+        raise TypeError(f"{self.name} is a finisher: the driver calls finish()")
+
+    def finish(self, tx: Transaction, verdict: Verdict) -> Iterable[AddHeader | Finding]:
+        """The headers to add to the message, given its verdict."""
+        raise NotImplementedError

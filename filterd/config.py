@@ -18,9 +18,11 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
-from filterd.check import PIPELINE_SYMBOLS, Check
+from filterd.check import Check
 from filterd.dns import DnsSettings
-from filterd.quarantine import QuarantineSettings
+from filterd.quarantine.store import QuarantineSettings
+from filterd.registry import all_checks, settings_sections
+from filterd.registry import known_symbols as known_symbols
 from filterd.settings import (
     ConfigError,
     build,
@@ -188,29 +190,16 @@ class RedisSettings:
     sentinel_service: str = setting("mymaster", "the master name the sentinels watch")
 
 
-@cache
 def registered_checks() -> tuple[type[Check], ...]:
-    from filterd.checks import ALL_CHECKS  # late: check modules import this module's types
-
-    return ALL_CHECKS
+    """Every check (`filterd.registry` finds them), whose sections ``[checks.<name>]`` are read here."""
+    return all_checks()
 
 
 @cache
 def checks_settings_class() -> type:
     """One dataclass with a field per registered check, holding that check's `Settings`."""
-    fields = [
-        (c.name, c.Settings, section(c.Settings, f"{c.name}: {c.description}")) for c in registered_checks()
-    ]
+    fields = [(name, cls, section(cls, description)) for name, cls, description in settings_sections()]
     return dataclasses.make_dataclass("ChecksSettings", fields, frozen=True)
-
-
-@cache
-def known_symbols() -> Mapping[str, float]:
-    """Every symbol any check can emit, with its default score (built once: `score_of` is on the mail path)."""
-    symbols: dict[str, float] = dict(PIPELINE_SYMBOLS)
-    for c in registered_checks():
-        symbols.update(c.symbols)
-    return types.MappingProxyType(symbols)
 
 
 @dataclass(frozen=True)

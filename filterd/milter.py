@@ -45,21 +45,21 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import Milter
 import milter
 
 from filterd import worker
 from filterd.auth.results import our_ids
-from filterd.check import Direction, Finding, Stage
-from filterd.pipeline import Action, Pipeline, Verdict
-from filterd.quarantine import QuarantineError, QuarantineStore, meta_from
+from filterd.driver import Driver, Step
+from filterd.pipeline import Pipeline
+from filterd.quarantine.store import QuarantineError, QuarantineStore, meta_from
 from filterd.replies import (
     R451_CHECK_FAILED,
     R552_MESSAGE_TOO_BIG,
     Decision,
-    Discard,
     Reject,
     Reply,
     TempFail,
@@ -70,10 +70,10 @@ from filterd.report import (
     REPORT_HEADER,
     drop_fields,
     is_forgeable,
-    log_line,
     verdict_headers,
 )
-from filterd.transaction import Session, Transaction
+from filterd.results import Action, Direction, Finding, Stage, Verdict
+from filterd.transaction import Transaction
 from filterd.worker import busy
 
 log = logging.getLogger("filterd")
@@ -169,26 +169,91 @@ def _fail_safe(method: Callable[..., int]) -> Callable[..., int]:
     return wrapper
 
 
+@dataclass(frozen=True)
+class MilterAction:
+    """What the milter tells libmilter for one outcome of the driver.
+
+    Plain data made by the pure functions below (`step_action`, `verdict_action`), so a test
+    checks the translation without libmilter; `FilterdMilter` only carries it out."""
+
+    rc: Literal["continue", "accept", "reject", "tempfail", "discard"]
+    reply: Reply | None = None  # for reject and tempfail
+    store: bool = False  # keep the message in filterd's quarantine store, then discard it
+    hold: str | None = None  # put it in Postfix's hold queue, with this reason
+    add_headers: tuple[tuple[str, str], ...] = ()
+    remove_forged: bool = False  # the forged headers the milter counted go
+    subject_tag: str | None = None  # put before the Subject
+
+
+def step_action(step: Step) -> MilterAction:
+    """MAIL FROM or RCPT: go on, or give the decision now."""
+    decision = step.decision
+    if decision is None:
+        return MilterAction("continue")
+    if isinstance(decision, Reject):
+        return MilterAction("reject", decision.reply)
+    if isinstance(decision, TempFail):
+        return MilterAction("tempfail", decision.reply)
+    return MilterAction("discard")  # a Discard (the driver keeps a quarantine for the end)
+
+
+def verdict_action(
+    verdict: Verdict, quarantine_mode: str, kept_whole: bool, subject_tag: str
+) -> MilterAction:
+    """End of message: carry out the verdict.
+
+    A quarantine is stored by filterd (mode "store") only when the message was kept whole; a body
+    too large to keep goes to Postfix's hold queue, which keeps all of it."""
+    decision = verdict.decision
+    if isinstance(decision, Reject):
+        return MilterAction("reject", decision.reply)
+    if isinstance(decision, TempFail):
+        return MilterAction("tempfail", decision.reply)
+    if verdict.action is Action.DISCARD:
+        return MilterAction("discard")
+    headers = tuple((h.name, h.value) for h in verdict.add_headers)
+    if verdict.action is Action.QUARANTINE:
+        if quarantine_mode == "store" and kept_whole:
+            return MilterAction("discard", store=True, add_headers=headers)
+        reason = decision.reason if decision is not None else f"score {verdict.score}"
+        return MilterAction("accept", hold=reason, add_headers=headers, remove_forged=True)
+    tag = subject_tag if verdict.action is Action.REWRITE_SUBJECT else None
+    return MilterAction("accept", add_headers=headers, remove_forged=True, subject_tag=tag)
+
+
+_RC = {
+    "continue": Milter.CONTINUE,
+    "accept": Milter.ACCEPT,
+    "reject": Milter.REJECT,
+    "tempfail": Milter.TEMPFAIL,
+    "discard": Milter.DISCARD,
+}
+
+
 class FilterdMilter(Milter.Base):
+    """One connection from Postfix: each callback hands its stage to a `Driver`."""
+
     def __init__(self) -> None:
         holder = worker.holder
         assert holder is not None, "the worker sets filterd.worker.holder before serving"
         self.holder = holder
         self.pipeline = holder.current()
-        self.session = Session()
-        self.tx: Transaction | None = None
-        self.session_decision: Decision | None = None  # decided at CONNECT/HELO, given at MAIL FROM
-        # decided where Postfix awaits no reply (end of headers; MAIL/RCPT when negotiated so): given at the end
-        self.held_decision: Decision | None = None
-        self.forged: list[tuple[str, int]] = []  # (header name, index among that name) to remove
+        self.driver = Driver(self.pipeline)
+        self.session = self.driver.session
+        self.in_message = False  # between MAIL FROM and the message's end (counted by the holder)
         self._reset_message_state()
         self._authserv_ids: tuple[str, ...] = ()  # A-R headers claiming these are forged
         self._authserv_ids_of: Pipeline | None = None  # the pipeline they were read from
         self._header_rc = self._body_rc = Milter.CONTINUE
 
+    @property
+    def tx(self) -> Transaction | None:
+        """The message in progress (the driver's)."""
+        return self.driver.tx
+
     def _reset_message_state(self) -> None:
-        """Per message, besides `tx`: header counts, forged headers, budget, what was applied."""
-        self.forged = []
+        """Per message, besides the transaction: header counts, forged headers, budget, what was applied."""
+        self.forged: list[tuple[str, int]] = []  # (header name, index among that name) to remove
         self.forged_positions: set[int] = set()  # their places in tx.raw_headers, when kept
         self.name_counts: dict[str, int] = {}  # forgeable-looking names (lower case) seen so far
         self.headers_seen = 0
@@ -249,66 +314,48 @@ class FilterdMilter(Milter.Base):
         name = self.getsymval("{client_name}") or hostname
         # Postfix says "unknown" (or gives "[addr]") when the client has no verified reverse DNS
         s.client_name = None if not name or name == "unknown" or name.startswith("[") else name
-        self._session_stage(Stage.CONNECT)
+        self.driver.connect()
         return Milter.NOREPLY if self._quiet("connect") else Milter.CONTINUE
 
     @_fail_safe
     def hello(self, helo: str) -> int:
-        self.session.helo = helo
-        self._session_stage(Stage.HELO)
+        self.driver.helo(helo)
         return Milter.NOREPLY if self._quiet("hello") else Milter.CONTINUE
-
-    def _session_stage(self, stage: Stage) -> None:
-        """Run a connection stage; a decision is held in `session_decision` until MAIL FROM."""
-        if self.session_decision is not None:
-            return  # already decided: no more work on this connection
-        probe = Transaction(
-            session=self.session, findings=self.session.findings, timings=self.session.timings
-        )
-        self.session_decision = self.pipeline.run_stage(stage, probe)
 
     # -- message stages -------------------------------------------------------------------------
 
     @_fail_safe
     def envfrom(self, mail_from: str, *params: str) -> int:
         self._end_message()  # a new MAIL FROM without an end (RSET): start over
-        self.pipeline = self.holder.current()
-        tx = self.tx = Transaction.start(self.session)
-        self.holder.message_started()
-        tx.mail_from = mail_from.strip().removeprefix("<").removesuffix(">")
-        tx.auth_user = self.getsymval("{auth_authen}") or None
-        tx.queue_id = self.getsymval("i") or None
-        tx.direction = self.pipeline.direction_of(tx)
+        self.pipeline = self.driver.pipeline = self.holder.current()  # a reload applies from here
         self._reset_message_state()
-        self.held_decision = None
+        self.holder.message_started()
+        self.in_message = True
+        quiet = self._quiet("envfrom")
+        step = self.driver.mail(
+            mail_from.strip().removeprefix("<").removesuffix(">"),
+            auth_user=self.getsymval("{auth_authen}") or None,
+            queue_id=self.getsymval("i") or None,
+            awaits_reply=not quiet,  # else a decision is held (e.g. after a reload mid-connection)
+        )
         if self._authserv_ids_of is not self.pipeline:  # once per connection and configuration
             self._authserv_ids = our_ids(self.pipeline.config, self.session.macros.get("j"))
             self._authserv_ids_of = self.pipeline
-        if self._quiet("envfrom"):  # a decision can only be held (e.g. after a reload mid-connection)
-            self.held_decision = self.session_decision or self.pipeline.run_stage(Stage.MAIL_FROM, tx)
+        if quiet:
             return Milter.NOREPLY
-        if self.session_decision is not None:
-            log.info(log_line(tx, self.pipeline.verdict(tx, self.session_decision)))
-            rc = self._decide(self.session_decision)
-            self._end_message()
-            return rc
-        return self._stage(Stage.MAIL_FROM)
+        if step.proceeds:
+            return Milter.CONTINUE
+        rc = self._carry_out(step_action(step))
+        self._end_message()
+        return rc
 
     @_fail_safe
     def envrcpt(self, rcpt: str, *params: str) -> int:
-        tx = self._tx()
-        tx.rcpts.append(rcpt.strip().removeprefix("<").removesuffix(">"))
-        if self._quiet("envrcpt"):
-            if self.held_decision is None:  # once the message is decided, no more checks
-                self.held_decision = self.pipeline.run_stage(Stage.RCPT, tx)
+        quiet = self._quiet("envrcpt")
+        step = self.driver.rcpt(rcpt.strip().removeprefix("<").removesuffix(">"), awaits_reply=not quiet)
+        if quiet:
             return Milter.NOREPLY
-        decision = self.pipeline.run_stage(Stage.RCPT, tx)
-        if decision is None:
-            return Milter.CONTINUE
-        # A decision at RCPT refuses this recipient only; the message goes on for the others.
-        log.info(log_line(tx, self.pipeline.verdict(tx, decision)))
-        tx.rcpts.pop()
-        return self._reply_code(decision)
+        return self._carry_out(step_action(step))  # a refusal refuses this recipient only
 
     @Milter.noreply
     def header(self, name: str, value: str) -> int:
@@ -334,13 +381,12 @@ class FilterdMilter(Milter.Base):
                     f"{self.headers_seen} header fields; the checks saw the first {self.max_headers}",
                 )
             )
-        decision = self.held_decision or self._limit_decision() or self.pipeline.run_stage(Stage.HEADERS, tx)
-        decision = decision or self.pipeline.run_stage(Stage.EOM, tx)
-        verdict = self.verdict = self.pipeline.verdict(tx, decision)
-        rc = self._apply(tx, verdict)  # from here on the verdict is carried out: it stands
+        verdict = self.verdict = self.driver.end_of_message(self._limit_decision())
+        config = self.pipeline.config
+        action = verdict_action(verdict, config.quarantine.mode, not tx.oversized, config.actions.subject_tag)
+        rc = self._carry_out(action)  # from here on the verdict is carried out: it stands
         with _logged("logging the verdict"):
-            log.info(log_line(tx, verdict))
-        self.pipeline.after_verdict(tx, verdict)  # reputation learns the final verdict
+            self.driver.message_done(verdict)  # its log line; reputation learns the final verdict
         self._end_message()  # (after an exception, `_recover` ends it, still knowing the message)
         return rc
 
@@ -389,11 +435,11 @@ class FilterdMilter(Milter.Base):
     def _tempfail_now(self, callback: str, decision: TempFail) -> int:
         if self._quiet(callback):  # no reply awaited now: the tempfail is held
             if callback in _SESSION_CALLBACKS:  # given at MAIL FROM, like any decision there
-                self.session_decision = decision
-            else:  # given at the end of the message
-                self.held_decision = decision
+                self.session.decision = decision
+            elif self.tx is not None:  # given at the end of the message
+                self.tx.pending = decision
             return Milter.NOREPLY
-        self._setreply(decision)
+        self._setreply(decision.reply)
         self._end_message()
         return Milter.TEMPFAIL
 
@@ -404,7 +450,8 @@ class FilterdMilter(Milter.Base):
         verdict, tx = self.verdict, self.tx
         if verdict is not None:
             if isinstance(verdict.decision, Reject | TempFail):
-                return self._reply_code(verdict.decision)
+                self._setreply(verdict.decision.reply)
+                return Milter.REJECT if isinstance(verdict.decision, Reject) else Milter.TEMPFAIL
             if verdict.action is Action.DISCARD:
                 return Milter.DISCARD
             if verdict.action is Action.QUARANTINE:
@@ -437,88 +484,54 @@ class FilterdMilter(Milter.Base):
     # -- helpers --------------------------------------------------------------------------------
 
     def _tx(self) -> Transaction:
-        if self.tx is None:  # a callback out of order: never seen from Postfix, but never crash
-            raise RuntimeError("no transaction in progress")
-        return self.tx
+        return self.driver.current()
 
     def _end_message(self) -> None:
-        if self.tx is not None:
-            self.tx = None
+        if self.in_message:
+            self.in_message = False
+            self.driver.abort()
             self.holder.message_ended()
             budget.give_back(self.charged)
             self.charged = 0
 
-    def _stage(self, stage: Stage) -> int:
-        tx = self._tx()
-        decision = self.pipeline.run_stage(stage, tx)
-        if decision is None:
-            return Milter.CONTINUE
-        log.info(log_line(tx, self.pipeline.verdict(tx, decision)))
-        rc = self._decide(decision)
-        self._end_message()
-        return rc
-
-    def _decide(self, decision: Decision) -> int:
-        """A decision before end of message (the pipeline holds back a Quarantine until then)."""
-        if isinstance(decision, Discard):
-            return Milter.DISCARD
-        return self._reply_code(decision)
-
-    def _reply_code(self, decision: Reject | TempFail | Decision) -> int:
-        if isinstance(decision, Reject):
-            self._setreply(decision)
-            return Milter.REJECT
-        if isinstance(decision, TempFail):
-            self._setreply(decision)
-            return Milter.TEMPFAIL
-        return Milter.CONTINUE
-
-    def _setreply(self, decision: Reject | TempFail) -> None:
-        r = decision.reply
-        try:
-            self.setreply(str(r.code), r.dsn, milter_text(r.text).replace("%", "%%"))
-        except Exception:  # the default reply of the return code still goes out
-            log.warning("could not set the SMTP reply %s", r)
-
-    def _apply(self, tx: Transaction, verdict: Verdict) -> int:
-        """Carry out the verdict at end of message."""
-        action = verdict.action
-        if isinstance(verdict.decision, Reject | TempFail):
-            return self._reply_code(verdict.decision)
-        if action is Action.DISCARD:
-            return Milter.DISCARD
-        headers = [(h.name, h.value) for h in verdict.add_headers]
-        if tx.direction is Direction.INBOUND:
-            headers += verdict_headers(verdict)
-        held = action is Action.QUARANTINE
-        if held and self.pipeline.config.quarantine.mode == "store" and not tx.oversized:
-            return self._store_quarantined(tx, verdict, headers)
-        for name, index in reversed(self.forged):
-            self.chgheader(milter_text(name), index, None)
-        self.applied.add("forged")
-        if held:
-            # mode "hold", or a body too large to have been kept: Postfix's hold queue keeps it all
-            self.quarantine(
-                milter_text(verdict.decision.reason if verdict.decision else f"score {verdict.score}")
-            )
-        for name, value in headers:
+    def _carry_out(self, action: MilterAction) -> int:
+        """Do what `action` says through libmilter, and return its return code."""
+        if action.reply is not None:
+            self._setreply(action.reply)
+        if action.store:
+            return self._store_quarantined(list(action.add_headers))
+        if action.remove_forged:
+            for name, index in reversed(self.forged):
+                self.chgheader(milter_text(name), index, None)
+            self.applied.add("forged")
+        if action.hold is not None:
+            self.quarantine(milter_text(action.hold))
+        for name, value in action.add_headers:
             self.addheader(name, " " + milter_text(value))  # P_HDR_LEADSPC: we supply the leading space
             self.applied.add(name)
-        if action is Action.REWRITE_SUBJECT:
-            self._rewrite_subject(tx)
-        return Milter.ACCEPT
+        if action.subject_tag is not None:
+            self._rewrite_subject(action.subject_tag)
+        return int(_RC[action.rc])
 
-    def _store_quarantined(self, tx: Transaction, verdict: Verdict, headers: list[tuple[str, str]]) -> int:
+    def _setreply(self, reply: Reply) -> None:
+        try:
+            self.setreply(str(reply.code), reply.dsn, milter_text(reply.text).replace("%", "%%"))
+        except Exception:  # the default reply of the return code still goes out
+            log.warning("could not set the SMTP reply %s", reply)
+
+    def _store_quarantined(self, headers: list[tuple[str, str]]) -> int:
         """Keep the message in filterd's quarantine, and only once it is on disk discard it.
 
         If it cannot be stored (disk full, read-only, permissions) the message is tempfailed:
         the client keeps it and retries, so nothing is lost."""
+        tx, verdict = self._tx(), self.verdict
+        assert verdict is not None
         store = QuarantineStore(self.pipeline.config.quarantine)
         try:
             qid = store.put(self._without_forged(tx), headers, meta_from(tx, verdict))
         except QuarantineError as exc:
             log.error("%s: quarantine failed, tempfailing: %s", self.queue_id, exc)
-            self._setreply(TempFail(R451_CHECK_FAILED, f"quarantine failed: {exc}"))
+            self._setreply(R451_CHECK_FAILED)
             return Milter.TEMPFAIL
         log.info("%s: quarantined as %s in %s", self.queue_id, qid, store.dir)
         return Milter.DISCARD
@@ -531,9 +544,8 @@ class FilterdMilter(Milter.Base):
             return raw
         return drop_fields(raw, self.forged_positions)
 
-    def _rewrite_subject(self, tx: Transaction) -> None:
-        tag = self.pipeline.config.actions.subject_tag
-        subjects = [v for n, v in tx.raw_headers if n.lower() == "subject"]
+    def _rewrite_subject(self, tag: str) -> None:
+        subjects = [v for n, v in self._tx().raw_headers if n.lower() == "subject"]
         if subjects:
             self.chgheader("Subject", 1, milter_text(f" {tag} {subjects[0].lstrip()}"))
         else:

@@ -1,8 +1,10 @@
-"""The pipeline: runs the checks of each stage, adds up the scores and picks one action.
+"""The pipeline: one configuration's enabled checks, built and put in order, and the arithmetic
+of a verdict.  `filterd.driver` walks a message through it stage by stage.
 
 The pipeline knows nothing about any particular check.  For each stage it runs the enabled checks
-registered for that stage and the transaction's direction, collects what they yield, and stops at
-the first decision.  An exception inside a check never escapes: it is logged with the queue id and
+of that stage and the transaction's direction, in the order `filterd.registry` computes, collects
+what they yield, and stops at the first decision.  After the verdict it runs the finishers
+(headers and signatures), which cannot change it.  An exception inside a check never escapes: it is logged with the queue id and
 the check's `on_error` policy decides between skipping the check (fail-open, shown in the report
 as CHECK_ERROR) and tempfailing the message (fail-closed).
 
@@ -19,70 +21,78 @@ its own timeouts, and other threads holding the GIL do not count against this me
 
 from __future__ import annotations
 
-import enum
 import ipaddress
 import logging
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
-from filterd.check import AddHeader, Check, Direction, Finding, Stage
+from filterd.check import Check, CheckContext, CheckSettings, Finisher, ScoreTable, Site
 from filterd.config import Config, registered_checks
 from filterd.failures import R554_CHECK_FAILED, is_dependency_failure
-from filterd.replies import (
-    R451_CHECK_FAILED,
-    R451_GREYLISTED,
-    R550_SPAM,
+from filterd.registry import known_symbols, run_order
+from filterd.replies import R451_CHECK_FAILED, R451_GREYLISTED, R550_SPAM
+from filterd.results import (
+    Action,
+    AddHeader,
     Decision,
-    Discard,
-    Quarantine,
+    Direction,
+    Finding,
+    Output,
     Reject,
+    Stage,
+    Symbol,
     TempFail,
+    Verdict,
+    action_of,
 )
 from filterd.services import Services
-from filterd.transaction import Session, Transaction
+from filterd.transaction import Transaction
 
 log = logging.getLogger("filterd.pipeline")
-
-
-class Action(enum.Enum):
-    ACCEPT = "accept"
-    ADD_HEADER = "add_header"
-    REWRITE_SUBJECT = "rewrite_subject"
-    QUARANTINE = "quarantine"
-    GREYLIST = "greylist"
-    REJECT = "reject"
-    TEMPFAIL = "tempfail"  # a check's decision (or a fail-closed error), not a score threshold
-    DISCARD = "discard"
-
 
 # When two thresholds are equal the more severe action wins.
 _SEVERITY = [Action.ADD_HEADER, Action.GREYLIST, Action.REWRITE_SUBJECT, Action.QUARANTINE, Action.REJECT]
 
 
-@dataclass(frozen=True)
-class Symbol:
-    """A finding with its score resolved."""
+def site_of(config: Config) -> Site:
+    """The site facts a check may read, from the configuration."""
+    return Site(
+        hostname=config.network.hostname,
+        local_domains=config.network.local_domains,
+        internal_networks=tuple(
+            ipaddress.ip_network(n, strict=False) for n in config.network.internal_networks
+        ),
+        key_prefix=config.redis.key_prefix,
+        max_scan_bytes=config.milter.max_scan_bytes,
+        oversize_action=config.milter.oversize_action,
+        reject_score=config.actions.reject,
+    )
 
-    name: str
-    score: float
-    reason: str
+
+def context_for(
+    config: Config, name: str, services: Services, settings: CheckSettings | None = None
+) -> CheckContext[Any]:
+    """What the check called `name` is built from: its settings (``[checks.<name>]`` unless
+    given), the site, the score table and the services."""
+    return CheckContext(
+        settings=settings if settings is not None else config.check_settings(name),
+        site=site_of(config),
+        scores=ScoreTable(known_symbols(), config.scores),
+        services=services,
+        dns=config.dns,
+        settings_of=config.check_settings,
+    )
 
 
-@dataclass
-class Verdict:
-    """The outcome for one message: what was found, the total, and the single action to take."""
+C = TypeVar("C", bound=Check)
 
-    score: float
-    required: float
-    action: Action
-    symbols: list[Symbol]
-    decision: Decision | None = None  # set when a check decided (or a threshold means a reply)
-    add_headers: list[AddHeader] = field(default_factory=list)
 
-    @property
-    def is_spam(self) -> bool:
-        return self.score >= self.required
+def build_check(
+    cls: type[C], config: Config, services: Services | None = None, settings: CheckSettings | None = None
+) -> C:
+    """One check built from a configuration, outside a pipeline (tests, benchmarks, tools)."""
+    return cls(context_for(config, cls.name, services or Services(config), settings))
 
 
 class Pipeline:
@@ -90,14 +100,9 @@ class Pipeline:
         self.config = config
         self.services = services
         self.checks = list(checks)
-        self.by_stage: dict[Stage, list[Check]] = {s: [] for s in Stage}
-        for check in self.checks:
-            self.by_stage[check.stage].append(check)
-        for stage_checks in self.by_stage.values():
-            stage_checks.sort(key=lambda c: c.after_scoring)  # stable: registry order otherwise
-        self.internal_networks = [
-            ipaddress.ip_network(n, strict=False) for n in config.network.internal_networks
-        ]
+        self.by_stage = run_order(self.checks)
+        self.scores = ScoreTable(known_symbols(), config.scores)
+        self.internal_networks = site_of(config).internal_networks
         # Built once, not per message: the checks that learn from verdicts (the others' hook does
         # nothing), and the score thresholds as (threshold, severity, action).
         self.learners = [c for c in self.checks if type(c).after_verdict is not Check.after_verdict]
@@ -112,9 +117,8 @@ class Pipeline:
         services = services or Services(config)
         checks = []
         for check_cls in registered_checks():
-            settings = config.check_settings(check_cls.name)
-            if settings.enabled:
-                checks.append(check_cls(settings, config, services))
+            if config.check_settings(check_cls.name).enabled:
+                checks.append(check_cls(context_for(config, check_cls.name, services)))
         return cls(config, checks, services)
 
     def close(self) -> None:
@@ -152,6 +156,11 @@ class Pipeline:
             tx.timings[stage] = tx.timings.get(stage, 0.0) + time.perf_counter() - started
 
     def _run_check(self, check: Check, tx: Transaction) -> Decision | None:
+        return self._guarded(check, tx, lambda: list(check.run(tx)))
+
+    def _guarded(self, check: Check, tx: Transaction, run: Callable[[], list[Output]]) -> Decision | None:
+        """Run one check's work, charged to the message's CPU budget; an exception follows the
+        check's `on_error` policy (see the module docstring)."""
         budget = self.config.milter.cpu_budget
         if budget and check.optional_content and sum(tx.check_cpu.values()) > budget:
             tx.findings.append(
@@ -160,7 +169,7 @@ class Pipeline:
             return None
         started = time.thread_time()
         try:
-            outputs = list(check.run(tx))
+            outputs = run()
         except Exception as exc:  # a check's bug or its backend's failure must not reach libmilter
             log.warning(
                 "%s: check %s failed: %s: %s",
@@ -187,8 +196,6 @@ class Pipeline:
                 tx.findings.append(out)
             elif isinstance(out, AddHeader):
                 tx.add_headers.append(out)
-            elif isinstance(out, Quarantine) and check.stage is not Stage.EOM:
-                tx.held = out  # a message can only be held once it is whole: carried to the end
             else:
                 return out
         return None
@@ -206,11 +213,28 @@ class Pipeline:
         tx.findings.append(Finding("TIME_BUDGET", reason))
         log.warning("%s: %s; optional content checks left are skipped", tx.queue_id or "NOQUEUE", reason)
 
-    def score(self, finding: Finding) -> float:
-        return finding_score(self.config, finding)
+    def finish(self, tx: Transaction, verdict: Verdict) -> Decision | None:
+        """Run the finishers on a message that is delivered or held, adding their headers to the
+        verdict and their findings to its report, unscored.  Returns a TempFail when a
+        fail-closed finisher failed (the only way this phase changes the outcome)."""
+        for check in self.by_stage[Stage.FINISH]:
+            if tx.direction not in check.directions or (tx.oversized and check.needs_body):
+                continue
+            decision = self._finish_with(check, tx, verdict)
+            if decision is not None:
+                return decision
+        return None
+
+    def _finish_with(self, finisher: Check, tx: Transaction, verdict: Verdict) -> Decision | None:
+        assert isinstance(finisher, Finisher)
+        findings, headers = len(tx.findings), len(tx.add_headers)
+        decision = self._guarded(finisher, tx, lambda: list(finisher.finish(tx, verdict)))
+        verdict.symbols += [Symbol(f.symbol, 0.0, f.reason) for f in tx.findings[findings:]]
+        verdict.add_headers += tx.add_headers[headers:]
+        return decision
 
     def after_verdict(self, tx: Transaction, verdict: Verdict) -> None:
-        """Tell the checks the final verdict (called by the milter once the action is taken).
+        """Tell the checks the final verdict (called by the driver once the action is taken).
 
         Checks that learn from verdicts (reputation) update their state here.  A failure is
         logged and never reaches the caller: the message's fate is already decided."""
@@ -231,7 +255,7 @@ class Pipeline:
 
     def verdict(self, tx: Transaction, decision: Decision | None = None) -> Verdict:
         """Add up the findings and choose the action (or report the decision a check took)."""
-        symbols = [Symbol(f.symbol, round(self.score(f), 3), f.reason) for f in tx.findings]
+        symbols = [Symbol(f.symbol, round(self.scores.of_finding(f), 3), f.reason) for f in tx.findings]
         total = round(sum(s.score for s in symbols), 3)
         actions = self.config.actions
         verdict = Verdict(
@@ -241,10 +265,9 @@ class Pipeline:
             symbols=symbols,
             add_headers=list(tx.add_headers),
         )
-        decision = decision or tx.held
         if decision is not None:
             verdict.decision = decision
-            verdict.action = _action_of(decision)
+            verdict.action = action_of(decision)
             return verdict
         if tx.direction is Direction.OUTBOUND:
             return verdict
@@ -256,62 +279,3 @@ class Pipeline:
         elif verdict.action is Action.GREYLIST:
             verdict.decision = TempFail(R451_GREYLISTED, f"score {total} >= {actions.greylist}")
         return verdict
-
-
-def finding_score(config: Config, finding: Finding) -> float:
-    """A finding's score: its own when the check computed one, else the score table's."""
-    return finding.score if finding.score is not None else config.score_of(finding.symbol)
-
-
-def score_so_far(config: Config, tx: Transaction) -> float:
-    """The total of the findings made so far (what a check with `after_scoring` reads)."""
-    return round(sum(finding_score(config, f) for f in tx.findings), 3)
-
-
-def _action_of(decision: Decision) -> Action:
-    if isinstance(decision, Reject):
-        return Action.REJECT
-    if isinstance(decision, TempFail):
-        return Action.TEMPFAIL
-    if isinstance(decision, Discard):
-        return Action.DISCARD
-    assert isinstance(decision, Quarantine)
-    return Action.QUARANTINE
-
-
-@dataclass(frozen=True)
-class SmtpContext:
-    """What an offline scan is told about the SMTP transaction the message would have come in."""
-
-    client_addr: str | None = None
-    client_name: str | None = None
-    helo: str | None = None
-    mail_from: str | None = None
-    rcpts: tuple[str, ...] = ()
-    auth_user: str | None = None
-
-
-def scan(pipeline: Pipeline, raw: bytes, context: SmtpContext = SmtpContext()) -> tuple[Transaction, Verdict]:
-    """Run every stage on a stored message, as the milter would have, and return the verdict."""
-    session = Session(client_addr=context.client_addr, client_name=context.client_name, helo=context.helo)
-    connection = Transaction(session=session)
-    for stage in (Stage.CONNECT, Stage.HELO):
-        decision = pipeline.run_stage(stage, connection)
-        if decision is not None:
-            return connection, pipeline.verdict(connection, decision)
-    session.findings, session.timings = connection.findings, connection.timings
-    tx = Transaction.start(session)
-    tx.mail_from, tx.auth_user, tx.raw_message = context.mail_from, context.auth_user, raw
-    tx.size = len(raw)
-    tx.oversized = len(raw) > pipeline.config.milter.max_scan_bytes
-    tx.direction = pipeline.direction_of(tx)
-    decision = pipeline.run_stage(Stage.MAIL_FROM, tx)
-    for rcpt in context.rcpts:
-        if decision is not None:
-            break
-        tx.rcpts.append(rcpt)
-        decision = pipeline.run_stage(Stage.RCPT, tx)
-    for stage in (Stage.HEADERS, Stage.EOM):
-        if decision is None:
-            decision = pipeline.run_stage(stage, tx)
-    return tx, pipeline.verdict(tx, decision)

@@ -1,84 +1,20 @@
-"""SMTP replies and the early decisions a check may take.
+"""The SMTP replies filterd sends, in one table.
 
-A decision ends the transaction (or, at RCPT, one recipient) before the pipeline adds up scores.
-Each decision is a small frozen class, and the class fixes the reply's code class: a `Reject`
-cannot carry a 4xx, a `TempFail` cannot carry a 5xx.  The replies filterd itself sends live in
-the table at the bottom, each named after its code (the aiosmtpd convention), and a unit test
-checks that every name matches its code.
+Each reply is named after its code (the aiosmtpd convention), and a unit test checks that every
+name matches its code.  The reply and decision types themselves (`Reply`, `Reject`, `TempFail`,
+`Discard`, `Quarantine`) live in `filterd.results` and are re-exported here, so a check imports a
+decision and its reply from one place.
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
-
-_DSN = re.compile(r"^[245]\.\d{1,3}\.\d{1,3}$")
-
-
-@dataclass(frozen=True)
-class Reply:
-    """An SMTP reply: a three-digit code, an enhanced status code (RFC 3463) and a human text."""
-
-    code: int
-    dsn: str
-    text: str
-
-    def __post_init__(self) -> None:
-        if not 400 <= self.code <= 599:
-            raise ValueError(f"SMTP reply code {self.code} is not a 4xx or 5xx")
-        if not _DSN.match(self.dsn) or self.dsn[0] != str(self.code)[0]:
-            raise ValueError(f"enhanced status {self.dsn!r} does not match reply code {self.code}")
-        if "\r" in self.text or "\n" in self.text:
-            raise ValueError("SMTP reply text must be one line")
-
-    def with_text(self, text: str) -> Reply:
-        """The same codes with another text (e.g. naming what was matched)."""
-        return Reply(self.code, self.dsn, " ".join(text.split()))
-
-    def __str__(self) -> str:
-        return f"{self.code} {self.dsn} {self.text}"
-
-
-@dataclass(frozen=True)
-class Reject:
-    """Refuse permanently with a 5xx: the client sees the reply, nothing is delivered."""
-
-    reply: Reply
-    reason: str
-
-    def __post_init__(self) -> None:
-        if not 500 <= self.reply.code <= 599:
-            raise ValueError(f"Reject needs a 5xx reply, got {self.reply.code}")
-
-
-@dataclass(frozen=True)
-class TempFail:
-    """Refuse for now with a 4xx: the client keeps the message and retries."""
-
-    reply: Reply
-    reason: str
-
-    def __post_init__(self) -> None:
-        if not 400 <= self.reply.code <= 499:
-            raise ValueError(f"TempFail needs a 4xx reply, got {self.reply.code}")
-
-
-@dataclass(frozen=True)
-class Discard:
-    """Accept the message from the client and drop it silently (e.g. a virus policy)."""
-
-    reason: str
-
-
-@dataclass(frozen=True)
-class Quarantine:
-    """Accept the message from the client and hold it back for an admin to review."""
-
-    reason: str
-
-
-Decision = Reject | TempFail | Discard | Quarantine
-
+# re-exported (the "X as X" form): a check imports a decision and its reply from here
+from filterd.results import Decision as Decision
+from filterd.results import Discard as Discard
+from filterd.results import Quarantine as Quarantine
+from filterd.results import Reject as Reject
+from filterd.results import Reply as Reply
+from filterd.results import TempFail as TempFail
 
 # The replies filterd sends.  The name carries the code so a reader of a test or a log line
 # knows the class of the answer without looking it up.

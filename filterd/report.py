@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable
 
 from filterd.auth.results import AR_HEADER, authserv_id_of, normalise_id, receivers_of
-from filterd.check import AddHeader, Stage
-from filterd.pipeline import Verdict
+from filterd.results import AddHeader, Stage, Verdict
 from filterd.transaction import Transaction
 
 STATUS_HEADER = "X-Spam-Status"

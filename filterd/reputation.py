@@ -49,13 +49,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from filterd.auth.results import DKIM, SPF
 from filterd.keys import Keys, client_network, domain_of
 from filterd.redisstate import LuaScript, RedisCheckSettings
+from filterd.results import Action, Verdict
 from filterd.settings import ip_networks, not_negative, positive, setting
 
 if TYPE_CHECKING:
     from filterd.config import Config
-    from filterd.pipeline import Verdict
     from filterd.transaction import Transaction
 
 VERDICTS = ("ham", "spam", "virus", "rejected")
@@ -236,19 +237,15 @@ def registered_domain(name: str) -> str:
 def authenticated_domains(tx: Transaction) -> dict[str, set[str]]:
     """Domains that passed SPF or DKIM for this message, by method: ``{"spf": {...}, "dkim": {...}}``.
 
-    Read from ``tx.auth_results``, where the sender-authentication checks leave their results
-    (``"spf"``: the MAIL FROM identity's result, ``"dkim"``: one result per signature; each with
-    ``result`` and ``domain``).  Read defensively, by attribute: without those checks there are
-    simply no authenticated domains.  The HELO identity's SPF pass is not counted: it vouches for
-    the client's name, not for the sender."""
-    results = getattr(tx, "auth_results", None)
-    if not isinstance(results, Mapping):
-        return {}
+    Read from the facts the sender-authentication checks leave (`filterd.auth.results.SPF`: the
+    MAIL FROM identity's result, `DKIM`: one result per signature); without those checks there
+    are simply no authenticated domains.  The HELO identity's SPF pass is not counted: it vouches
+    for the client's name, not for the sender."""
     out: dict[str, set[str]] = {}
-    spf = results.get("spf")
+    spf = tx.facts.get(SPF)
     if _passed(spf):
         out["spf"] = {_domain(spf)}
-    dkim = {_domain(r) for r in results.get("dkim") or () if _passed(r)}
+    dkim = {_domain(r) for r in tx.facts.get(DKIM) or () if _passed(r)}
     if dkim:
         out["dkim"] = dkim
     return out
@@ -289,8 +286,6 @@ def _networks_of(values: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipadd
 
 def category_of(verdict: Verdict, settings: ReputationSettings) -> str | None:
     """The verdict a message counts as, or None when it does not count (tempfailed: it comes back)."""
-    from filterd.pipeline import Action
-
     if verdict.action is Action.TEMPFAIL or verdict.action is Action.GREYLIST:
         return None
     if any(s.name in settings.virus_symbols for s in verdict.symbols):

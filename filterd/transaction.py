@@ -3,6 +3,11 @@
 One SMTP connection (`Session`) carries any number of messages; each message is a `Transaction`,
 started at MAIL FROM and dropped at end of message, RSET or abort.  Findings made at CONNECT and
 HELO belong to the session and are copied into every transaction on it.
+
+A decision that cannot be given when it is taken waits in one place per scope: `Session.decision`
+(taken at CONNECT or HELO, given at every MAIL FROM of the connection, so the client sees its
+reason: see filterd.milter) and `Transaction.pending` (a quarantine or discard decided before the
+message is whole, or any decision taken where the MTA awaits no reply: given at end of message).
 """
 
 from __future__ import annotations
@@ -10,12 +15,10 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
 
-from filterd.check import AddHeader, Direction, Finding, Stage
 from filterd.dns import DnsBudget, DnsSettings
 from filterd.message import Message
-from filterd.replies import Quarantine
+from filterd.results import AddHeader, Decision, Direction, Facts, Finding, Stage
 
 
 @dataclass
@@ -29,6 +32,8 @@ class Session:
     macros: dict[str, str] = field(default_factory=dict)
     findings: list[Finding] = field(default_factory=list)
     timings: dict[Stage, float] = field(default_factory=dict)
+    facts: Facts = field(default_factory=Facts)
+    decision: Decision | None = None  # taken at CONNECT or HELO; given at each MAIL FROM
 
     @cached_property
     def client_ip(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -59,13 +64,13 @@ class Transaction:
     oversized: bool = False  # the body passed max_scan_bytes and was not kept
     findings: list[Finding] = field(default_factory=list)
     add_headers: list[AddHeader] = field(default_factory=list)
-    held: Quarantine | None = None  # a quarantine decided before end of message, applied at the end
+    pending: Decision | None = None  # decided before it could be given: given at end of message
+    refused: list[tuple[str, Decision]] = field(default_factory=list)  # recipients refused at RCPT
     timings: dict[Stage, float] = field(default_factory=dict)
     check_cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds each check spent on it
     raw_message: bytes | None = None  # set when the message came whole (an offline scan)
-    # SPF/DKIM/DMARC/ARC results by method, for DMARC and the Authentication-Results header
-    # (keys and types in filterd.auth.results)
-    auth_results: dict[str, Any] = field(default_factory=dict)
+    # what checks leave for each other, by typed key (SPF/DKIM/DMARC/ARC results: filterd.auth.results)
+    facts: Facts = field(default_factory=Facts)
     # what DNS this message may still cause, shared by every check (see `dns_budget_for`)
     dns_budget: DnsBudget | None = None
     # raw_headers by lower-case name: (the list it was built from, its length then, the index)
@@ -75,7 +80,19 @@ class Transaction:
 
     @classmethod
     def start(cls, session: Session) -> Transaction:
-        return cls(session=session, findings=list(session.findings), timings=dict(session.timings))
+        """A new message on `session`: it starts with what the connection stages found."""
+        return cls(
+            session=session,
+            findings=list(session.findings),
+            timings=dict(session.timings),
+            facts=session.facts.copy(),
+        )
+
+    @classmethod
+    def of_connection(cls, session: Session) -> Transaction:
+        """What the CONNECT and HELO checks run on: no envelope yet, and what they find (findings,
+        timings, facts) is the session's own, so every message on the connection starts with it."""
+        return cls(session=session, findings=session.findings, timings=session.timings, facts=session.facts)
 
     @property
     def current_rcpt(self) -> str:

@@ -8,7 +8,8 @@ import pytest
 
 from filterd.addresses import getaddresses
 from filterd.config import parse_config
-from filterd.pipeline import Pipeline, SmtpContext, scan
+from filterd.driver import SmtpContext, scan
+from filterd.pipeline import Pipeline
 
 NESTED_GROUPS = "Boss <ceo@bank.example>" + ", g:g:" * 1000
 

@@ -14,9 +14,11 @@ import pytest
 from filterd.checks.antivirus import Antivirus
 from filterd.clamd import ScanResult
 from filterd.config import Config, parse_config
-from filterd.pipeline import Action, Pipeline, SmtpContext, Verdict, scan
+from filterd.driver import SmtpContext, scan
+from filterd.pipeline import Pipeline
 from filterd.replies import Reject, TempFail
 from filterd.report import is_forgeable
+from filterd.results import Action, Verdict
 from filterd.scancache import ScanCache, write_secret
 from filterd.scanlimits import ScanLimits, exceeded
 from filterd.services import Services
@@ -653,7 +655,7 @@ def test_key_file_readable_by_others_is_refused(tmp_path: Path, mode: int) -> No
     write_secret(key)
     key.chmod(mode)
     config = make_config([f"unix:{tmp_path}/none.sock"], "redis://127.0.0.1:1/0", cache_key_file=str(key))
-    # the daemon builds the pipeline once at start (filterd/daemon.py read_config): it refuses to start
+    # the daemon builds the pipeline once at start (filterd/daemon.py build): it refuses to start
     with pytest.raises(ConfigError, match=r"cache_key_file: .* has mode 0\d{3}: group or other users"):
         Pipeline.from_config(config)
 

@@ -7,6 +7,9 @@ import pytest
 
 from filterd.auth.results import (
     ARC,
+    DKIM,
+    DMARC,
+    SPF,
     ArcResult,
     DkimResult,
     DmarcResult,
@@ -21,6 +24,7 @@ from filterd.auth.results import (
 from filterd.check import AddHeader
 from filterd.config import parse_config
 from filterd.report import drop_forged, is_forgeable
+from filterd.results import Facts
 from filterd.settings import ConfigError
 from tests.harness.auth import PublishedKey, headers_of, message, pipeline, run, symbols, unique
 from tests.harness.dns import LocalDns
@@ -41,7 +45,7 @@ def arc_of(local_dns: LocalDns, raw: bytes) -> tuple[ArcResult, dict[str, str], 
         tx, verdict = run(p, raw, client_addr="192.0.2.1", mail_from="a@example.org")
     finally:
         p.close()
-    return tx.auth_results[ARC], symbols(verdict), headers_of(verdict, "Authentication-Results")
+    return tx.facts.get(ARC), symbols(verdict), headers_of(verdict, "Authentication-Results")
 
 
 def test_arc_none_pass_fail_and_two_hops(local_dns: LocalDns) -> None:
@@ -71,15 +75,12 @@ def test_arc_key_timeout_is_temperror(local_dns: LocalDns) -> None:
 
 
 def test_render_and_parse_authentication_results() -> None:
-    value = render(
-        "mx.example.net",
-        {
-            "spf": SpfResult("softfail", "mailfrom", "example.org", "a@example.org", "not (quite) allowed"),
-            "dkim": [DkimResult("pass", "example.org", "sel", "ab/cd+ef==gh", "rsa-sha256")],
-            "dmarc": DmarcResult("fail", "example.org", "reject", "quarantine"),
-            "arc": ArcResult("none"),
-        },
-    )
+    facts = Facts()
+    facts.set(SPF, SpfResult("softfail", "mailfrom", "example.org", "a@example.org", "not (quite) allowed"))
+    facts.set(DKIM, (DkimResult("pass", "example.org", "sel", "ab/cd+ef==gh", "rsa-sha256"),))
+    facts.set(DMARC, DmarcResult("fail", "example.org", "reject", "quarantine"))
+    facts.set(ARC, ArcResult("none"))
+    value = render("mx.example.net", facts)
     assert value == (
         "mx.example.net;\n"
         "\tspf=softfail (not \\(quite\\) allowed) smtp.mailfrom=a@example.org;\n"

@@ -76,9 +76,7 @@ def test_200_arc_sets_cost_no_lookup(local_dns: LocalDns) -> None:
     raw = arc_sets(200, under) + message("a@example.com")
     tx, _verdict, elapsed = scan(local_dns, raw, "a@example.com")
     assert local_dns.queries_under(under) == 0
-    assert (
-        tx.auth_results[ARC].result == "fail" and f"more than {MAX_ARC_SETS}" in tx.auth_results[ARC].reason
-    )
+    assert tx.facts.get(ARC).result == "fail" and f"more than {MAX_ARC_SETS}" in tx.facts.get(ARC).reason
     assert elapsed < 2
 
 
@@ -87,7 +85,7 @@ def test_arc_sets_at_the_cap_stay_within_the_budget(local_dns: LocalDns) -> None
     raw = arc_sets(MAX_ARC_SETS, under) + message("a@example.com")
     tx, _verdict, elapsed = scan(local_dns, raw, "a@example.com", max_lookups_per_message=30)
     assert local_dns.queries_under(under) <= 30  # 100 without the budget
-    assert tx.auth_results[ARC].result == "temperror"
+    assert tx.facts.get(ARC).result == "temperror"
     assert elapsed < 10
 
 
@@ -96,7 +94,7 @@ def test_arc_sets_at_silent_names_stop_at_the_seconds_budget(local_dns: LocalDns
     local_dns.make_silent(under)
     raw = arc_sets(20, under) + message("a@example.com")
     tx, _verdict, elapsed = scan(local_dns, raw, "a@example.com", max_seconds_per_message=1.0)
-    assert tx.auth_results[ARC].result == "temperror"
+    assert tx.facts.get(ARC).result == "temperror"
     # 40 lookups of 0.4 s each would be 16 s; the budget stops them after about 1 s
     assert elapsed < 4 and local_dns.queries_under(under) <= 4
 
@@ -108,10 +106,10 @@ def test_spf_include_chain_stays_within_the_budget(local_dns: LocalDns) -> None:
     local_dns.add(f'l30.{base}. 60 IN TXT "v=spf1 ip4:{BAD_IP} -all"')
     tx, verdict, _ = scan(local_dns, message("a@example.com"), f"a@l0.{base}", max_lookups_per_message=5)
     assert local_dns.queries_under(base) == 5
-    assert tx.auth_results[SPF].result == "temperror" and "DNS budget" in symbols(verdict)["SPF_TEMPERROR"]
+    assert tx.facts.get(SPF).result == "temperror" and "DNS budget" in symbols(verdict)["SPF_TEMPERROR"]
     before = local_dns.queries_under(base)
     tx, verdict, _ = scan(local_dns, message("a@example.com"), f"a@l0.{base}")
-    assert tx.auth_results[SPF].result == "permerror"  # RFC 7208's 10-lookup limit, inside the budget
+    assert tx.facts.get(SPF).result == "permerror"  # RFC 7208's 10-lookup limit, inside the budget
     assert local_dns.queries_under(base) - before <= 12
 
 
@@ -129,7 +127,7 @@ def test_dmarc_keeps_its_share_when_arc_and_dkim_spent_the_budget(local_dns: Loc
     tx, verdict, elapsed = scan(
         local_dns, raw, "a@example.com", max_lookups_per_message=20, max_seconds_per_message=1.0
     )
-    assert {d.result for d in tx.auth_results[DKIM]} == {"temperror"}
-    assert tx.auth_results[DMARC].result == "fail"
+    assert {d.result for d in tx.facts.get(DKIM)} == {"temperror"}
+    assert tx.facts.get(DMARC).result == "fail"
     assert isinstance(verdict.decision, Reject)
     assert elapsed < 6

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from filterd.auth.dmarc import RecordError, aligned, disposition, org_domain, parse_record
-from filterd.auth.results import DMARC
+from filterd.auth.results import DKIM, DMARC
 from filterd.checks.dmarc import Dmarc
-from filterd.pipeline import Action
 from filterd.replies import Quarantine, Reject
+from filterd.results import Action
 from tests.harness.auth import PublishedKey, headers_of, message, pipeline, publish_txt, run, symbols, unique
 from tests.harness.dns import LocalDns
 
@@ -70,7 +70,7 @@ def test_unit_record_parsing() -> None:
 def test_spf_aligned_pass(local_dns: LocalDns, domain: str) -> None:
     publish_txt(local_dns, f"_dmarc.{domain}", "v=DMARC1; p=reject")
     tx, verdict = deliver(local_dns, message(f"a@{domain}"), f"bounce@{domain}", GOOD_IP)
-    assert tx.auth_results[DMARC].result == "pass" and "SPF pass aligned" in symbols(verdict)["DMARC_PASS"]
+    assert tx.facts.get(DMARC).result == "pass" and "SPF pass aligned" in symbols(verdict)["DMARC_PASS"]
     assert (
         f"dmarc=pass (p=reject dis=none) header.from={domain}"
         in headers_of(verdict, "Authentication-Results")[0]
@@ -84,7 +84,7 @@ def test_reject_policy_rejects_with_5_7_26(local_dns: LocalDns, domain: str) -> 
     assert isinstance(verdict.decision, Reject)
     assert (verdict.decision.reply.code, verdict.decision.reply.dsn) == (550, "5.7.26")
     assert domain in verdict.decision.reply.text
-    assert tx.auth_results[DMARC].disposition == "reject"
+    assert tx.facts.get(DMARC).disposition == "reject"
 
 
 def test_reject_can_quarantine_or_score(local_dns: LocalDns, domain: str) -> None:
@@ -117,7 +117,7 @@ def test_pct_sampling_softens_the_disposition(local_dns: LocalDns, domain: str) 
     assert isinstance(verdict.decision, Reject)
     tx, verdict = deliver(local_dns, message(f"a@{domain}"), f"b@{domain}", sample=lambda: 0.5)
     assert isinstance(verdict.decision, Quarantine)
-    assert tx.auth_results[DMARC].disposition == "quarantine"
+    assert tx.facts.get(DMARC).disposition == "quarantine"
 
 
 def test_dkim_alignment_relaxed_and_strict(local_dns: LocalDns, domain: str) -> None:
@@ -144,7 +144,7 @@ def test_subdomain_uses_org_record_and_sp(local_dns: LocalDns, domain: str) -> N
     publish_txt(local_dns, f"_dmarc.{domain}", "v=DMARC1; p=reject; sp=quarantine")
     tx, verdict = deliver(local_dns, message(f"a@news.{domain}"), f"b@news.{domain}")
     assert isinstance(verdict.decision, Quarantine)
-    assert tx.auth_results[DMARC].policy == "quarantine"
+    assert tx.facts.get(DMARC).policy == "quarantine"
     assert f"from _dmarc.{domain}" in symbols(verdict)["DMARC_FAIL_QUARANTINE"]
 
 
@@ -154,11 +154,11 @@ def test_no_record_temperror_and_broken_records(local_dns: LocalDns, domain: str
     silent = unique("dmarcsilent")
     local_dns.make_silent(f"_dmarc.{silent}")
     tx, verdict = deliver(local_dns, message(f"a@{silent}"), f"b@{silent}")
-    assert verdict.decision is None and tx.auth_results[DMARC].result == "temperror"
+    assert verdict.decision is None and tx.facts.get(DMARC).result == "temperror"
     broken = unique("dmarcbroken")
     publish_txt(local_dns, f"_dmarc.{broken}", "v=DMARC1; pct=100")
     tx, verdict = deliver(local_dns, message(f"a@{broken}"), f"b@{broken}")
-    assert verdict.decision is None and tx.auth_results[DMARC].result == "permerror"
+    assert verdict.decision is None and tx.facts.get(DMARC).result == "permerror"
     two = unique("dmarctwo")
     publish_txt(local_dns, f"_dmarc.{two}", "v=DMARC1; p=reject")
     publish_txt(local_dns, f"_dmarc.{two}", "v=DMARC1; p=none")
@@ -171,14 +171,14 @@ def test_no_from_and_several_from_domains(local_dns: LocalDns, domain: str) -> N
     raw = message(f"a@{domain}").replace(f"From: Alice <a@{domain}>\r\n".encode(), b"")
     tx, verdict = deliver(local_dns, raw, f"b@{domain}")
     assert "DMARC_NO_FROM" in symbols(verdict) and verdict.decision is None
-    assert tx.auth_results[DMARC].result == "none"
+    assert tx.facts.get(DMARC).result == "none"
     raw = message(f"a@{domain}").replace(b"From: Alice <", b"From: x@other.example.org, Alice <")
     tx, verdict = deliver(local_dns, raw, f"b@{domain}")
     # multiple_from = "score" scores the ambiguity, and still applies the strictest policy of the
     # From domains: naming a second domain does not switch off p=reject
     assert "DMARC_MULTI_FROM" in symbols(verdict) and isinstance(verdict.decision, Reject)
     assert "DMARC_NONE" in symbols(verdict)  # other.example.org has no record
-    assert (tx.auth_results[DMARC].result, tx.auth_results[DMARC].from_domain) == ("fail", domain)
+    assert (tx.facts.get(DMARC).result, tx.facts.get(DMARC).from_domain) == ("fail", domain)
     _, verdict = deliver(local_dns, raw, f"b@{domain}", checks={"dmarc": {"multiple_from": "reject"}})
     assert isinstance(verdict.decision, Reject)
     raw = message(f"a@{domain}").replace(b"From: Alice <", b"From: x@" + domain.encode() + b", Alice <")
@@ -193,7 +193,7 @@ def test_several_from_domains_without_reject_are_scored(local_dns: LocalDns, dom
     publish_txt(local_dns, f"_dmarc.{domain}", "v=DMARC1; p=none")
     tx, verdict = deliver(local_dns, raw, f"b@{domain}")
     assert isinstance(verdict.decision, Quarantine)  # the strictest: p=quarantine of the other domain
-    assert tx.auth_results[DMARC].from_domain == other
+    assert tx.facts.get(DMARC).from_domain == other
 
 
 def test_from_naming_many_domains_is_held(local_dns: LocalDns, domain: str) -> None:
@@ -213,7 +213,7 @@ def test_from_with_a_thousand_groups_is_judged(local_dns: LocalDns, domain: str)
     )
     tx, verdict = deliver(local_dns, raw, f"b@{domain}")
     assert not [s for s in verdict.symbols if s.name == "CHECK_ERROR" and "dmarc" in s.reason]
-    assert isinstance(verdict.decision, Reject) and tx.auth_results[DMARC].result == "fail"
+    assert isinstance(verdict.decision, Reject) and tx.facts.get(DMARC).result == "fail"
 
 
 def test_unreadable_dkim_signature_is_permerror_and_dmarc_still_rejects(
@@ -227,9 +227,9 @@ def test_unreadable_dkim_signature_is_permerror_and_dmarc_still_rejects(
     raw = sig[: sig.rindex(b" b=")] + b" b=A===" + sep + rest
     tx, verdict = deliver(local_dns, raw, f"b@{domain}")
     assert "CHECK_ERROR" not in symbols(verdict)
-    [dkim_result] = tx.auth_results["dkim"]
+    [dkim_result] = tx.facts.get(DKIM)
     assert dkim_result.result == "permerror" and "base64" in dkim_result.reason
-    assert isinstance(verdict.decision, Reject) and tx.auth_results[DMARC].result == "fail"
+    assert isinstance(verdict.decision, Reject) and tx.facts.get(DMARC).result == "fail"
 
 
 def test_dkim_not_evaluated_is_no_pass_and_holds_instead_of_rejecting(
@@ -247,5 +247,5 @@ def test_dkim_not_evaluated_is_no_pass_and_holds_instead_of_rejecting(
     # no DKIM result is no DKIM pass: DMARC fails; a reject is held in quarantine (nothing lost,
     # nothing delivered on the strength of a check that did not run)
     assert isinstance(verdict.decision, Quarantine)
-    assert tx.auth_results[DMARC].result == "fail"
+    assert tx.facts.get(DMARC).result == "fail"
     assert "DKIM was not evaluated" in symbols(verdict)["DMARC_FAIL_QUARANTINE"]

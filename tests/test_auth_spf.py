@@ -7,8 +7,8 @@ import time
 import pytest
 
 from filterd.auth.results import SPF, SPF_HELO
-from filterd.pipeline import Action
 from filterd.replies import Reject, TempFail
+from filterd.results import Action
 from filterd.settings import ConfigError
 from tests.harness.auth import headers_of, message, pipeline, run, symbols, unique
 from tests.harness.dns import LocalDns
@@ -35,8 +35,8 @@ def mail(local_dns: LocalDns, sender: str, ip: str, helo: str = "mta.example.org
 def test_pass_is_scored_and_explained(local_dns: LocalDns, domain: str) -> None:
     tx, verdict = mail(local_dns, f"alice@{domain}", GOOD_IP)
     assert "SPF_PASS" in symbols(verdict)
-    assert tx.auth_results[SPF].result == "pass"
-    assert tx.auth_results[SPF].domain == domain
+    assert tx.facts.get(SPF).result == "pass"
+    assert tx.facts.get(SPF).domain == domain
     [received] = headers_of(verdict, "Received-SPF")
     assert received.startswith("Pass (mx.filterd.test: domain of")
     assert f"client-ip={GOOD_IP};" in received and "identity=mailfrom" in received
@@ -52,7 +52,7 @@ def test_fail_rejects_with_5_7_23_and_the_explanation(local_dns: LocalDns) -> No
     reply = verdict.decision.reply
     assert (reply.code, reply.dsn) == (550, "5.7.23")
     assert f"{BAD_IP} is not one of {d}'s mail servers" in reply.text
-    assert tx.auth_results[SPF].result == "fail"
+    assert tx.facts.get(SPF).result == "fail"
 
 
 def test_fail_can_be_only_scored(local_dns: LocalDns, domain: str) -> None:
@@ -90,7 +90,7 @@ def test_temperror_when_dns_does_not_answer_is_scored_not_rejected(local_dns: Lo
     assert time.monotonic() - started < 5  # time-bounded: [dns] timeout 0.4 s, one attempt
     assert verdict.decision is None
     assert "SPF_TEMPERROR" in symbols(verdict)
-    assert tx.auth_results[SPF].result == "temperror"
+    assert tx.facts.get(SPF).result == "temperror"
     _, verdict = mail(local_dns, f"bob@{d}", BAD_IP, checks={"spf": {"on_temperror": "tempfail"}})
     assert isinstance(verdict.decision, TempFail)
     assert (verdict.decision.reply.code, verdict.decision.reply.dsn) == (451, "4.7.24")
@@ -101,7 +101,7 @@ def test_null_sender_checks_the_helo_identity_scored_on_its_own(local_dns: Local
     local_dns.add(f'{helo}. 60 IN TXT "v=spf1 ip4:{GOOD_IP} -all"')
     tx, verdict = mail(local_dns, "", GOOD_IP, helo=helo)
     assert "SPF_HELO_PASS" in symbols(verdict) and "SPF_PASS" not in symbols(verdict)
-    assert tx.auth_results[SPF_HELO].identity == "helo"
+    assert tx.facts.get(SPF_HELO).identity == "helo"
     assert "smtp.helo=" + helo in headers_of(verdict, "Authentication-Results")[0]
     tx, verdict = mail(local_dns, "", BAD_IP, helo=helo)
     assert "SPF_HELO_FAIL" in symbols(verdict)
@@ -131,10 +131,10 @@ def test_trusted_forwarder_and_outbound_are_not_checked(local_dns: LocalDns, dom
         local_dns, f"a@{domain}", BAD_IP, checks={"spf": {"trusted_forwarders": ["198.51.100.0/24"]}}
     )
     assert verdict.decision is None
-    assert "SPF_TRUSTED_FORWARDER" in symbols(verdict) and SPF not in tx.auth_results
+    assert "SPF_TRUSTED_FORWARDER" in symbols(verdict) and SPF not in tx.facts
     p = pipeline(local_dns)
     tx, verdict = run(p, message(f"a@{domain}"), client_addr=BAD_IP, mail_from=f"a@{domain}", auth_user="a")
-    assert verdict.decision is None and SPF not in tx.auth_results
+    assert verdict.decision is None and SPF not in tx.facts
 
 
 def test_bad_settings_are_refused(local_dns: LocalDns) -> None:

@@ -12,7 +12,8 @@ from click.testing import CliRunner
 from filterd.bayes.model import Model
 from filterd.cli.filterctl import cli
 from filterd.config import parse_config
-from filterd.pipeline import Pipeline, scan
+from filterd.driver import scan
+from filterd.pipeline import Pipeline
 from tests.bayes_helpers import ham_message, only_bayes, spam_message, trained_model
 
 

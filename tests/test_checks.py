@@ -14,8 +14,8 @@ from filterd.checks.header_sanity import HeaderSanity
 from filterd.checks.lists import ClientLists, RecipientAllowed, RecipientLists, SenderLists
 from filterd.checks.message_size import MessageSize
 from filterd.config import parse_config
+from filterd.pipeline import build_check
 from filterd.replies import Reject
-from filterd.services import Services
 from filterd.settings import ConfigError
 from filterd.transaction import Session, Transaction
 
@@ -24,7 +24,7 @@ NOW = 1_800_000_000.0
 
 def header_findings(headers: str, **settings: float) -> set[str]:
     config = parse_config({"checks": {"header_sanity": settings}})
-    check = HeaderSanity(config.check_settings("header_sanity"), config, Services(config))
+    check = build_check(HeaderSanity, config)
     check.clock = lambda: NOW  # type: ignore[method-assign]
     tx = Transaction.start(Session())
     tx.raw_message = headers.replace("\n", "\r\n").encode() + b"\r\n\r\nbody\r\n"
@@ -106,7 +106,7 @@ def _check(cls: type, files: dict[str, str], tmp_path: Path) -> object:
         p.write_text(text)
         settings[f"{kind}_file"] = str(p)
     config = parse_config({"checks": {cls.name: settings}})  # type: ignore[attr-defined]
-    return cls(config.check_settings(cls.name), config, Services(config))  # type: ignore[attr-defined]
+    return build_check(cls, config)
 
 
 def test_client_deny_rejects_and_allow_scores(tmp_path: Path) -> None:
@@ -136,7 +136,7 @@ def test_sender_and_recipient_lists(tmp_path: Path) -> None:
 def _recipient_allowed(tmp_path: Path, allow: str, **lists: object) -> RecipientAllowed:
     (tmp_path / "allow").write_text(allow)
     config = parse_config({"checks": {"recipient_lists": {"allow_file": str(tmp_path / "allow"), **lists}}})
-    return RecipientAllowed(config.check_settings("recipient_allowed"), config, Services(config))
+    return build_check(RecipientAllowed, config)
 
 
 def test_recipient_allow_list_needs_every_recipient(tmp_path: Path) -> None:
@@ -166,16 +166,16 @@ def test_recipient_allow_list_needs_every_recipient(tmp_path: Path) -> None:
 
 def test_message_size_limit_and_scan_skip() -> None:
     config = parse_config({"checks": {"message_size": {"reject_over": 1000}}})
-    check = MessageSize(config.check_settings("message_size"), config, Services(config))
+    check = build_check(MessageSize, config)
     tx = Transaction(session=Session(), size=2000)
     (decision,) = check.run(tx)
     assert isinstance(decision, Reject) and decision.reply.code == 552
     config = parse_config({"milter": {"oversize_action": "accept"}})
-    check = MessageSize(config.check_settings("message_size"), config, Services(config))
+    check = build_check(MessageSize, config)
     tx = Transaction(session=Session(), size=50_000_000, oversized=True)
     assert [f.symbol for f in check.run(tx)] == ["SCAN_SKIPPED_SIZE"]  # type: ignore[union-attr]
     config = parse_config({})  # the default: over max_scan_bytes is refused, naming the limit
-    check = MessageSize(config.check_settings("message_size"), config, Services(config))
+    check = build_check(MessageSize, config)
     finding, decision = check.run(tx)
     assert isinstance(finding, Finding) and finding.symbol == "SCAN_SKIPPED_SIZE"
     assert isinstance(decision, Reject) and str(decision.reply).startswith("552 5.3.4 ")

@@ -54,9 +54,9 @@ def test_opendkim_signature_verifies_in_filterd(local_dns: LocalDns, tmp_path: P
             tampered, _ = run(p, signed.replace(b"Hello there.", b"Hello there!"), client_addr="192.0.2.5")
         finally:
             p.close()
-        [r] = tx.auth_results[DKIM]
+        [r] = tx.facts.get(DKIM)
         assert (r.result, r.domain, r.algorithm) == (expected, key.domain, "rsa-sha1"), r
-        assert [t.result for t in tampered.auth_results[DKIM]] == ["fail"]
+        assert [t.result for t in tampered.facts.get(DKIM)] == ["fail"]
 
 
 def test_opendkim_testkey_accepts_the_keygen_record(local_dns: LocalDns, tmp_path: Path) -> None:

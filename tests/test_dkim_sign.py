@@ -77,7 +77,7 @@ def test_dual_signed_message_verifies_inbound(local_dns: LocalDns, signing, via_
     assert headers_of(verdict, "Authentication-Results") == []  # outbound: no verification header
     signed = with_headers(raw, verdict)
     tx, verdict = inbound(local_dns, signed, via_milter)
-    assert sorted((r.selector, r.result) for r in tx.auth_results[DKIM]) == [("e1", "pass"), ("r1", "pass")]
+    assert sorted((r.selector, r.result) for r in tx.facts.get(DKIM)) == [("e1", "pass"), ("r1", "pass")]
     assert "DMARC_PASS" in symbols(verdict) and verdict.decision is None
 
 
@@ -91,7 +91,7 @@ def test_from_is_oversigned(local_dns: LocalDns, signing) -> None:
     signed = with_headers(raw, verdict)
     extra_from = signed.replace(b"To: ", b"From: mallory@evil.example\r\nTo: ", 1)
     tx, _ = inbound(local_dns, extra_from)
-    assert {r.result for r in tx.auth_results[DKIM]} == {"fail"}
+    assert {r.result for r in tx.facts.get(DKIM)} == {"fail"}
 
 
 def test_unknown_from_domain_is_not_signed_unless_default(local_dns: LocalDns, signing) -> None:
@@ -192,7 +192,7 @@ def test_dkimpy_seed_format_and_pkcs1_pem_are_read(local_dns: LocalDns, tmp_path
     raw = message(f"a@{domain}")
     _, verdict = outbound(local_dns, raw, sign_config(keys))
     tx, _ = inbound(local_dns, with_headers(raw, verdict))
-    assert sorted((r.selector, r.result) for r in tx.auth_results[DKIM]) == [
+    assert sorted((r.selector, r.result) for r in tx.facts.get(DKIM)) == [
         ("pkcs1", "pass"),
         ("seed", "pass"),
     ]
@@ -221,7 +221,7 @@ def test_keygen_writes_the_key_and_prints_the_record(
     raw = message(f"user@{domain}")
     _, verdict = outbound(local_dns, raw, {"dkim_sign": {"keys": {domain: {"k1": str(key_path)}}}})
     tx, _ = inbound(local_dns, with_headers(raw, verdict))
-    assert [(r.result, r.algorithm.split("-")[0]) for r in tx.auth_results[DKIM]] == [("pass", key_type)]
+    assert [(r.result, r.algorithm.split("-")[0]) for r in tx.facts.get(DKIM)] == [("pass", key_type)]
     again = CliRunner().invoke(cli, ["--config", str(config), "dkim", "keygen", "-d", domain, "-s", "k1"])
     assert again.exit_code == 1 and "exists: use --force" in again.output
 

@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from filterd.quarantine import QuarantineSettings, QuarantineStore
+from filterd.quarantine.release import release
+from filterd.quarantine.store import QuarantineSettings, QuarantineStore
 from tests.harness.auth import PublishedKey, publish_txt, unique
 from tests.harness.dns import LocalDns
 from tests.harness.stack import Stack, make_message
@@ -304,7 +305,7 @@ def test_released_quarantine_mail_has_no_forged_authentication_results(auth: Aut
         held = [e for e in store.entries() if marker.encode() in e.original()]
         time.sleep(0.1)
     assert held, "the message is not in filterd's quarantine"
-    store.release(held[0].id)
+    release(store, held[0].id)
     got = auth.stack.sink.find(marker)
     assert got.header("Authentication-Results") == ["upstream.example.org; spf=pass smtp.mailfrom=x"]
     assert got.header("Received-SPF") == []

@@ -18,8 +18,10 @@ from typing import Any
 import pytest
 
 from filterd.config import Config, parse_config, registered_checks
-from filterd.pipeline import Pipeline, SmtpContext, Verdict, scan
-from filterd.quarantine import QuarantineSettings, QuarantineStore, meta_from
+from filterd.driver import SmtpContext, scan
+from filterd.pipeline import Pipeline
+from filterd.quarantine.store import QuarantineSettings, QuarantineStore, meta_from
+from filterd.results import Verdict
 from filterd.services import Services
 from tests.harness.clamd import ClamdServer
 from tests.harness.dns import LocalDns

@@ -91,7 +91,7 @@ def test_a_failure_at_connect_is_not_a_tempfail_the_message_goes_on_marked(
     m, ctx = connect({**FOUNDATION, "checks": {"sender_lists": {"deny_file": str(deny)}}}, monkeypatch)
     assert not m._protocol & Milter.P_NR_MAIL
     with monkeypatch.context() as patch:
-        patch.setattr(m, "_session_stage", broken)
+        patch.setattr(m.driver, "connect", broken)
         assert m.connect("client.example.org", 2, ("192.0.2.10", 40000)) == Milter.NOREPLY
     assert m.hello("client.example.org") == Milter.NOREPLY
     assert fm.on_mail(ctx, b"<a@example.org>") == Milter.CONTINUE  # was 451: the next try fails alike
@@ -107,7 +107,7 @@ def test_with_no_reply_at_mail_from_a_failure_at_connect_is_reported_at_the_end(
     m, ctx = connect(FOUNDATION, monkeypatch)
     assert m._protocol & Milter.P_NR_MAIL
     with monkeypatch.context() as patch:
-        patch.setattr(m, "_session_stage", broken)
+        patch.setattr(m.driver, "connect", broken)
         assert m.connect("client.example.org", 2, ("192.0.2.10", 40000)) == Milter.NOREPLY
     assert fm.on_mail(ctx, b"<a@example.org>") == Milter.NOREPLY
     assert fm.on_rcpt(ctx, b"<b@example.net>") == Milter.NOREPLY
@@ -140,8 +140,8 @@ def test_a_failure_after_a_reject_verdict_keeps_the_5xx(monkeypatch: pytest.Monk
     m, ctx = connect({**FOUNDATION, "scores": {"MISSING_FROM": 20.0}}, monkeypatch)
     m.connect("client.example.org", 2, ("192.0.2.10", 40000))
     start_message(ctx, ("Subject", b" hi"))
-    monkeypatch.setattr(fm, "log_line", lambda tx, verdict: 1 / 0)  # fails after the verdict
-    monkeypatch.setattr(m, "_apply", lambda tx, verdict: 1 / 0)
+    monkeypatch.setattr(m.driver, "message_done", lambda verdict: 1 / 0)  # fails after the verdict
+    monkeypatch.setattr(m, "_carry_out", lambda action: 1 / 0)
     assert fm.on_eom(ctx) == Milter.REJECT
     assert ctx.replies[0][0] == "550"
 

@@ -10,8 +10,10 @@ import pytest
 
 from filterd.check import Check, Direction, Finding, Output, Stage
 from filterd.config import parse_config
-from filterd.pipeline import Action, Pipeline, SmtpContext, scan
+from filterd.driver import Driver, SmtpContext, scan
+from filterd.pipeline import Pipeline, context_for
 from filterd.replies import R550_SPAM, Quarantine, Reject
+from filterd.results import Action
 from filterd.services import Services
 from filterd.transaction import Session, Transaction
 
@@ -39,7 +41,7 @@ class Fixed(Check):
     ) -> None:
         config = parse_config({})
         settings = config.check_settings("header_sanity").__class__(on_error=on_error)
-        super().__init__(settings, config, Services(config))
+        super().__init__(context_for(config, "header_sanity", Services(config), settings))
         self.outputs, self.fail, self.runs = outputs, fail, 0
         self.stage = stage  # type: ignore[misc]
         if directions is not None:
@@ -141,12 +143,12 @@ def test_quarantine_decided_early_is_held_until_end_of_message() -> None:
     early = Fixed([Quarantine("suspicious sender")], stage=Stage.MAIL_FROM)
     later = Fixed([Finding("A", "a", 1.0)], stage=Stage.RCPT)
     p = pipeline(early, later)
-    tx = eom_tx()
-    assert p.run_stage(Stage.MAIL_FROM, tx) is None
-    tx.rcpts.append("x@example.net")
-    p.run_stage(Stage.RCPT, tx)
+    driver = Driver(p, Session(client_addr="192.0.2.1"))
+    assert driver.mail("a@example.org").proceeds  # held, not given: the message is not whole yet
+    assert driver.rcpt("x@example.net").proceeds
     assert later.runs == 1
-    assert p.verdict(tx).action is Action.QUARANTINE
+    driver.current().raw_message = CLEAN
+    assert driver.end_of_message().action is Action.QUARANTINE
 
 
 def test_body_checks_skipped_for_oversized_messages() -> None:

@@ -6,6 +6,7 @@ and shows no message comes near the default budget."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -17,7 +18,8 @@ import pytest
 
 from filterd.check import Check, Finding, Output, Stage
 from filterd.config import parse_config
-from filterd.pipeline import Pipeline, scan
+from filterd.driver import scan
+from filterd.pipeline import Pipeline, context_for
 from filterd.services import Services
 from filterd.transaction import Session, Transaction
 from tests.fuzz.offline import offline_pipeline
@@ -37,7 +39,7 @@ class Burner(Check):
 
     def __init__(self, name: str, seconds: float, optional: bool = False) -> None:
         config = parse_config({})
-        super().__init__(config.check_settings("header_sanity"), config, Services(config))
+        super().__init__(context_for(config, "header_sanity", Services(config)))
         self.name = name  # type: ignore[misc]
         self.stage = Stage.EOM  # type: ignore[misc]
         self.optional_content = optional  # type: ignore[misc]
@@ -50,6 +52,9 @@ class Burner(Check):
 
 
 def pipeline(*checks: Check, budget: float) -> Pipeline:
+    """The checks run in the order given (each declared to run after the one before)."""
+    for before, check in itertools.pairwise(checks):
+        check.after = (before.name,)  # type: ignore[misc]
     config = parse_config({"milter": {"cpu_budget": budget}})
     return Pipeline(config, checks, Services(config))
 

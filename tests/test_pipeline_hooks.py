@@ -7,9 +7,11 @@ from collections.abc import Iterable
 
 import pytest
 
-from filterd.check import Check, CheckSettings, Finding, Output, Stage
+from filterd.check import SCORE_SO_FAR, Check, CheckSettings, Finding, Output, Stage
 from filterd.config import Config, parse_config
-from filterd.pipeline import Action, Pipeline, SmtpContext, Verdict, scan, score_so_far
+from filterd.driver import SmtpContext, scan
+from filterd.pipeline import Pipeline, context_for
+from filterd.results import Action, Verdict
 from filterd.services import Services
 from filterd.transaction import Transaction
 
@@ -27,10 +29,10 @@ class AfterScoring(Check):
     name = "after"
     stage = Stage.EOM
     symbols = {"SEEN_SCORE": 0.0}
-    after_scoring = True
+    requires = (SCORE_SO_FAR,)
 
     def run(self, tx: Transaction) -> Iterable[Output]:
-        yield Finding("SEEN_SCORE", f"score so far {score_so_far(self.config, tx)}")
+        yield Finding("SEEN_SCORE", f"score so far {self.ctx.score_so_far(tx)}")
 
 
 class Recorder(Check):
@@ -55,7 +57,9 @@ class Broken(Recorder):
 
 def make(config: Config, *checks: type[Check]) -> Pipeline:
     services = Services(config)
-    return Pipeline(config, [c(CheckSettings(), config, services) for c in checks], services)
+    return Pipeline(
+        config, [c(context_for(config, c.name, services, CheckSettings())) for c in checks], services
+    )
 
 
 def test_after_scoring_check_runs_last_and_sees_the_score() -> None:
@@ -110,7 +114,7 @@ class Failing(Check):
 def test_fail_closed_tempfails_only_dependency_failures(error: Exception, code: int) -> None:
     config = parse_config({})
     services = Services(config)
-    check = Failing(CheckSettings(on_error="closed"), config, services)
+    check = Failing(context_for(config, Failing.name, services, CheckSettings(on_error="closed")))
     check.error = error
     p = Pipeline(config, [check], services)
     _, verdict = scan(p, b"Subject: x\r\n\r\nbody\r\n")

@@ -16,8 +16,10 @@ from pathlib import Path
 import pytest
 
 from filterd.config import parse_config
-from filterd.pipeline import Action, Pipeline, SmtpContext, scan
-from filterd.quarantine import (
+from filterd.driver import SmtpContext, scan
+from filterd.pipeline import Pipeline
+from filterd.quarantine.release import release
+from filterd.quarantine.store import (
     AlreadyReleased,
     InvalidId,
     QuarantineError,
@@ -32,6 +34,7 @@ from filterd.quarantine import (
     render_headers,
 )
 from filterd.report import verdict_headers
+from filterd.results import Action
 from tests.harness import avsamples
 from tests.harness.clamd import ClamdServer
 from tests.harness.net import free_port
@@ -122,7 +125,7 @@ def test_lf_message_keeps_lf(tmp_path: Path) -> None:
 )
 def test_ids_are_validated(tmp_path: Path, bad: str) -> None:
     store = store_at(tmp_path)
-    for op in (store.get, store.release, store.delete):
+    for op in (store.get, lambda qid: release(store, qid), store.delete):
         with pytest.raises(InvalidId):
             op(bad)
 
@@ -175,14 +178,14 @@ def test_release_delivers_the_exact_bytes_once(tmp_path: Path) -> None:
         store = store_at(tmp_path, sink.address)
         raw = avsamples.eicar_zip().replace(b"\r\nSee the", b"\r\n.leading dot\r\nSee the")  # dot-stuffing
         qid = store.put(raw, ADDED, META)
-        entry = store.release(qid)
+        entry = release(store, qid)
         assert [m.data for m in sink.messages] == [raw]
         assert sink.messages[0].mail_from == "sender@example.test"
         assert sink.messages[0].rcpts == ("b@example.test", "c@example.test")
         assert entry.released is not None and entry.released["to"] == META["rcpts"]
         assert store.get(qid).released == entry.released
         with pytest.raises(AlreadyReleased, match="already released"):
-            store.release(qid)
+            release(store, qid)
         assert len(sink.messages) == 1
         assert not (tmp_path / f"{qid}.lock").exists()
 
@@ -195,7 +198,7 @@ def test_release_drops_forged_verdict_headers_only(tmp_path: Path) -> None:
     with SmtpSink() as sink:
         store = store_at(tmp_path, sink.address)
         qid = store.put(raw, ADDED, META)
-        store.release(qid)
+        release(store, qid)
         assert sink.messages[0].data == (
             b"Received: from x\r\n\tby y\r\nSubject: hi\r\n\r\nX-Spam-Status: body line\r\n"
         )
@@ -206,7 +209,7 @@ def test_release_to_another_address_and_null_sender(tmp_path: Path) -> None:
     with SmtpSink() as sink:
         store = store_at(tmp_path, sink.address)
         qid = store.put(avsamples.clean(), [], {"mail_from": "", "rcpts": ["b@example.test"]})
-        store.release(qid, ["admin@example.test"])
+        release(store, qid, ["admin@example.test"])
         assert sink.messages[0].rcpts == ("admin@example.test",)
         assert sink.messages[0].mail_from == "<>"  # aiosmtpd writes the null sender so
 
@@ -215,7 +218,7 @@ def test_release_with_a_refused_recipient(tmp_path: Path) -> None:
     with SmtpSink(refuse=("c@example.test",)) as sink:
         store = store_at(tmp_path, sink.address)
         qid = store.put(avsamples.clean(), [], META)
-        entry = store.release(qid)
+        entry = release(store, qid)
         assert sink.messages[0].rcpts == ("b@example.test",)
         assert entry.released is not None
         assert entry.released["to"] == ["b@example.test"]
@@ -227,11 +230,11 @@ def test_failed_release_can_be_retried(tmp_path: Path) -> None:
     store = store_at(tmp_path, sink.address)
     qid = store.put(avsamples.clean(), [], META)
     with pytest.raises(ReleaseFailed, match="cannot re-inject"):
-        store.release(qid)  # the sink is not running yet
+        release(store, qid)  # the sink is not running yet
     assert store.get(qid).released is None
     assert not (tmp_path / f"{qid}.lock").exists()
     with sink:
-        store.release(qid)
+        release(store, qid)
         assert len(sink.messages) == 1
 
 
@@ -240,7 +243,7 @@ def test_interrupted_release_leaves_a_lock_that_refuses(tmp_path: Path) -> None:
     qid = store.put(avsamples.clean(), [], META)
     (tmp_path / f"{qid}.lock").write_text("release pid=1\n")
     with pytest.raises(ReleaseLocked, match="remove the lock file"):
-        store.release(qid)
+        release(store, qid)
     with pytest.raises(ReleaseLocked):
         store.delete(qid)
 
@@ -313,7 +316,7 @@ def test_purge_removes_old_entries_and_leftovers(tmp_path: Path) -> None:
 
 
 def test_filters() -> None:
-    from filterd.quarantine import Entry
+    from filterd.quarantine.store import Entry
 
     e = Entry(
         "20240101-000000-0123456789",
@@ -405,5 +408,5 @@ def test_release_via_a_unix_socket(tmp_path: Path) -> None:
     store = store_at(tmp_path / "q", str(tmp_path / "no-such-socket"))
     qid = store.put(avsamples.clean(), ADDED, META)
     with pytest.raises(ReleaseFailed, match=r"cannot re-inject through .*no-such-socket: No such file"):
-        store.release(qid)
+        release(store, qid)
     assert store.get(qid).released is None

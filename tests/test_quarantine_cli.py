@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from filterd.cli.filterctl import cli
-from filterd.quarantine import QuarantineSettings, QuarantineStore
+from filterd.quarantine.store import QuarantineSettings, QuarantineStore
 from tests.harness import avsamples
 from tests.harness.clamd import ClamdServer
 from tests.harness.redis import RedisServer
@@ -350,7 +350,7 @@ def test_error_messages_quoting_metadata_are_escaped(setup: tuple[Path, Quaranti
     config, store, (virus, _) = setup
     meta = dict(store.get(virus).meta)
     meta["released"] = {"time": HOSTILE, "to": [f"b{HOSTILE}@example.test"]}
-    store._replace_meta(virus, meta)
+    store.replace_meta(virus, meta)
     result = run(config, "quarantine", "release", virus)
     assert result.exit_code == 1 and "already released at \\x1b[2J" in result.output, result.output
     assert not {c for c in result.output if c in RAW_CONTROLS}

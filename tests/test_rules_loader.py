@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from filterd.config import parse_config
-from filterd.pipeline import Pipeline, scan
+from filterd.driver import scan
+from filterd.pipeline import Pipeline
 from filterd.rules import RuleError, load_rule_set, meta
 from filterd.settings import ConfigError
 from tests.rules_support import message, names, rule_dir, rules_from

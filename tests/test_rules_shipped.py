@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 
 from filterd.config import known_symbols, parse_config
+from filterd.driver import scan
 from filterd.message import Message
-from filterd.pipeline import Action, Pipeline, scan
+from filterd.pipeline import Pipeline
+from filterd.results import Action
 from filterd.rules import RuleSet, load_rule_set, shipped_dir
 from filterd.rules.engine import PatternSet, compile_pattern
 from tests.rules_support import message

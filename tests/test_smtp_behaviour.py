@@ -8,9 +8,11 @@ from typing import Any
 
 import pytest
 
-from filterd.checks.smtp_behaviour import dynamic_reason, lookalike
+from filterd.checks.client_dns import dynamic_reason
+from filterd.checks.header_heuristics import lookalike
 from filterd.config import parse_config, registered_checks
-from filterd.pipeline import Pipeline, SmtpContext, scan
+from filterd.driver import SmtpContext, scan
+from filterd.pipeline import Pipeline
 
 HEURISTICS = ("helo", "client_dns", "sender_dns", "header_heuristics")
 BODY = b"Date: Wed, 25 Nov 2026 10:00:00 +0000\r\nMessage-ID: <1@a.test>\r\nSubject: hi\r\n\r\nhello\r\n"
@@ -179,28 +181,24 @@ def test_lookalike_unit() -> None:
 
 
 def test_from_our_domain_authenticated_by_dkim_is_not_flagged(local_dns: Any) -> None:
-    from dataclasses import dataclass
 
+    from filterd.auth.results import DKIM, DkimResult
     from filterd.check import Check, CheckSettings, Stage
-
-    @dataclass(frozen=True)
-    class Result:
-        result: str
-        domain: str
+    from filterd.pipeline import context_for
 
     class DkimPass(Check):  # stands in for the DKIM check: a pass for ours.test
         name = "dkim_stub"
         stage = Stage.EOM
         symbols: dict[str, float] = {}
+        provides = (DKIM,)
 
         def run(self, tx: Any) -> list[Any]:
-            tx.auth_results = {"dkim": [Result("pass", "ours.test")]}
+            tx.facts.set(DKIM, (DkimResult("pass", "ours.test", "s", "", "rsa-sha256"),))
             return []
 
     base = pipeline(local_dns)
-    p = Pipeline(
-        base.config, [DkimPass(CheckSettings(), base.config, base.services), *base.checks], base.services
-    )
+    stub = DkimPass(context_for(base.config, "dkim_stub", base.services, CheckSettings()))
+    p = Pipeline(base.config, [stub, *base.checks], base.services)
     raw = b"From: IT desk <it@ours.test>\r\n" + BODY
     assert "FROM_LOCAL_DOMAIN_UNAUTH" in run(base, raw=raw)
     assert "FROM_LOCAL_DOMAIN_UNAUTH" not in run(p, raw=raw)

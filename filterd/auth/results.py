@@ -1,7 +1,7 @@
 """Authentication results: what SPF, DKIM, DMARC and ARC found, and the one header that says so.
 
-Each authentication check leaves its result on ``tx.auth_results`` under its key below, so DMARC
-can read the SPF and DKIM results and the `auth_results` check can write one
+Each authentication check leaves its result on ``tx.facts`` under its fact below, so DMARC can
+read the SPF and DKIM results and the `auth_results` finisher can write one
 Authentication-Results header (RFC 8601) that carries them all.  Results are plain frozen data;
 the rendering here knows nothing about how they were obtained.
 """
@@ -10,21 +10,14 @@ from __future__ import annotations
 
 import re
 import socket
-from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
+
+from filterd.results import Fact, Facts
 
 if TYPE_CHECKING:
     from filterd.config import Config
-
-# Keys of `Transaction.auth_results`.
-SPF = "spf"  # SpfResult of the MAIL FROM identity
-SPF_HELO = "spf_helo"  # SpfResult of the HELO identity
-DKIM = "dkim"  # list[DkimResult], one per signature, in header order
-DMARC = "dmarc"  # DmarcResult
-ARC = "arc"  # ArcResult
-HEADER_DONE = "header_done"  # True once the Authentication-Results header was yielded
 
 AR_HEADER = "Authentication-Results"
 
@@ -64,22 +57,30 @@ class ArcResult:
     reason: str = ""
 
 
-def our_hostname(config: Config, announced: str | None = None) -> str:
-    """This host's name in our headers: ``[network] hostname``, else the name Postfix announces
-    (its ``j`` macro, `announced`, when filterd runs as a milter), else the FQDN."""
-    return config.network.hostname or (announced or "").strip() or _fqdn()
+# The facts the authentication checks provide (`Transaction.facts`).
+SPF = Fact[SpfResult]("auth.spf")  # the MAIL FROM identity
+SPF_HELO = Fact[SpfResult]("auth.spf_helo")  # the HELO identity
+DKIM = Fact[tuple[DkimResult, ...]]("auth.dkim")  # one per signature, in header order
+DMARC = Fact[DmarcResult]("auth.dmarc")
+ARC = Fact[ArcResult]("auth.arc")
+
+
+def our_hostname(configured: str, announced: str | None = None) -> str:
+    """This host's name in our headers: `configured` (``[network] hostname``), else the name
+    Postfix announces (its ``j`` macro, `announced`, when filterd runs as a milter), else the FQDN."""
+    return configured or (announced or "").strip() or _fqdn()
 
 
 def configured_authserv_id(config: Config, announced: str | None = None) -> str:
     """Our authserv-id: ``[checks.auth_results] authserv_id``, else `our_hostname`."""
     settings = config.check_settings("auth_results")
-    return settings.authserv_id or our_hostname(config, announced)
+    return settings.authserv_id or our_hostname(config.network.hostname, announced)
 
 
 def our_ids(config: Config, announced: str | None = None) -> tuple[str, ...]:
     """The names an incoming Authentication-Results or Received-SPF header must not claim: our
     authserv-id and our host name (they differ when authserv_id is set to, say, the domain)."""
-    ids = (configured_authserv_id(config, announced), our_hostname(config, announced))
+    ids = (configured_authserv_id(config, announced), our_hostname(config.network.hostname, announced))
     return tuple(dict.fromkeys(normalise_id(i) for i in ids if i))
 
 
@@ -216,7 +217,7 @@ def _arc_resinfo(r: ArcResult) -> str:
     return f"arc={r.result}{comment('; '.join(details))}"
 
 
-def render(authserv_id: str, results: Mapping[str, Any]) -> str | None:
+def render(authserv_id: str, results: Facts) -> str | None:
     """The Authentication-Results value for `results`, folded one method a line; None if empty."""
     parts: list[str] = []
     for key in (SPF, SPF_HELO):

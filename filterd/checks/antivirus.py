@@ -43,10 +43,19 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-from filterd.check import AddHeader, Check, CheckSettings, Direction, Finding, Output, Stage
+from filterd.check import (
+    AddHeader,
+    Check,
+    CheckContext,
+    CheckSettings,
+    Cost,
+    Direction,
+    Finding,
+    Output,
+    Stage,
+)
 from filterd.checks.message_size import oversize_decision
 from filterd.clamd import ClamdError, ClamdPool, ClamdTooLarge, ScanResult, check_address
-from filterd.config import Config
 from filterd.replies import (
     R451_VIRUS_SCAN_FAILED,
     R452_TOO_BIG_TO_SCAN,
@@ -59,7 +68,6 @@ from filterd.replies import (
 )
 from filterd.scancache import ScanCache, SecretFileError, read_secret
 from filterd.scanlimits import ScanLimits, exceeded
-from filterd.services import Services
 from filterd.settings import ConfigError, not_negative, positive, setting
 from filterd.transaction import Transaction
 
@@ -160,6 +168,7 @@ class AntivirusSettings(CheckSettings):
 class Antivirus(Check):
     name = "antivirus"
     stage = Stage.EOM
+    cost = Cost.NETWORK
     description = "ClamAV (clamd) scan of the whole message, with a Redis result cache"
     symbols = {
         "CLAM_VIRUS": 20.0,
@@ -174,18 +183,19 @@ class Antivirus(Check):
     # outbound too: a virus sent by a compromised account must not leave either (clamav-milter scans both)
     directions = frozenset({Direction.INBOUND, Direction.OUTBOUND})
 
-    def __init__(self, settings: AntivirusSettings, config: Config, services: Services) -> None:
-        super().__init__(settings, config, services)
+    def __init__(self, ctx: CheckContext[AntivirusSettings]) -> None:
+        super().__init__(ctx)
+        settings = ctx.settings
         self.s = settings
         self.pool = ClamdPool(
             settings.sockets, settings.timeout, settings.connect_timeout, settings.retry_after
         )
-        self.max_size = settings.max_size or config.milter.max_scan_bytes
+        self.max_size = settings.max_size or ctx.site.max_scan_bytes
         self.limits = ScanLimits(
             settings.max_recursion, settings.max_file_size, settings.max_scan_size, settings.max_files
         )
         # gethostname, not getfqdn: getfqdn may block on DNS while the daemon starts
-        self.hostname = config.network.hostname or socket.gethostname()
+        self.hostname = ctx.site.hostname or socket.gethostname()
         self._version: tuple[float, str] | None = None
         self._version_lock = threading.Lock()
         self._cache_down_until = 0.0
@@ -214,7 +224,7 @@ class Antivirus(Check):
             return None
         return ScanCache(
             self.services.redis,
-            self.config.redis.key_prefix,
+            self.ctx.site.key_prefix,
             self.s.cache_ttl,
             self.s.cache_headers,
             self.cache_secret,
@@ -239,7 +249,7 @@ class Antivirus(Check):
             # normally has already; applied here too in case that check is turned off)
             reason = f"message of {tx.size} bytes not scanned for viruses: over [milter] max_scan_bytes"
             yield Finding("CLAM_SKIPPED_SIZE", reason)
-            decision = oversize_decision(self.config, reason)
+            decision = oversize_decision(self.site, reason)
             if decision is not None:
                 yield decision
             else:

@@ -1,6 +1,6 @@
 """ARC (RFC 8617): verify the chain of custody intermediaries added, and record the result.
 
-The result (pass, fail, none, temperror) goes on ``tx.auth_results["arc"]`` for the
+The result (pass, fail, none, temperror) goes on ``tx.facts`` (`filterd.auth.results.ARC`) for the
 Authentication-Results header; the symbols let an admin score it.  Signing an ARC set of our own
 (when filterd forwards) is not done yet.
 
@@ -23,7 +23,7 @@ import dkim
 
 from filterd.auth.dkimdns import KeyLookup
 from filterd.auth.results import ARC, ArcResult
-from filterd.check import Check, CheckSettings, Finding, Output, Stage
+from filterd.check import Check, CheckSettings, Cost, Finding, Output, Stage
 from filterd.checks.dkim import LibraryLog
 from filterd.dns import DnsBudget
 from filterd.transaction import Transaction
@@ -37,6 +37,8 @@ _ARC_HEADER = re.compile(rb"(?im)^(arc-seal|arc-message-signature|arc-authentica
 class Arc(Check):
     name = "arc"
     stage = Stage.EOM
+    provides = (ARC,)
+    cost = Cost.NETWORK
     description = "verify the ARC chain (RFC 8617) and record the result"
     needs_body = True
     symbols = {"ARC_PASS": -0.1, "ARC_FAIL": 0.5, "ARC_NONE": 0.0, "ARC_TEMPERROR": 0.0}
@@ -45,11 +47,11 @@ class Arc(Check):
     def run(self, tx: Transaction) -> Iterable[Output]:
         raw = tx.message.raw
         if b"arc-seal" not in _header_block(raw).lower():
-            tx.auth_results[ARC] = ArcResult("none")
+            tx.facts.set(ARC, ArcResult("none"))
             yield Finding("ARC_NONE", "no ARC set")
             return
-        result = verify_chain(raw, self.services.resolver, tx.dns_budget_for(self.config.dns))
-        tx.auth_results[ARC] = result
+        result = verify_chain(raw, self.services.resolver, tx.dns_budget_for(self.ctx.dns))
+        tx.facts.set(ARC, result)
         reason = f"{result.instances} ARC set(s)" + (f": {result.reason}" if result.reason else "")
         yield Finding(f"ARC_{result.result.upper()}", reason)
 

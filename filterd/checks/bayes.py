@@ -34,9 +34,18 @@ from typing import TYPE_CHECKING, Literal, TypeVar
 
 from filterd.bayes.params import Params
 from filterd.bayes.signatures import PendingSignature, PerMessage, SignatureWriter
-from filterd.check import AddHeader, Check, CheckSettings, Finding, Output, Stage
-from filterd.config import Config
-from filterd.services import Services
+from filterd.check import (
+    SCORE_SO_FAR,
+    AddHeader,
+    Check,
+    CheckContext,
+    CheckSettings,
+    Cost,
+    Finding,
+    Output,
+    Stage,
+)
+from filterd.results import Action, Verdict
 from filterd.settings import ConfigError, not_negative, positive, setting
 from filterd.transaction import Transaction
 
@@ -45,7 +54,6 @@ if TYPE_CHECKING:  # numpy and scikit-learn load when the check is built, not wh
 
     from filterd.bayes.classifier import Result
     from filterd.bayes.model import Model
-    from filterd.pipeline import Verdict
 
 log = logging.getLogger("filterd.bayes")
 T = TypeVar("T")
@@ -151,6 +159,8 @@ def params_of(settings: BayesSettings) -> Params:
 class Bayes(Check):
     name = "bayes"
     stage = Stage.EOM
+    requires = (SCORE_SO_FAR,)  # autolearn reads the score of the other checks
+    cost = Cost.CONTENT
     needs_body = True
     optional_content = True
     description = "naive-Bayes classifier (chi-square combining), signatures for retraining"
@@ -164,8 +174,9 @@ class Bayes(Check):
     }
     Settings = BayesSettings
 
-    def __init__(self, settings: BayesSettings, config: Config, services: Services) -> None:
-        super().__init__(settings, config, services)
+    def __init__(self, ctx: CheckContext[BayesSettings]) -> None:
+        super().__init__(ctx)
+        settings = ctx.settings
         from filterd.bayes.model import ModelError
         from filterd.bayes.store import ModelHolder, model_path
 
@@ -183,8 +194,8 @@ class Bayes(Check):
             self.holder = ModelHolder(
                 model_path(settings.model),
                 settings.storage,
-                lambda: services.redis,
-                config.redis.key_prefix,
+                lambda: ctx.services.redis,
+                ctx.site.key_prefix,
                 settings.log_max,
                 settings.sync_interval,
             )
@@ -234,7 +245,9 @@ class Bayes(Check):
         symbol = "BAYES_SPAM" if p >= s.spam_cutoff else "BAYES_HAM" if p < s.ham_cutoff else "BAYES_UNSURE"
         # the band's score, unless [scores] names the symbol: then the admin's fixed score applies
         score = (
-            None if symbol in self.config.scores else next(sc for low, sc in reversed(s.bands) if p >= low)
+            None
+            if self.ctx.scores.is_overridden(symbol)
+            else next(sc for low, sc in reversed(s.bands) if p >= low)
         )
         clues = ", ".join(f"{c.token}={c.prob:.3f}" for c in result.clues[:6])
         return Finding(
@@ -271,8 +284,6 @@ class Bayes(Check):
 
     def after_verdict(self, tx: Transaction, verdict: Verdict) -> None:
         """Store the message's signature if it is delivered; forget (or delete) it otherwise."""
-        from filterd.pipeline import Action
-
         pending = self.pending.pop(tx)
         if pending is None:
             return
@@ -305,11 +316,7 @@ class Bayes(Check):
             return ("spam" if result.spamicity >= 0.5 else "ham"), f"train_mode {mode}"
         if not s.autolearn:
             return None, ""
-        others = sum(
-            f.score if f.score is not None else self.config.score_of(f.symbol)
-            for f in tx.findings
-            if not f.symbol.startswith("BAYES_")
-        )
+        others = sum(self.ctx.scores.of_finding(f) for f in tx.findings if not f.symbol.startswith("BAYES_"))
         if others >= s.autolearn_spam:
             label, mine, theirs = "spam", model.nspam, model.nham
         elif others <= s.autolearn_ham:

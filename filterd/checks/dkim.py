@@ -5,7 +5,7 @@ from its header callbacks with leading whitespace and folding kept (SMFIP_HDR_LE
 turned back into "\\r\\n") plus the body chunks as sent, so `simple` canonicalisation verifies too.
 
 Each signature gets its own result (pass, fail, neutral, policy, temperror, permerror) on
-``tx.auth_results["dkim"]`` for DMARC and the Authentication-Results header.  The findings are one
+``tx.facts`` (`filterd.auth.results.DKIM`) for DMARC and the Authentication-Results header.  The findings are one
 symbol per kind of result, with the signatures named in the reason, so a message signed twice by
 its domain (RSA and Ed25519) is not scored twice.
 
@@ -32,10 +32,8 @@ from dkim.util import parse_tag_value
 
 from filterd.auth.dkimdns import KeyLookup
 from filterd.auth.results import DKIM, DkimResult
-from filterd.check import Check, CheckSettings, Finding, Output, Stage
-from filterd.config import Config
+from filterd.check import Check, CheckContext, CheckSettings, Cost, Finding, Output, Stage
 from filterd.dns import DnsBudget
-from filterd.services import Services
 from filterd.settings import setting
 from filterd.transaction import Transaction
 
@@ -90,6 +88,9 @@ class LibraryLog:
 class Dkim(Check):
     name = "dkim"
     stage = Stage.EOM
+    provides = (DKIM,)
+    after = ("antivirus",)  # a virus is refused before DNS is spent on its signatures
+    cost = Cost.NETWORK
     description = "verify every DKIM signature, RSA and Ed25519 (RFC 6376, RFC 8463)"
     needs_body = True
     symbols = {
@@ -103,20 +104,21 @@ class Dkim(Check):
     }
     Settings = DkimSettings
 
-    def __init__(self, settings: DkimSettings, config: Config, services: Services) -> None:
-        super().__init__(settings, config, services)
+    def __init__(self, ctx: CheckContext[DkimSettings]) -> None:
+        super().__init__(ctx)
+        settings = ctx.settings
         self.dkim_settings = settings
 
     def run(self, tx: Transaction) -> Iterable[Output]:
         results = verify_all(
             tx.message.raw,
             self.services.resolver,
-            budget=tx.dns_budget_for(self.config.dns),
+            budget=tx.dns_budget_for(self.ctx.dns),
             min_rsa_bits=self.dkim_settings.min_rsa_bits,
             max_signatures=self.dkim_settings.max_signatures,
             accept_rsa_sha1=self.dkim_settings.accept_rsa_sha1,
         )
-        tx.auth_results[DKIM] = results
+        tx.facts.set(DKIM, tuple(results))
         if not results:
             yield Finding("DKIM_NONE", "no DKIM signature")
             return

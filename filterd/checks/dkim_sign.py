@@ -35,9 +35,8 @@ import dkim
 
 from filterd.addresses import getaddresses
 from filterd.auth.keys import SigningKey, load_signing_key
-from filterd.check import AddHeader, Check, CheckSettings, Direction, Finding, Output, Stage
-from filterd.config import Config
-from filterd.services import Services
+from filterd.check import AddHeader, CheckContext, CheckSettings, Direction, Finding, Finisher
+from filterd.results import Verdict
 from filterd.settings import ConfigError, setting
 from filterd.transaction import Transaction
 
@@ -107,17 +106,20 @@ class DkimSignSettings(CheckSettings):
     )
 
 
-class DkimSign(Check):
+class DkimSign(Finisher):
+    """Signs once the verdict is known (a finisher): the signature covers the message as it
+    leaves, and a message that is refused costs no signature."""
+
     name = "dkim_sign"
-    stage = Stage.EOM
     directions = frozenset({Direction.OUTBOUND})
     description = "DKIM-sign outbound mail with the From domain's keys (RSA, Ed25519 or both)"
     needs_body = True
     symbols = {"DKIM_SIGNED": 0.0, "DKIM_NOT_SIGNED": 0.0}
     Settings = DkimSignSettings
 
-    def __init__(self, settings: DkimSignSettings, config: Config, services: Services) -> None:
-        super().__init__(settings, config, services)
+    def __init__(self, ctx: CheckContext[DkimSignSettings]) -> None:
+        super().__init__(ctx)
+        settings = ctx.settings
         self.sign_settings = settings
         self.table = load_key_table(settings)
         self.headers = tuple(dict.fromkeys(["from", *(h.lower() for h in settings.headers)]))
@@ -136,7 +138,7 @@ class DkimSign(Check):
                     return self.table[parent]
         return self.table.get(self.sign_settings.default_domain.lower(), [])
 
-    def run(self, tx: Transaction) -> Iterable[Output]:
+    def finish(self, tx: Transaction, verdict: Verdict) -> Iterable[AddHeader | Finding]:
         if not self.table:
             return
         addresses = [a for _, a in getaddresses(tx.header_values("From")) if "@" in a]

@@ -1,7 +1,7 @@
 """DMARC (RFC 7489): does an SPF or DKIM pass align with the From domain, and what does the
 domain ask for when neither does?
 
-Reads the SPF and DKIM results the earlier checks left on ``tx.auth_results``.  SPF counts when
+Reads the SPF and DKIM results the earlier checks left on ``tx.facts``.  SPF counts when
 the MAIL FROM result is pass and its domain aligns (for the null sender, the HELO identity, as
 RFC 7489 4.1 says); DKIM counts when any signature passed with an aligned d=.  Relaxed alignment
 compares organisational domains (Public Suffix List), strict the domains themselves.
@@ -35,13 +35,10 @@ from typing import Literal
 
 from filterd.auth.dmarc import RecordError, aligned, disposition, find_policy
 from filterd.auth.fromheader import from_domains
-from filterd.auth.results import DKIM, DMARC, SPF, SPF_HELO, DkimResult, DmarcResult, SpfResult
-from filterd.check import Check, CheckSettings, Finding, Output, Stage
-from filterd.checks.auth_results import header_for
-from filterd.config import Config
+from filterd.auth.results import DKIM, DMARC, SPF, SPF_HELO, DmarcResult
+from filterd.check import Check, CheckContext, CheckSettings, Cost, Finding, Output, Stage
 from filterd.dns import DnsTempError
 from filterd.replies import R550_DMARC_REJECT, R550_FROM_AMBIGUOUS, Quarantine, Reject
-from filterd.services import Services
 from filterd.settings import setting
 from filterd.transaction import Transaction
 
@@ -85,6 +82,9 @@ class _Outcome:
 class Dmarc(Check):
     name = "dmarc"
     stage = Stage.EOM
+    provides = (DMARC,)
+    requires = (SPF, SPF_HELO, DKIM)
+    cost = Cost.NETWORK
     description = "DMARC policy of the From domain, with SPF and DKIM alignment (RFC 7489)"
     symbols = {
         "DMARC_PASS": -0.5,
@@ -100,15 +100,16 @@ class Dmarc(Check):
     Settings = DmarcSettings
     sample: Callable[[], float] = staticmethod(random.random)  # pct= sampling; a test sets it
 
-    def __init__(self, settings: DmarcSettings, config: Config, services: Services) -> None:
-        super().__init__(settings, config, services)
+    def __init__(self, ctx: CheckContext[DmarcSettings]) -> None:
+        super().__init__(ctx)
+        settings = ctx.settings
         self.dmarc_settings = settings
 
     def run(self, tx: Transaction) -> Iterable[Output]:
         found = from_domains(tx.header_values("From"))
         domains = found.domains
         if not domains:
-            tx.auth_results[DMARC] = DmarcResult("none", "", reason="no From address")
+            tx.facts.set(DMARC, DmarcResult("none", "", reason="no From address"))
             yield Finding("DMARC_NO_FROM", "no From address: DMARC does not apply")
             return
         if len(domains) > 1 or found.truncated:
@@ -117,20 +118,20 @@ class Dmarc(Check):
             )
             yield Finding("DMARC_MULTI_FROM", f"From addresses of several domains: {listed}")
             if self.dmarc_settings.multiple_from == "reject":
-                tx.auth_results[DMARC] = DmarcResult("permerror", "", reason=f"From domains {listed}")
+                tx.facts.set(DMARC, DmarcResult("permerror", "", reason=f"From domains {listed}"))
                 yield Reject(R550_FROM_AMBIGUOUS, f"From domains {listed}")
                 return
             if len(domains) > MAX_FROM_DOMAINS or found.truncated:
                 # Too many to look up within the DNS budget, and one of them may be a p=reject
                 # domain put last on purpose: hold the message rather than judge part of it.
-                tx.auth_results[DMARC] = DmarcResult("permerror", "", reason=f"From domains {listed}")
+                tx.facts.set(DMARC, DmarcResult("permerror", "", reason=f"From domains {listed}"))
                 yield from self._hold(tx, f"From names more than {MAX_FROM_DOMAINS} domains")
                 return
         # Several From domains: each is judged and the strictest outcome applies, so naming a
         # second domain never weakens the policy of the first (RFC 7489 6.6.1).
         outcomes = [self._evaluate(tx, d) for d in domains]
         worst = max(outcomes, key=lambda o: o.severity)
-        tx.auth_results[DMARC] = worst.result
+        tx.facts.set(DMARC, worst.result)
         for o in outcomes:
             yield from o.findings
         yield from self._act(tx, worst)
@@ -143,7 +144,7 @@ class Dmarc(Check):
         ) -> _Outcome:
             return _Outcome(DmarcResult(result, from_domain, policy, dis, reason), [finding])
 
-        budget = tx.dns_budget_for(self.config.dns)
+        budget = tx.dns_budget_for(self.ctx.dns)
         try:
             policy = find_policy(self.services.resolver, from_domain, budget)
         except DnsTempError as exc:
@@ -171,7 +172,7 @@ class Dmarc(Check):
         where += f" from _dmarc.{policy.found_at}"
         reason = f"{from_domain}: no aligned SPF or DKIM pass ({where}); disposition {dis}"
         unverified = ""
-        if DKIM not in tx.auth_results:
+        if DKIM not in tx.facts:
             # DKIM did not run (the body was over max_scan_bytes, the check is off or failed):
             # that is no DKIM pass, never a reason to let the message through.  Since a signature
             # might have passed, a reject is held in quarantine instead, where nothing is lost.
@@ -200,20 +201,17 @@ class Dmarc(Check):
             yield from self._hold(tx, f"DMARC {o.disposition} for {domain}")
 
     def _hold(self, tx: Transaction, why: str) -> Iterable[Output]:
-        header = header_for(tx, self.config)  # the auth_results check will not run after a decision
-        if header is not None:
-            yield header
-        yield Quarantine(why)
+        yield Quarantine(why)  # the auth_results finisher still writes the header: it runs after
 
     def _aligned_pass(self, tx: Transaction, from_domain: str, aspf: str, adkim: str) -> str:
         """Why the message passes DMARC ("" when it does not)."""
-        dkims: list[DkimResult] = tx.auth_results.get(DKIM) or []
+        dkims = tx.facts.get(DKIM) or ()
         for d in dkims:
             if d.result == "pass" and d.domain and aligned(d.domain, from_domain, adkim):
                 return f"DKIM pass aligned (d={d.domain}, adkim={adkim})"
-        spf: SpfResult | None = tx.auth_results.get(SPF)
+        spf = tx.facts.get(SPF)
         if spf is None and not (tx.mail_from or "").strip("<> "):
-            spf = tx.auth_results.get(SPF_HELO)  # the null sender: the HELO identity stands in
+            spf = tx.facts.get(SPF_HELO)  # the null sender: the HELO identity stands in
         if spf is not None and spf.result == "pass" and aligned(spf.domain, from_domain, aspf):
             return f"SPF pass aligned ({spf.identity} {spf.domain}, aspf={aspf})"
         return ""

@@ -32,13 +32,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 from filterd.addrlists import AddressList, NetworkList
-from filterd.check import Check, Finding, Output, Stage
-from filterd.config import Config
+from filterd.check import SCORE_SO_FAR, Check, CheckContext, Cost, Finding, Output, Stage
 from filterd.keys import Keys, client_network, normalize_sender
-from filterd.pipeline import score_so_far
 from filterd.redisstate import LuaScript, RedisCheckSettings, RedisGuard
 from filterd.replies import R451_GREYLIST_DEFERRED, TempFail
-from filterd.services import Services
 from filterd.settings import ConfigError, not_negative, setting
 from filterd.transaction import Transaction
 
@@ -149,11 +146,17 @@ class Greylist(Check):
         "GREYLIST_REDIS_ERROR": 0.0,
     }
     Settings = GreylistSettings
-    after_scoring = True  # at RCPT: after the recipient lists; in content mode: after every check
+    # at RCPT: after the recipient lists and rate limit (a refused recipient is no triplet); in
+    # content mode: after every check of end of message, the classifier included (its score
+    # counts toward the greylist band)
+    requires = (SCORE_SO_FAR,)
+    after = ("bayes",)
+    cost = Cost.NETWORK
     clock: Callable[[], float] = staticmethod(time.time)
 
-    def __init__(self, settings: GreylistSettings, config: Config, services: Services) -> None:
-        super().__init__(settings, config, services)
+    def __init__(self, ctx: CheckContext[GreylistSettings]) -> None:
+        super().__init__(ctx)
+        settings = ctx.settings
         key = f"checks.{self.name}"
         if settings.delay >= settings.retry_window:
             raise ConfigError(f"{key}.delay", f"{settings.delay} must be shorter than retry_window")
@@ -166,7 +169,7 @@ class Greylist(Check):
         self.clients = NetworkList.load(settings.client_allow_file, f"{key}.client_allow_file")
         self.senders = AddressList.load(settings.sender_allow_file, f"{key}.sender_allow_file")
         self.recipients = AddressList.load(settings.recipient_allow_file, f"{key}.recipient_allow_file")
-        self.keys = Keys(config.redis.key_prefix)
+        self.keys = Keys(ctx.site.key_prefix)
         self.guard = RedisGuard(self.name, "GREYLIST_REDIS_ERROR", settings)
 
     @property
@@ -177,8 +180,8 @@ class Greylist(Check):
     def run(self, tx: Transaction) -> Iterable[Output]:
         s = self._s
         if s.mode == "content":
-            total = score_so_far(self.config, tx)
-            high = min(s.content_max_score, self.config.actions.reject)
+            total = self.ctx.score_so_far(tx)
+            high = min(s.content_max_score, self.site.reject_score)
             if not s.content_min_score <= total < high:
                 return
             rcpts = sorted({r.strip("<>").lower() for r in tx.rcpts})

@@ -23,10 +23,8 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from filterd.addrlists import AddressList, NetworkList
-from filterd.check import Check, CheckSettings, Finding, Output, Stage
-from filterd.config import Config
+from filterd.check import Check, CheckContext, CheckSettings, Finding, Output, Stage
 from filterd.replies import R550_CLIENT_DENIED, R550_RECIPIENT_DENIED, R550_SENDER_DENIED, Reject, Reply
-from filterd.services import Services
 from filterd.settings import setting
 from filterd.transaction import Transaction
 
@@ -44,8 +42,9 @@ class ClientLists(Check):
     symbols = {"CLIENT_ALLOWED": -20.0}
     Settings = ListSettings
 
-    def __init__(self, settings: ListSettings, config: Config, services: Services) -> None:
-        super().__init__(settings, config, services)
+    def __init__(self, ctx: CheckContext[ListSettings]) -> None:
+        super().__init__(ctx)
+        settings = ctx.settings
         self.allow = NetworkList.load(settings.allow_file, f"checks.{self.name}.allow_file")
         self.deny = NetworkList.load(settings.deny_file, f"checks.{self.name}.deny_file")
 
@@ -71,8 +70,9 @@ class _AddressLists(Check):
     deny_reply: Reply
     noun: str  # "sender", "recipient"
 
-    def __init__(self, settings: ListSettings, config: Config, services: Services) -> None:
-        super().__init__(settings, config, services)
+    def __init__(self, ctx: CheckContext[ListSettings]) -> None:
+        super().__init__(ctx)
+        settings = ctx.settings
         self.allow = AddressList.load(settings.allow_file, f"checks.{self.name}.allow_file")
         self.deny = AddressList.load(settings.deny_file, f"checks.{self.name}.deny_file")
 
@@ -127,9 +127,9 @@ class RecipientAllowed(Check):
     description = "RCPT_ALLOWED when every recipient is on the recipient_lists allow list (files set there)"
     symbols = {"RCPT_ALLOWED": -20.0}
 
-    def __init__(self, settings: CheckSettings, config: Config, services: Services) -> None:
-        super().__init__(settings, config, services)
-        lists: ListSettings = config.check_settings(RecipientLists.name)
+    def __init__(self, ctx: CheckContext[CheckSettings]) -> None:
+        super().__init__(ctx)
+        lists: ListSettings = ctx.settings_of(RecipientLists.name)
         path = lists.allow_file if lists.enabled else ""
         self.allow = AddressList.load(path, f"checks.{RecipientLists.name}.allow_file")
 

@@ -18,15 +18,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from filterd.check import Check, CheckSettings, Direction, Finding, Output, Stage
+from filterd.check import Check, CheckSettings, Direction, Finding, Output, Site, Stage
 from filterd.replies import R452_TOO_BIG_TO_SCAN, R552_MESSAGE_TOO_BIG, Reject, TempFail
 from filterd.settings import setting
 from filterd.transaction import Transaction
-
-if TYPE_CHECKING:
-    from filterd.config import Config
 
 
 def _not_negative(value: int) -> str | None:
@@ -51,7 +47,7 @@ class MessageSize(Check):
 
     def decides(self) -> bool:
         assert isinstance(self.settings, MessageSizeSettings)
-        return self.settings.reject_over > 0 or self.config.milter.oversize_action != "accept"
+        return self.settings.reject_over > 0 or self.site.oversize_action != "accept"
 
     def run(self, tx: Transaction) -> Iterable[Output]:
         assert isinstance(self.settings, MessageSizeSettings)
@@ -61,21 +57,21 @@ class MessageSize(Check):
             return
         if not tx.oversized:
             return
-        max_bytes = self.config.milter.max_scan_bytes
+        max_bytes = self.site.max_scan_bytes
         reason = f"message of {tx.size} bytes is over max_scan_bytes ({max_bytes}): content not scanned"
         yield Finding("SCAN_SKIPPED_SIZE", reason)
-        decision = oversize_decision(self.config, reason)
+        decision = oversize_decision(self.site, reason)
         if decision is not None:
             yield decision
 
 
-def oversize_decision(config: Config, reason: str) -> Reject | TempFail | None:
+def oversize_decision(site: Site, reason: str) -> Reject | TempFail | None:
     """What [milter] oversize_action says for a message over max_scan_bytes (None: accept it).
 
     Also called by the antivirus check, so that turning this check off does not let oversized
     mail through unscanned."""
-    max_bytes = config.milter.max_scan_bytes
-    action = config.milter.oversize_action
+    max_bytes = site.max_scan_bytes
+    action = site.oversize_action
     if action == "reject":
         text = f"Message size exceeds the limit of {max_bytes} bytes of this site's content filter"
         return Reject(R552_MESSAGE_TOO_BIG.with_text(text), reason)

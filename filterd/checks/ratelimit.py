@@ -26,12 +26,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from filterd.addrlists import NetworkList
-from filterd.check import Check, Direction, Output, Stage
-from filterd.config import Config
+from filterd.check import Check, CheckContext, Cost, Direction, Output, Stage
 from filterd.keys import Keys, client_network
 from filterd.redisstate import LuaScript, RedisCheckSettings, RedisGuard
 from filterd.replies import R451_RATE_LIMITED, TempFail
-from filterd.services import Services
 from filterd.settings import ConfigError, ip_networks, not_negative, setting
 from filterd.transaction import Transaction
 
@@ -91,6 +89,7 @@ return {allowed, math.floor(tokens), wait}
 class RateLimit(Check):
     name = "ratelimit"
     stage = Stage.RCPT  # one token per recipient
+    cost = Cost.NETWORK  # after the recipient deny list: a refused recipient costs no token
     directions = frozenset({Direction.INBOUND, Direction.OUTBOUND})
     description = (
         "token buckets of recipients per client network (inbound) and per authenticated user (outbound)"
@@ -99,8 +98,9 @@ class RateLimit(Check):
     Settings = RateLimitSettings
     clock: Callable[[], float] = staticmethod(time.time)
 
-    def __init__(self, settings: RateLimitSettings, config: Config, services: Services) -> None:
-        super().__init__(settings, config, services)
+    def __init__(self, ctx: CheckContext[RateLimitSettings]) -> None:
+        super().__init__(ctx)
+        settings = ctx.settings
         for kind in ("ip", "user"):
             if getattr(settings, f"{kind}_rate") > 0 and getattr(settings, f"{kind}_burst") < 1:
                 raise ConfigError(f"checks.{self.name}.{kind}_burst", "must be at least 1 when a rate is set")
@@ -111,7 +111,7 @@ class RateLimit(Check):
         self.exempt = NetworkList(
             tuple(ipaddress.ip_network(n, strict=False) for n in settings.exempt_networks)
         )
-        self.keys = Keys(config.redis.key_prefix)
+        self.keys = Keys(ctx.site.key_prefix)
         self.guard = RedisGuard(self.name, "RATELIMIT_REDIS_ERROR", settings)
 
     def run(self, tx: Transaction) -> Iterable[Output]:

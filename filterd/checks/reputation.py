@@ -15,8 +15,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from filterd.check import Check, Finding, Output, Stage
-from filterd.config import Config
+from filterd.auth.results import DKIM, SPF
+from filterd.check import Check, CheckContext, Cost, Finding, Output, ScoreTable, Stage
 from filterd.keys import Keys
 from filterd.redisstate import RedisCheckSettings, RedisGuard
 from filterd.reputation import (
@@ -29,7 +29,6 @@ from filterd.reputation import (
     entities_of,
     message_ids,
 )
-from filterd.services import Services
 from filterd.settings import setting
 from filterd.transaction import Transaction
 
@@ -41,7 +40,7 @@ _TRUSTED = {"ip": "REP_CLIENT_TRUSTED", "net": "REP_CLIENT_TRUSTED", "auth": "RE
 
 
 def _findings(
-    config: Config,
+    scores: ScoreTable,
     settings: ReputationSettings,
     entities: Sequence[Entity],
     store: ReputationStore,
@@ -53,7 +52,7 @@ def _findings(
         if verdict is None:
             continue
         symbol = f"REP_{_KIND_SYMBOL[entity.kind]}_{verdict.suffix}"
-        score = round(config.score_of(symbol) * verdict.strength, 3)
+        score = round(scores.of(symbol) * verdict.strength, 3)
         yield Finding(symbol, f"{entity}: {counts} in {settings.window_days} days", score=score)
         marker = _TRUSTED.get(entity.kind)
         if verdict.trusted and marker and marker not in trusted_marked:
@@ -64,6 +63,8 @@ def _findings(
 class Reputation(Check):
     name = "reputation"
     stage = Stage.MAIL_FROM
+    requires = (SPF,)  # an SPF-pass domain is scored here
+    cost = Cost.NETWORK
     description = "verdict history of the client IP, network, HELO domain, sender and SPF-pass domain"
     symbols = {
         "REP_IP_BAD": 3.0,
@@ -83,9 +84,10 @@ class Reputation(Check):
     Settings = ReputationSettings
     clock: Callable[[], float] = staticmethod(time.time)
 
-    def __init__(self, settings: ReputationSettings, config: Config, services: Services) -> None:
-        super().__init__(settings, config, services)
-        self.keys = Keys(config.redis.key_prefix)
+    def __init__(self, ctx: CheckContext[ReputationSettings]) -> None:
+        super().__init__(ctx)
+        settings = ctx.settings
+        self.keys = Keys(ctx.site.key_prefix)
         self.guard = RedisGuard(self.name, "REPUTATION_REDIS_ERROR", settings)
 
     @property
@@ -99,7 +101,7 @@ class Reputation(Check):
         entities = entities_of(tx, settings, auth=False)
         entities += [Entity("auth", d) for d in sorted(authenticated_domains(tx).get("spf", ()))]
         ok, findings = self.guard.call(
-            lambda: list(_findings(self.config, settings, entities, self.store, self.clock()))
+            lambda: list(_findings(self.ctx.scores, settings, entities, self.store, self.clock()))
         )
         if not ok:
             yield self.guard.outcome()
@@ -127,16 +129,19 @@ class AuthReputationSettings(RedisCheckSettings):
 class AuthReputation(Check):
     name = "reputation_auth"
     stage = Stage.EOM
+    requires = (SPF, DKIM)  # the authenticated domains
+    cost = Cost.NETWORK
     description = "verdict history of the DKIM-pass domains (settings: [checks.reputation])"
     symbols = {"REPUTATION_AUTH_REDIS_ERROR": 0.0}
     Settings = AuthReputationSettings
     clock: Callable[[], float] = staticmethod(time.time)
 
-    def __init__(self, settings: AuthReputationSettings, config: Config, services: Services) -> None:
-        super().__init__(settings, config, services)
-        self.keys = Keys(config.redis.key_prefix)
+    def __init__(self, ctx: CheckContext[AuthReputationSettings]) -> None:
+        super().__init__(ctx)
+        settings = ctx.settings
+        self.keys = Keys(ctx.site.key_prefix)
         self.guard = RedisGuard(self.name, "REPUTATION_AUTH_REDIS_ERROR", settings)
-        self.reputation: Any = config.check_settings("reputation")
+        self.reputation: Any = ctx.settings_of("reputation")
 
     def run(self, tx: Transaction) -> Iterable[Output]:
         if not self.reputation.enabled:
@@ -148,7 +153,7 @@ class AuthReputation(Check):
         entities = [Entity("auth", d) for d in domains]
         store = ReputationStore(self.services.redis, self.keys, self.reputation)
         ok, findings = self.guard.call(
-            lambda: list(_findings(self.config, self.reputation, entities, store, self.clock()))
+            lambda: list(_findings(self.ctx.scores, self.reputation, entities, store, self.clock()))
         )
         if not ok:
             yield self.guard.outcome()

@@ -13,10 +13,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
-from filterd.check import Check, CheckSettings, Finding, Output, Stage
-from filterd.config import Config, known_symbols
+from filterd.check import Check, CheckContext, CheckSettings, Cost, Finding, Output, Stage
 from filterd.rules import load_rule_set
-from filterd.services import Services
 from filterd.settings import setting
 from filterd.transaction import Transaction
 
@@ -34,15 +32,17 @@ class RulesSettings(CheckSettings):
 class Rules(Check):
     name = "rules"
     stage = Stage.EOM
+    cost = Cost.CONTENT
     description = "content rules from rule files: headers, body, URLs, MIME structure"
     symbols: ClassVar[Mapping[str, float]] = {}  # one symbol per rule, named by the rule files
     Settings = RulesSettings
     needs_body = True
     optional_content = True
 
-    def __init__(self, settings: RulesSettings, config: Config, services: Services) -> None:
-        super().__init__(settings, config, services)
-        self.rules = load_rule_set(settings.default_dir, settings.local_dir, reserved=known_symbols())
+    def __init__(self, ctx: CheckContext[RulesSettings]) -> None:
+        super().__init__(ctx)
+        settings = ctx.settings
+        self.rules = load_rule_set(settings.default_dir, settings.local_dir, reserved=ctx.scores.defaults)
 
     def run(self, tx: Transaction) -> Iterable[Output]:
         for rule in self.rules.match(tx.message):

@@ -32,8 +32,7 @@ from typing import Any, Literal
 import spf
 
 from filterd.auth.results import SPF, SPF_HELO, SpfResult, our_hostname
-from filterd.check import AddHeader, Check, CheckSettings, Finding, Output, Stage
-from filterd.config import Config
+from filterd.check import AddHeader, Check, CheckContext, CheckSettings, Cost, Finding, Output, Stage
 from filterd.dns import DnsBudget, DnsTempError
 from filterd.replies import (
     R451_SPF_DEFERRED,
@@ -43,7 +42,6 @@ from filterd.replies import (
     Reject,
     TempFail,
 )
-from filterd.services import Services
 from filterd.settings import ip_networks, positive, setting
 from filterd.transaction import Transaction
 
@@ -109,13 +107,16 @@ class Spf(Check):
         "SPF_TRUSTED_FORWARDER": 0.0,
     }
     Settings = SpfSettings
+    provides = (SPF, SPF_HELO)
+    cost = Cost.NETWORK
 
-    def __init__(self, settings: SpfSettings, config: Config, services: Services) -> None:
-        super().__init__(settings, config, services)
+    def __init__(self, ctx: CheckContext[SpfSettings]) -> None:
+        super().__init__(ctx)
+        settings = ctx.settings
         self.spf_settings = settings
         self.forwarders = [ipaddress.ip_network(n, strict=False) for n in settings.trusted_forwarders]
-        services.resolver  # noqa: B018 -- made now, it points dnspython's default resolver (pyspf's) at ours
-        self.per_lookup = min(settings.max_time, config.dns.timeout * config.dns.attempts)
+        ctx.services.resolver  # noqa: B018 -- made now, it points dnspython's default resolver (pyspf's) at ours
+        self.per_lookup = min(settings.max_time, ctx.dns.timeout * ctx.dns.attempts)
 
     def run(self, tx: Transaction) -> Iterable[Output]:
         ip = tx.session.client_ip
@@ -141,13 +142,13 @@ class Spf(Check):
             yield Finding("SPF_HELO_NONE", f"HELO {shown!r} is not a host name: no HELO identity to check")
             return
         result, header = self._evaluate(tx, ip, "", helo, "helo")
-        tx.auth_results[SPF_HELO] = result
+        tx.facts.set(SPF_HELO, result)
         action = self.spf_settings.helo_on_fail if result.result == "fail" else "score"
         yield from self._outputs(result, header, ip, "SPF_HELO", action)
 
     def _mail_from(self, tx: Transaction, ip: str, sender: str, helo: str) -> Iterable[Output]:
         result, header = self._evaluate(tx, ip, sender, helo or "unknown", "mailfrom")
-        tx.auth_results[SPF] = result
+        tx.facts.set(SPF, result)
         action: str = getattr(self.spf_settings, f"on_{result.result}", "score")
         yield from self._outputs(result, header, ip, "SPF", action)
 
@@ -155,9 +156,9 @@ class Spf(Check):
         self, tx: Transaction, ip: str, sender: str, helo: str, identity: Literal["mailfrom", "helo"]
     ) -> tuple[SpfResult, str]:
         """The SPF result of one identity, and the Received-SPF value pyspf writes for it."""
-        budget = tx.dns_budget_for(self.config.dns)
+        budget = tx.dns_budget_for(self.ctx.dns)
         left = budget.remaining_seconds()
-        receiver = our_hostname(self.config, tx.session.macros.get("j"))
+        receiver = our_hostname(self.site.hostname, tx.session.macros.get("j"))
         q = _BudgetedQuery(
             budget,
             i=ip,

@@ -166,7 +166,7 @@ def _quarantined(cfg: Any, ids: tuple[str, ...]) -> list[tuple[str, bytes]]:
     """(id, the bytes received) of each quarantined message named."""
     if not ids:
         return []
-    from filterd.quarantine import QuarantineError, QuarantineStore, validate_id
+    from filterd.quarantine.store import QuarantineError, QuarantineStore, validate_id
 
     store = QuarantineStore(cfg.quarantine)
     try:

@@ -14,7 +14,8 @@ from typing import Any
 import click
 
 from filterd.cli.common import load
-from filterd.quarantine import (
+from filterd.quarantine import release as releasing
+from filterd.quarantine.store import (
     Entry,
     QuarantineError,
     QuarantineStore,
@@ -247,7 +248,7 @@ def release(ctx: click.Context, qid: str, to: tuple[str, ...], train_ham: bool) 
     """Re-inject the message as received to its recipients (or ADDR) and mark it released."""
     store = _store(ctx)
     with _errors():
-        entry = store.release(qid, to)
+        entry = releasing.release(store, qid, to)
     released = entry.released or {}
     click.echo(visible(f"{qid}: released to {', '.join(released.get('to', []))} via {released.get('via')}"))
     if train_ham:

@@ -173,7 +173,8 @@ def stats(
 ) -> None:
     """Per rule, hits on spam and on ham and S/O (SpamAssassin's mass-check), then how much the
     rule set adds to the accuracy of the total score at the spam threshold."""
-    from filterd.pipeline import Pipeline, scan  # the pipeline is heavy: only this command needs it
+    from filterd.driver import scan  # the pipeline is heavy: only this command needs it
+    from filterd.pipeline import Pipeline
 
     try:
         k, n = (int(x) for x in fold.split("/"))

@@ -7,8 +7,9 @@ import json
 import click
 
 from filterd.cli.common import load, read_messages
-from filterd.pipeline import Pipeline, SmtpContext
-from filterd.pipeline import scan as scan_message
+from filterd.driver import SmtpContext
+from filterd.driver import scan as scan_message
+from filterd.pipeline import Pipeline
 from filterd.settings import ConfigError
 
 

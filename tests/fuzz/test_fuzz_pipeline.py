@@ -16,7 +16,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from filterd.pipeline import Pipeline, Verdict, scan
+from filterd.driver import scan
+from filterd.pipeline import Pipeline
+from filterd.results import Verdict
 from tests.fuzz import mutations as m
 from tests.fuzz.harness import examples, exercise
 from tests.fuzz.offline import offline_pipeline

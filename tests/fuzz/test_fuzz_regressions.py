@@ -14,10 +14,11 @@ import pytest
 
 from filterd.bayes.tokenizer import tokens
 from filterd.config import known_symbols, parse_config
+from filterd.driver import scan
 from filterd.htmlscan import scan_html
 from filterd.message import Message
-from filterd.pipeline import Pipeline, scan
-from filterd.quarantine import QuarantineSettings, QuarantineStore
+from filterd.pipeline import Pipeline
+from filterd.quarantine.store import QuarantineSettings, QuarantineStore
 from filterd.rules import load_rule_set
 from filterd.rules.targets import Targets
 from filterd.settings import ConfigError

@@ -13,7 +13,9 @@ import dkim
 
 from filterd.auth.keys import generate, split_txt, txt_value
 from filterd.config import Config, parse_config
-from filterd.pipeline import Pipeline, SmtpContext, Verdict, scan
+from filterd.driver import SmtpContext, scan
+from filterd.pipeline import Pipeline
+from filterd.results import Verdict
 from filterd.services import Services
 from filterd.transaction import Session, Transaction
 from tests.harness.dns import LocalDns
@@ -129,24 +131,23 @@ def milter_split(raw: bytes) -> tuple[list[tuple[str, str]], list[bytes]]:
 
 
 def milter_run(p: Pipeline, raw: bytes, **context: Any) -> tuple[Transaction, Verdict]:
-    """Run the pipeline on a transaction built from header and body callbacks, as the milter does
+    """Run the driver on a transaction built from header and body callbacks, as the milter does
     (not on the raw bytes, as `scan` does)."""
-    from filterd.check import Stage
+    from filterd.driver import Driver
 
-    session = Session(client_addr=context.get("client_addr"), helo=context.get("helo"))
-    tx = Transaction.start(session)
-    tx.mail_from = context.get("mail_from")
-    tx.auth_user = context.get("auth_user")
-    tx.direction = p.direction_of(tx)
-    tx.rcpts.append("bob@example.net")
+    driver = Driver(
+        p, Session(client_addr=context.get("client_addr"), helo=context.get("helo")), learns=False
+    )
+    step = driver.mail(context.get("mail_from"), context.get("auth_user"))
+    tx = driver.current()
+    if step.verdict is not None:
+        return tx, step.verdict
+    step = driver.rcpt("bob@example.net")
+    if step.verdict is not None:
+        return tx, step.verdict
     tx.raw_headers, tx.body_chunks = milter_split(raw)
     tx.size = len(raw)
-    decision = None
-    for stage in (Stage.MAIL_FROM, Stage.RCPT, Stage.HEADERS, Stage.EOM):
-        decision = p.run_stage(stage, tx)
-        if decision is not None:
-            break
-    return tx, p.verdict(tx, decision)
+    return tx, driver.end_of_message()
 
 
 def with_headers(raw: bytes, verdict: Verdict, names: tuple[str, ...] = ("DKIM-Signature",)) -> bytes:

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
 import redis
 
+from filterd.auth.results import DKIM, SPF, DkimResult, SpfResult
 from filterd.check import Check, CheckSettings, Output, Stage
 from filterd.config import Config, parse_config
-from filterd.pipeline import Pipeline, SmtpContext, Verdict, scan
+from filterd.driver import SmtpContext, scan
+from filterd.pipeline import Pipeline, context_for
+from filterd.results import Verdict
 from filterd.services import Services
 from filterd.transaction import Transaction
 
@@ -87,38 +89,27 @@ def check_of(pipeline: Pipeline, name: str) -> Check:
     return next(c for c in pipeline.checks if c.name == name)
 
 
-@dataclass(frozen=True)
-class AuthResult:
-    """The shape of the sender-authentication checks' results (filterd.auth.results)."""
-
-    result: str
-    domain: str
-
-
 class AuthStub(Check):
     """Stands in for the SPF (MAIL FROM) and DKIM (end of message) checks: leaves pass results on
-    ``tx.auth_results`` as they do."""
+    ``tx.facts`` as they do."""
 
     name = "auth_stub"
     symbols: dict[str, float] = {}
 
     def __init__(self, config: Config, services: Services, stage: Stage, method: str) -> None:
-        super().__init__(CheckSettings(), config, services)
+        super().__init__(context_for(config, "auth_stub", services, CheckSettings()))
         self.stage = stage
         self.method = method
         self.domains: tuple[str, ...] = ()
 
     def run(self, tx: Transaction) -> list[Output]:
-        if not hasattr(tx, "auth_results"):
-            tx.auth_results = {}  # type: ignore[attr-defined]
-        results = tx.auth_results  # type: ignore[attr-defined]
         if self.method == "spf":
             for d in self.domains:
-                results["spf"] = AuthResult("pass", d)
+                tx.facts.set(SPF, SpfResult("pass", "mailfrom", d, f"x@{d}"))
         elif self.domains:
-            results["dkim"] = [AuthResult("fail", "broken.test")] + [
-                AuthResult("pass", d) for d in self.domains
-            ]
+            results = [DkimResult("fail", "broken.test", "s", "", "rsa-sha256")]
+            results += [DkimResult("pass", d, "s", "", "rsa-sha256") for d in self.domains]
+            tx.facts.set(DKIM, tuple(results))
         return []
 
 

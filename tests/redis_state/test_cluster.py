@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from filterd.keys import Keys
-from filterd.pipeline import Action
 from filterd.reputation import Entity, ReputationSettings, ReputationStore
+from filterd.results import Action
 from tests.redis_state.cluster import RedisCluster
 from tests.redis_state.conftest import Clock, build, deliver, symbols
 

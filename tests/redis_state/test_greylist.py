@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from filterd.pipeline import Action
 from filterd.replies import TempFail
+from filterd.results import Action
 from filterd.settings import ConfigError
 from tests.redis_state.conftest import Clock, build, check_of, deliver, keys_with_ttl, symbols
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from filterd.pipeline import Action
 from filterd.replies import TempFail
+from filterd.results import Action
 from tests.harness.redis import RedisServer
 from tests.redis_state.conftest import Clock, build, deliver, symbols
 
@@ -54,8 +54,11 @@ def test_every_recipient_takes_a_token(redis_server: Any, prefix: str, clock: Cl
     assert deliver(p, rcpts=three)[1].action is Action.ACCEPT
     _, over = deliver(p, rcpts=("d@ours.test",))
     assert over.action is Action.TEMPFAIL
-    clock.advance(10)  # one token back: one recipient, not two
-    assert deliver(p, rcpts=("e@ours.test", "f@ours.test"))[1].action is Action.TEMPFAIL
+    clock.advance(10)  # one token back: one recipient, not two -- the other is refused at RCPT
+    tx, verdict = deliver(p, rcpts=("e@ours.test", "f@ours.test"))
+    assert tx.rcpts == ["e@ours.test"] and verdict.action is Action.ACCEPT
+    [(refused, decision)] = tx.refused
+    assert refused == "f@ours.test" and isinstance(decision, TempFail)
     p.close()
 
 

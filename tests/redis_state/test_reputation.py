@@ -10,8 +10,9 @@ from click.testing import CliRunner
 from filterd.check import AddHeader, Check, CheckSettings, Output, Stage
 from filterd.cli.filterctl import cli
 from filterd.keys import Keys
-from filterd.pipeline import Action, Pipeline, Symbol, Verdict
+from filterd.pipeline import Pipeline, context_for
 from filterd.reputation import Entity, ReputationSettings, ReputationStore, category_of, retrain
+from filterd.results import Action, Symbol, Verdict
 from filterd.transaction import Transaction
 from tests.redis_state.conftest import Clock, build, deliver, keys_with_ttl, message, symbols
 
@@ -182,7 +183,11 @@ def test_train_by_signature_or_message_id_moves_the_count_once(
     redis_server: Any, prefix: str, clock: Clock
 ) -> None:
     p = build(redis_server.url, prefix, {**NO_GREYLIST, "reputation": {"min_messages": 1}}, clock)
-    p = Pipeline(p.config, [*p.checks, SignatureStub(CheckSettings(), p.config, p.services)], p.services)
+    p = Pipeline(
+        p.config,
+        [*p.checks, SignatureStub(context_for(p.config, "signature_stub", p.services, CheckSettings()))],
+        p.services,
+    )
     deliver(p, raw=message("signed-1"))  # ham
     client = p.services.redis
     assert retrain(p.config, "spam", signature="sig-abc123", client=client) == "moved"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from filterd.pipeline import Action
+from filterd.results import Action
 from tests.harness.net import free_port, port_open, wait_for
 from tests.harness.redis import RedisServer
 from tests.redis_state.conftest import Clock, build, deliver

@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from filterd.pipeline import Action
+from filterd.results import Action
 from tests.harness.dns import LocalDns
 from tests.redis_state.conftest import Clock, build, deliver, symbols
 

@@ -1,4 +1,5 @@
-"""The quarantine: messages held back by filterd, kept durably until an admin releases or deletes them.
+"""The quarantine store: messages held back by filterd, kept durably until an admin releases
+(`filterd.quarantine.release`) or deletes them.
 
 Replaces amavisd-new's quarantine.  Each message is two files in one directory::
 
@@ -7,9 +8,7 @@ Replaces amavisd-new's quarantine.  Each message is two files in one directory::
 
 Our headers go *before* the received bytes (not where Postfix would put them), so the original is
 the file from ``header_offset`` on, byte for byte, and the admin who opens the .eml sees the
-verdict at the top.  `release` re-injects what was received, less the sender's own X-Spam-* and
-X-Virus-* headers (the re-injection listener runs no milter to remove them): the body and every
-other header go out byte for byte.
+verdict at the top.
 
 Durability: the milter tells Postfix to discard a quarantined message only after `put` returned,
 so `put` must not return before the data is on disk.  Each file is written to a temporary name,
@@ -18,10 +17,10 @@ exists once its metadata does, and a crash in between leaves only an orphan .eml
 `purge`.  Any failure (disk full, read-only, permissions) raises `QuarantineError` and the milter
 tempfails: Postfix keeps the message and nothing is lost.  Files are mode 0600.
 
-Release is exactly-once: the releaser creates ``<ID>.lock`` with O_CREAT|O_EXCL (atomic on a local
-filesystem), so of two concurrent releases one wins and the other is refused; the winner delivers,
-records the release in the metadata (atomic replace), then removes the lock.  A release that died
-half-way leaves the lock, and further releases are refused until an admin checks and removes it.
+Every change holds the entry's lock (`QuarantineStore.locked`): ``<ID>.lock`` created with
+O_CREAT|O_EXCL (atomic on a local filesystem), so of two concurrent operations one wins and the
+other is refused.  An operation that died half-way leaves the lock, and further ones are refused
+until an admin checks and removes it.
 
 IDs are ``YYYYMMDD-HHMMSS-<10 hex digits>`` (UTC time of quarantine, random suffix): they sort by
 time and are validated against that pattern before any path is built from them.
@@ -45,8 +44,6 @@ import json
 import os
 import re
 import secrets
-import smtplib
-import socket
 import stat
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -93,20 +90,6 @@ def _check_release_via(value: str) -> str | None:
     if host and port.isdigit() and 0 < int(port) < 65536:
         return None
     return "expected the absolute path of a UNIX-domain socket, or HOST:PORT"
-
-
-class _UnixSMTP(smtplib.SMTP):
-    """SMTP over a UNIX-domain socket (smtplib has it only for LMTP)."""
-
-    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(timeout)
-            sock.connect(host)
-        except OSError:
-            sock.close()
-            raise
-        return sock
 
 
 @dataclass(frozen=True)
@@ -194,18 +177,6 @@ class Entry:
         """The exact bytes received."""
         return self.stored()[int(self.meta.get("header_offset", 0)) :]
 
-    def for_release(self) -> bytes:
-        """What a release re-injects: the bytes received, less incoming X-Spam-*/X-Virus-* headers
-        and forged Authentication-Results / Received-SPF (`filterd.report.drop_forged`).
-
-        The re-injection listener runs no milter, so nothing else would remove a sender's forged
-        "X-Spam-Status: No" or "X-Virus-Status: Clean" before the user's Sieve rules see it.  The
-        rest of the header block and the body stay byte for byte as received."""
-        from filterd.report import drop_forged  # late: report imports the pipeline, which imports config
-
-        offset = int(self.meta.get("header_offset", 0))  # forged A-R/Received-SPF: judged by our headers
-        return drop_forged(self.original(), self.stored()[:offset])
-
 
 class QuarantineStore:
     def __init__(self, settings: QuarantineSettings) -> None:
@@ -261,7 +232,7 @@ class QuarantineStore:
             for path in written:
                 with contextlib.suppress(OSError):
                     path.unlink()
-            raise QuarantineError(f"cannot store message in quarantine {self.dir}: {_why(exc)}") from exc
+            raise QuarantineError(f"cannot store message in quarantine {self.dir}: {why(exc)}") from exc
         return qid
 
     def _write_temp(self, data: bytes, written: list[Path]) -> Path:
@@ -275,7 +246,7 @@ class QuarantineStore:
             os.fsync(f.fileno())
         return path
 
-    def _replace_meta(self, qid: str, meta: dict[str, Any]) -> None:
+    def replace_meta(self, qid: str, meta: dict[str, Any]) -> None:
         written: list[Path] = []
         try:
             tmp = self._write_temp(json.dumps(meta, indent=1, ensure_ascii=False).encode() + b"\n", written)
@@ -306,7 +277,7 @@ class QuarantineStore:
         except FileNotFoundError:
             return []
         except OSError as exc:
-            raise QuarantineError(f"cannot list quarantine {self.dir}: {_why(exc)}") from exc
+            raise QuarantineError(f"cannot list quarantine {self.dir}: {why(exc)}") from exc
         found = []
         for name in names:
             qid = name[: -len(".json")]
@@ -337,7 +308,7 @@ class QuarantineStore:
                 "then remove the lock file"
             ) from None
         except OSError as exc:
-            raise QuarantineError(f"cannot lock {qid} for {action}: {_why(exc)}") from exc
+            raise QuarantineError(f"cannot lock {qid} for {action}: {why(exc)}") from exc
         try:
             with os.fdopen(fd, "w") as f:
                 f.write(f"{action} pid={os.getpid()} time={time.time():.0f}\n")
@@ -346,72 +317,6 @@ class QuarantineStore:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 lock.unlink()
-
-    def release(self, qid: str, to: Sequence[str] = ()) -> Entry:
-        """Re-inject the message (`Entry.for_release`) over SMTP to `release_via`, for the original
-        recipients or `to`.
-
-        Refused if already released or if another operation holds the entry.  Recipients the
-        server refuses are recorded; the entry counts as released as soon as one accepted it, so
-        a second release cannot deliver twice to the others."""
-        with self.locked(qid, "release") as entry:
-            if entry.released:
-                r = entry.released
-                raise AlreadyReleased(
-                    f"{qid} was already released at {r.get('time')} to {', '.join(r.get('to', []))}"
-                )
-            recipients = list(to) or list(entry.meta.get("rcpts") or [])
-            if not recipients:
-                raise ReleaseFailed(f"{qid} has no recipients: give one with --to")
-            sender = entry.meta.get("mail_from") or ""
-            refused = self._send(entry.for_release(), sender, recipients)
-            meta = dict(entry.meta)
-            meta["released"] = {
-                "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                "to": [r for r in recipients if r not in refused],
-                "refused": refused,
-                "via": self.settings.release_via,
-            }
-            try:
-                self._replace_meta(qid, meta)
-            except OSError as exc:
-                raise QuarantineError(
-                    f"{qid} was delivered but could not be marked released ({_why(exc)}): "
-                    "do not release it again"
-                ) from exc
-            entry.meta = meta
-            return entry
-
-    def _send(self, data: bytes, sender: str, recipients: list[str]) -> dict[str, str]:
-        via, timeout = self.settings.release_via, self.settings.release_timeout
-        try:
-            if via.startswith("/"):
-                client: smtplib.SMTP = _UnixSMTP(via, 0, local_hostname="localhost", timeout=timeout)
-            else:
-                host, _, port = via.rpartition(":")
-                client = smtplib.SMTP(host, int(port), timeout=timeout)
-            with client as smtp:
-                smtp.ehlo_or_helo_if_needed()
-                options = []
-                if smtp.has_extn("8bitmime") and any(b > 127 for b in data):
-                    options.append("BODY=8BITMIME")
-                refused = smtp.sendmail(sender, recipients, data, mail_options=options)
-        except smtplib.SMTPRecipientsRefused as exc:
-            raise ReleaseFailed(
-                f"every recipient was refused by {self.settings.release_via}: {_refusals(exc.recipients)}"
-            ) from exc
-        except smtplib.SMTPResponseException as exc:
-            text = (
-                exc.smtp_error.decode("utf-8", "replace")
-                if isinstance(exc.smtp_error, bytes)
-                else exc.smtp_error
-            )
-            raise ReleaseFailed(
-                f"{self.settings.release_via} refused the message: {exc.smtp_code} {text}"
-            ) from exc
-        except (smtplib.SMTPException, OSError) as exc:
-            raise ReleaseFailed(f"cannot re-inject through {self.settings.release_via}: {_why(exc)}") from exc
-        return {rcpt: f"{code} {msg.decode('utf-8', 'replace')}" for rcpt, (code, msg) in refused.items()}
 
     def delete(self, qid: str) -> None:
         with self.locked(qid, "delete"):
@@ -425,7 +330,7 @@ class QuarantineStore:
             except FileNotFoundError:
                 pass
             except OSError as exc:
-                raise QuarantineError(f"cannot remove {path}: {_why(exc)}") from exc
+                raise QuarantineError(f"cannot remove {path}: {why(exc)}") from exc
         with contextlib.suppress(OSError):
             _fsync_dir(self.dir)
 
@@ -553,7 +458,7 @@ def read_private(path: Path) -> bytes:
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise QuarantineError(f"refusing to read {path}: it is a symbolic link") from None
-        raise QuarantineError(f"cannot read {path}: {_why(exc)}") from exc
+        raise QuarantineError(f"cannot read {path}: {why(exc)}") from exc
     with os.fdopen(fd, "rb") as f:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
@@ -566,7 +471,7 @@ def read_private(path: Path) -> bytes:
         try:
             return f.read()
         except OSError as exc:
-            raise QuarantineError(f"cannot read {path}: {_why(exc)}") from exc
+            raise QuarantineError(f"cannot read {path}: {why(exc)}") from exc
 
 
 def _check_directory(path: Path) -> os.stat_result:
@@ -577,7 +482,7 @@ def _check_directory(path: Path) -> os.stat_result:
     except FileNotFoundError:
         raise
     except OSError as exc:
-        raise QuarantineError(f"cannot use quarantine directory {path}: {_why(exc)}") from exc
+        raise QuarantineError(f"cannot use quarantine directory {path}: {why(exc)}") from exc
     if stat.S_ISLNK(st.st_mode):
         raise QuarantineError(f"refusing to use quarantine directory {path}: it is a symbolic link")
     if not stat.S_ISDIR(st.st_mode):
@@ -611,16 +516,12 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _why(exc: BaseException) -> str:
+def why(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.errno is not None:
         name = errno.errorcode.get(exc.errno, str(exc.errno))
         where = f" ({exc.filename})" if exc.filename else ""
         return f"{exc.strerror or name} [{name}]{where}"
     return str(exc) or type(exc).__name__
-
-
-def _refusals(recipients: Mapping[str, tuple[int, bytes]]) -> str:
-    return "; ".join(f"{r}: {code} {msg.decode('utf-8', 'replace')}" for r, (code, msg) in recipients.items())
 
 
 def _mtime_text(path: Path) -> str:
