@@ -34,6 +34,7 @@ import argparse
 import itertools
 import json
 import shutil
+import signal
 import smtplib
 import subprocess
 import sys
@@ -213,6 +214,10 @@ def print_sample(s: dict[str, Any]) -> None:
     )
 
 
+def _interrupt(signo: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -236,6 +241,8 @@ def main() -> int:
         sys.exit("smtp-sink (Debian package postfix) is needed")
 
     messages = sample(args.messages)
+    # a run started in the background ignores SIGINT: SIGTERM stops it early, cleaning up as at its end
+    signal.signal(signal.SIGTERM, _interrupt)
     workdir = private_dir("filterd-soak-")
     dns = LocalDns()
     redis_server = RedisServer(workdir / "redis")
@@ -273,18 +280,21 @@ def main() -> int:
             f"{args.workers} workers, bayes {'off' if args.no_bayes else 'on'}; warm-up {args.warmup:g} s",
             flush=True,
         )
-        time.sleep(args.warmup)
-        end = time.monotonic() + args.minutes * 60
-        while True:
-            s = snapshot(parent, started, sender, postfix)
-            samples.append(s)
-            print_sample(s)
-            if time.monotonic() + args.interval > end + 1:
-                break
-            time.sleep(args.interval)
-            if filterd.proc.poll() is not None:
-                print("filterd exited", flush=True)
-                break
+        try:
+            time.sleep(args.warmup)
+            end = time.monotonic() + args.minutes * 60
+            while True:
+                s = snapshot(parent, started, sender, postfix)
+                samples.append(s)
+                print_sample(s)
+                if time.monotonic() + args.interval > end + 1:
+                    break
+                time.sleep(args.interval)
+                if filterd.proc.poll() is not None:
+                    print("filterd exited", flush=True)
+                    break
+        except KeyboardInterrupt:
+            print("stopped early", flush=True)
     finally:
         if sender is not None:
             sender.join()
