@@ -169,6 +169,7 @@ class Supervisor:
         self.listen_address: str | tuple[Any, ...] | None = None  # its address, to count sessions
         self.children: dict[int, float] = {}  # pid -> start time
         self.slots: dict[int, int] = {}  # pid -> its slot
+        self.generation_of: dict[int, int] = {}  # pid -> the configuration generation it serves
         self.draining: set[int] = set()  # replaced by a reload: finishing, not to be replaced
         self.hung: set[int] = set()  # killed for a missing heartbeat, not yet reaped
         self.stopping = False
@@ -243,12 +244,18 @@ class Supervisor:
             self._spawn(slot)
 
     def _free_slots(self, wanted: int) -> list[int]:
-        """`wanted` slots no live worker uses; the workers finishing longest are ended for room."""
+        """`wanted` slots no live worker uses.  Replaced workers with nothing left to do exit
+        within a moment; if that is not room enough, the one finishing longest is ended."""
+        patience = time.monotonic() + 1.0
         while True:
+            self._reap()
             used = set(self.slots.values())
             free = [slot for slot in range(len(self.flags)) if slot not in used]
             if len(free) >= wanted:
                 return free[:wanted]
+            if time.monotonic() < patience:
+                time.sleep(0.02)
+                continue
             oldest = min(self.draining, key=lambda pid: self.children[pid])
             log.warning("worker %d still finishing after two reloads: ending it", oldest)
             _kill(oldest, signal.SIGKILL)
@@ -270,10 +277,12 @@ class Supervisor:
             os._exit(code)
         self.children[pid] = time.monotonic()
         self.slots[pid] = slot
+        self.generation_of[pid] = self.generation
 
     def _forget(self, pid: int) -> tuple[float | None, int]:
         self.draining.discard(pid)
         self.hung.discard(pid)
+        self.generation_of.pop(pid, None)
         return self.children.pop(pid, None), self.slots.pop(pid, 0)
 
     def _check_heartbeats(self) -> None:
@@ -338,7 +347,7 @@ class Supervisor:
         except Exception as exc:  # ConfigError, or a check that cannot start
             log.error("reload refused, keeping the running configuration: %s", exc)
             return
-        old, replaced = self.pipeline, [pid for pid in self.slots if pid not in self.draining]
+        old = self.pipeline
         self.config, self.pipeline = config, pipeline
         self.generation += 1
         gc.unfreeze()  # the old pipeline's garbage may go once the parent lets go of it
@@ -347,6 +356,12 @@ class Supervisor:
         del old
         gc.collect()
         self._start_workers()  # the new workers accept first: no moment without one
+        # every worker of an older generation (also one started meanwhile in a dead one's place)
+        replaced = [
+            pid
+            for pid, generation in self.generation_of.items()
+            if generation < self.generation and pid not in self.draining
+        ]
         for pid in replaced:
             self.flags[self.slots[pid]] = DRAIN
             self.draining.add(pid)

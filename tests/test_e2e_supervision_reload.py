@@ -14,7 +14,7 @@ import pytest
 
 from tests.harness.filterd import merge
 from tests.harness.stack import Stack, make_message
-from tests.test_e2e_supervision import _alive, _required, _wait_log, _wait_workers
+from tests.test_e2e_supervision import _alive, _required, _wait_log, _wait_workers, _workers
 
 pytestmark = pytest.mark.stack
 
@@ -57,3 +57,37 @@ def test_a_reload_lets_open_sessions_finish_on_their_pipeline_and_new_ones_get_t
         assert "exited unexpectedly" not in log and "heartbeat" not in log
         assert sorted(_wait_workers(filterd, 2)) == sorted(new_workers)
         assert [_required(stack, "later") for _ in range(2)] == ["7.50"] * 2
+
+
+def test_reloads_in_a_row_keep_a_long_session_and_end_with_one_set_of_workers(stack: Stack) -> None:
+    """Three reloads while one SMTP session stays open: each set of workers a reload replaces
+    finishes (those with nothing open at once), the session's worker lives on through all of
+    them, and once the session ends one set of workers is left, running the last configuration."""
+    with stack.configured({"milter": {"workers": 2}, "actions": {"add_header": 6.5}}) as filterd:
+        offset = len(filterd.log())
+        smtp = smtplib.SMTP("127.0.0.1", stack.postfix.port, local_hostname="client.example.org", timeout=60)
+        msg, first = make_message("a long session")
+        smtp.sendmail("alice@example.org", ["bob@example.net"], msg)
+        assert _required_of(stack, first) == "6.50"
+        for n, required in enumerate((7.0, 7.5, 8.0), start=2):
+            filterd.configure(merge(stack.base_config, {"actions": {"add_header": required}}))
+            filterd.reload()
+            _wait_log(filterd, offset, f"(generation {n})")
+            assert _required(stack, f"after reload {n}") == f"{required:.2f}"
+        msg, second = make_message("the long session, three reloads later")
+        smtp.sendmail("alice@example.org", ["bob@example.net"], msg)
+        assert _required_of(stack, second) == "6.50"
+        smtp.quit()
+        assert filterd.proc is not None
+        deadline = time.monotonic() + 20
+        while len(_workers_now(filterd.proc.pid)) != 2:
+            assert time.monotonic() < deadline, _workers_now(filterd.proc.pid)
+            time.sleep(0.05)
+        log = filterd.log()[offset:]
+        assert "ending it" not in log and "exited unexpectedly" not in log, log
+        assert [_required(stack, "last") for _ in range(4)] == ["8.00"] * 4
+
+
+def _workers_now(parent: int) -> list[int]:
+    """Live workers (a finished one waits as a zombie until the parent reaps it)."""
+    return [pid for pid in _workers(parent) if _alive(pid)]
