@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from filterd.check import Check
+from filterd.combination import ScoringSettings
 from filterd.dns import DnsSettings
 from filterd.quarantine.store import QuarantineSettings
 from filterd.registry import all_checks, settings_sections
@@ -207,6 +208,7 @@ class Config:
     milter: MilterSettings = section(MilterSettings, "The milter socket and worker processes")
     network: NetworkSettings = section(NetworkSettings, "Which clients are ours")
     actions: ActionSettings = section(ActionSettings, "Score thresholds for each action")
+    scoring: ScoringSettings = section(ScoringSettings, "How the symbols become the total score")
     redis: RedisSettings = section(RedisSettings, "Redis, where state shared by several filterd hosts lives")
     dns: DnsSettings = section(DnsSettings, "The DNS resolver every lookup goes through")
     quarantine: QuarantineSettings = section(QuarantineSettings, "Where quarantined messages are kept")

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from filterd.check import Check, CheckContext, CheckSettings, Finisher, ScoreTable, Site
+from filterd.combination import BASE_SYMBOL, Combination
 from filterd.config import Config, registered_checks
 from filterd.failures import R554_CHECK_FAILED, is_dependency_failure
 from filterd.registry import known_symbols, run_order
@@ -106,6 +107,7 @@ class Pipeline:
         # Built once, not per message: the checks that learn from verdicts (the others' hook does
         # nothing), and the score thresholds as (threshold, severity, action).
         self.learners = [c for c in self.checks if type(c).after_verdict is not Check.after_verdict]
+        self.combination = Combination(config.scoring)  # table or learned scores (filterd.combination)
         self.thresholds = [
             (threshold, _SEVERITY.index(Action(name)), Action(name))
             for name, threshold in config.actions.thresholds().items()
@@ -255,8 +257,14 @@ class Pipeline:
 
     def verdict(self, tx: Transaction, decision: Decision | None = None) -> Verdict:
         """Add up the findings and choose the action (or report the decision a check took)."""
-        symbols = [Symbol(f.symbol, round(self.scores.of_finding(f), 3), f.reason) for f in tx.findings]
-        total = round(sum(s.score for s in symbols), 3)
+        # [scoring]: each finding's contribution and the total, from the table or the learned model
+        scored = self.combination.score(tx.findings, [self.scores.of_finding(f) for f in tx.findings])
+        symbols = [
+            Symbol(f.symbol, c, f.reason) for f, c in zip(tx.findings, scored.contributions, strict=True)
+        ]
+        if scored.base is not None:
+            symbols.insert(0, Symbol(BASE_SYMBOL, scored.base, "where the learned combination starts"))
+        total = scored.total
         actions = self.config.actions
         verdict = Verdict(
             score=total,

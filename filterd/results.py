@@ -53,6 +53,7 @@ class Finding:
     symbol: str
     reason: str
     score: float | None = None
+    value: float | None = None  # a measured number the learned combination reads (the spamicity)
 
 
 @dataclass(frozen=True)

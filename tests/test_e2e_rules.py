@@ -80,3 +80,18 @@ def test_local_rules_and_a_broken_reload(stack: Stack) -> None:
         msg, third = make_message("after fix", body="rutabaga again\r\n")
         stack.send(msg)
         assert " 4.0 LOCAL_CODEWORD" in stack.sink.find(third).header("X-Spam-Report")[0]
+
+
+def test_learned_scores_reach_the_report_and_add_up(stack: Stack) -> None:
+    """[scoring] mode = "learned" with the shipped model: the report shows every contribution,
+    LEARNED_BASE first, and they add up to the score in X-Spam-Score."""
+    with stack.configured({"scoring": {"mode": "learned"}}):
+        msg, marker = make_message("Your FREE gift!!!", body="Claim your free gift now, act now!\r\n")
+        stack.send(msg)
+        got = stack.sink.find(marker)
+        report = got.header("X-Spam-Report")[0]
+        entries = [e.split() for e in report.split("*")[1:]]  # "* score NAME reason", one per symbol
+        assert entries[0][1] == "LEARNED_BASE"
+        assert "SUBJECT_FREE" in {e[1] for e in entries}
+        total = sum(float(e[0]) for e in entries)  # each printed to one decimal
+        assert total == pytest.approx(float(got.header("X-Spam-Score")[0]), abs=0.05 * len(entries))

@@ -251,7 +251,10 @@ class Bayes(Check):
         )
         clues = ", ".join(f"{c.token}={c.prob:.3f}" for c in result.clues[:6])
         return Finding(
-            symbol, f"spamicity {p:.4f} from {result.n_tokens} tokens; strongest: {clues}", score=score
+            symbol,
+            f"spamicity {p:.4f} from {result.n_tokens} tokens; strongest: {clues}",
+            score=score,
+            value=p,  # unrounded, for [scoring] mode = "learned" (filterd.combination)
         )
 
     def _store(
