@@ -155,13 +155,12 @@ def main() -> int:
         factory: Any = Trivial
     else:
         from filterd import milter as filterd_milter
+        from filterd import worker as filterd_worker
         from filterd.config import load_config
         from filterd.pipeline import Pipeline
 
         config_path = args.config
-        filterd_milter.holder = filterd_milter.PipelineHolder(
-            build=lambda: Pipeline.from_config(load_config(config_path))
-        )
+        filterd_worker.holder = filterd_worker.PipelineHolder(Pipeline.from_config(load_config(config_path)))
         factory = filterd_milter.FilterdMilter
     drive(factory, messages[:100], args.per_session)  # warm up
     profiler = cProfile.Profile() if args.profile else None

@@ -266,7 +266,7 @@ def read_config_bytes(path: Path | str | None) -> bytes:
 def config_from_bytes(raw: bytes, path: Path | str | None) -> Config:
     """Parse and validate configuration bytes read from `path` (the path names it in errors).
 
-    The daemon's workers build from bytes the parent validated, never from the file itself."""
+    The daemon's workers never read the file: they are forked with the pipeline the parent built."""
     if path is None:
         return parse_config({})
     try:

@@ -3,22 +3,38 @@
 Why a parent and workers: pymilter callbacks hold the GIL, so one process uses about one core.
 The parent opens the milter socket and forks N workers that all accept on it (real-stack.md).
 
+Why the pipeline is built once, in the parent, before the fork: a worker forked with the
+pipeline serves at once -- a new worker after a crash, a hung one or a reload takes mail within
+milliseconds of its fork (it used to build its own, about a second with the Bayes check) -- and
+it reads nothing from disk.  The files a check reads when it is built (the configuration, a
+Bayes model, the rule files, DKIM keys) may be broken at any time (an admin halfway through an
+edit; a reload refused); a worker that read them itself would fail at start every second,
+forever, and with every worker dead nothing accepts mail while the parent lives on (so systemd
+does not restart it either).  What the parent built is what it validated, and every worker runs
+exactly that.  Building opens no connection and starts no thread (the services connect on first
+use, tests/test_daemon_supervision.py checks it), so nothing a worker inherits is shared with
+another: each opens its own Redis, clamd and DNS sockets, and the locks it inherits were free at
+the fork (the parent runs no other thread).  The pages of what the parent built -- the modules,
+the 64 MB Bayes table, the compiled rules -- stay shared between the workers copy-on-write;
+`gc.freeze()` before each fork keeps the cyclic GC from writing into (and so copying) them.
+
+Why the socket is opened first (`main`): on a restart, Postfix's connections that come while the
+new filterd imports its libraries and builds its pipeline (seconds on a loaded host) wait in the
+socket's backlog and are served when the workers start, instead of getting milter_default_action's
+451.  If the pipeline cannot be built after all, the socket is closed and filterd exits with 2.
+
 Why the parent handles the signals: inside a worker, libmilter's own signal thread takes SIGHUP,
 SIGTERM and SIGINT and stops the milter on any of them -- SIGHUP included.  So workers ignore
-SIGHUP, and a reload goes through the parent: it validates the new configuration and, only if it
-is good, bumps a generation counter in shared memory; each worker rebuilds its pipeline at its
-next MAIL FROM.  No connection is dropped and a bad file never replaces a good one.
-
-Why workers never read the configuration file: the file on disk may be broken at any time (an
-admin halfway through an edit; a reload refused).  A worker that starts, or rebuilds, from the
-file then fails at start every second, forever, and with every worker dead nothing accepts mail
-while the parent lives on (so systemd does not restart it either).  So only the parent reads the
-file, and only validated content reaches a worker: the parent keeps the bytes of the last file it
-validated in a shared memory buffer (`ValidatedText`, written before the generation is bumped),
-and a worker builds its pipeline from those bytes -- at start, also when it replaces a dead one,
-and at each reload -- never from the file.  (Restarting every worker on each reload would work
-too, but needs old and new workers side by side while the old ones drain.)  Files the
-configuration names (a Bayes model, rule lists) are still opened by each worker's pipeline.
+them, and a reload goes through the parent: it reads the file and builds the new pipeline; only
+if that succeeds it forks a new set of workers with it, and then tells the replaced ones (a flag
+in shared memory) to stop accepting -- it waits until they have, so every connection made after
+the "validated" log line gets the new configuration -- to finish their messages in flight and
+their open sessions (Postfix keeps one milter connection per SMTP session: a session open across
+the reload goes on, with the pipeline it started with, and sees no 451), at most
+`shutdown_grace` seconds, and to exit.  A bad file never replaces a good one: a refused reload
+changes nothing.  (The other way, each worker rebuilding in place from validated bytes, would
+read the model and rule files again in every worker, stall that worker's mail while it builds,
+and give every worker a private copy of everything.)
 
 SIGTERM: workers ignore it too, because once libmilter's main loop returns, pymilter can no
 longer run callbacks for the connections still open -- a message in flight would hang.  Instead
@@ -45,7 +61,7 @@ find it all in memory, shared copy-on-write.
 
 Why a heartbeat: a hung worker keeps its share of the socket's connections, each waiting for
 Postfix's milter timeout and then tempfailing.  Each worker writes, once a second, into its slot
-in shared memory since when it has been making progress (filterd.milter.start_heartbeat); the
+in shared memory since when it has been making progress (filterd.worker.start_heartbeat); the
 parent kills a worker whose slot lags more than [milter] heartbeat_timeout and starts another.
 """
 
@@ -53,10 +69,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import grp
 import importlib
 import logging
-import mmap
 import multiprocessing.sharedctypes
 import os
 import pkgutil
@@ -119,72 +135,47 @@ def preload_modules() -> list[str]:
     return missing
 
 
-def read_config(path: str | None) -> tuple[Config, bytes]:
-    """Read, parse and fully validate (by building the pipeline once) the configuration file.
+def build(path: str | None) -> tuple[Config, Pipeline]:
+    """Read, parse and fully validate the configuration file by building its pipeline.
 
-    Returns the configuration and the exact bytes it was built from, for the workers."""
-    raw = read_config_bytes(path)
-    config = config_from_bytes(raw, path)
-    Pipeline.from_config(config).close()
-    return config, raw
+    The pipeline built here is the one the workers serve with (they are forked with it)."""
+    config = config_from_bytes(read_config_bytes(path), path)
+    return config, Pipeline.from_config(config)
 
 
-class ValidatedText:
-    """The bytes of the last validated configuration file, shared with the workers.
-
-    An anonymous shared mapping made before the first fork, so parent and workers see the same
-    memory.  Two slots, picked by the generation's parity: the parent fills the next generation's
-    slot and only then bumps the generation; a reader copies its slot and reads the generation
-    again, retrying if it moved (the parent may then be refilling the slot it copied)."""
-
-    def __init__(self, generation: Any, capacity: int = 1 << 20) -> None:
-        self.generation = generation  # a RawValue("Q"): the reload generation workers watch
-        self.capacity = capacity
-        self._slot = 8 + capacity  # a length, then the bytes
-        self._buf = mmap.mmap(-1, 2 * self._slot)  # only the pages written cost memory
-
-    def publish(self, raw: bytes) -> int:
-        """Make `raw` the workers' configuration: returns the new generation."""
-        if len(raw) > self.capacity:
-            raise ConfigError("", f"configuration is {len(raw)} bytes, more than {self.capacity}")
-        gen = int(self.generation.value) + 1
-        start = (gen % 2) * self._slot
-        self._buf[start : start + 8] = len(raw).to_bytes(8, "little")
-        self._buf[start + 8 : start + 8 + len(raw)] = raw
-        self.generation.value = gen
-        return gen
-
-    def read(self) -> bytes:
-        while True:
-            gen = int(self.generation.value)
-            start = (gen % 2) * self._slot
-            size = min(int.from_bytes(self._buf[start : start + 8], "little"), self.capacity)
-            raw = self._buf[start + 8 : start + 8 + size]
-            if int(self.generation.value) == gen:
-                return raw
+# Flags the parent raises in a worker's slot of shared memory.
+RUNNING, STOP, DRAIN = 0, 1, 2  # STOP: filterd stops; DRAIN: a reload replaced this worker
 
 
 class Supervisor:
-    def __init__(self, config_path: str | None, config: Config, raw: bytes, workers: int) -> None:
+    def __init__(self, config_path: str | None, config: Config, workers: int) -> None:
         self.config_path = config_path
         self.config = config  # the last validated configuration, never replaced by a bad one
+        self.pipeline: Pipeline | None = (
+            None  # built from it; what every worker forked from now on serves with
+        )
+        self.generation = 1
         self.workers = workers or os.cpu_count() or 1
-        self.generation = multiprocessing.sharedctypes.RawValue("Q", 0)
-        self.validated = ValidatedText(self.generation)
-        self.validated.publish(raw)
-        self.stop_flag = multiprocessing.sharedctypes.RawValue("B", 0)
-        # one slot per worker: since when it has been making progress (time.monotonic())
-        self.heartbeats = multiprocessing.sharedctypes.RawArray("d", self.workers)
+        # Slots in shared memory, per worker: the current ones and those a reload replaced that
+        # are still finishing (two reloads in a row: three sets at most; see _free_slots).
+        slots = 3 * self.workers
+        self.heartbeats = multiprocessing.sharedctypes.RawArray("d", slots)  # progress since (monotonic)
+        self.flags = multiprocessing.sharedctypes.RawArray("B", slots)  # RUNNING / STOP / DRAIN
+        self.accepting = multiprocessing.sharedctypes.RawArray("B", slots)  # 0 once a worker stopped
         self.socket_path: Path | None = None
         self.socket_file: tuple[int, int] | None = None  # (st_dev, st_ino) of our socket file
         self.listen_fd: int | None = None  # libmilter's listening socket, inherited by workers
+        self.listen_address: str | tuple[Any, ...] | None = None  # its address, to count sessions
         self.children: dict[int, float] = {}  # pid -> start time
-        self.slots: dict[int, int] = {}  # pid -> its heartbeat slot
+        self.slots: dict[int, int] = {}  # pid -> its slot
+        self.generation_of: dict[int, int] = {}  # pid -> the configuration generation it serves
+        self.draining: set[int] = set()  # replaced by a reload: finishing, not to be replaced
         self.hung: set[int] = set()  # killed for a missing heartbeat, not yet reaped
         self.stopping = False
         self.kill_deadline = 0.0
 
-    def run(self) -> int:
+    def open_socket(self) -> None:
+        """Open the milter socket (before the pipeline is built: see `main`)."""
         import milter
 
         from filterd.milter import install_callbacks
@@ -210,10 +201,14 @@ class Supervisor:
                     )
             st = os.stat(socket_path)
             self.socket_file = (st.st_dev, st.st_ino)
-        self.listen_fd = _listening_fd(socket_path)
+        self.listen_fd, self.listen_address = _listening_socket(socket_path)
+
+    def run(self, pipeline: Pipeline) -> int:
+        """Fork the workers with `pipeline` and supervise them until stopped."""
+        settings = self.config.milter
+        self.pipeline = pipeline
         signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
-        for slot in range(self.workers):
-            self._spawn(slot)
+        self._start_workers()
         log.info(
             "listening on %s with %d workers (configuration: %s)",
             settings.socket,
@@ -238,8 +233,39 @@ class Supervisor:
         log.info("stopped")
         return 0
 
+    def _start_workers(self) -> None:
+        """Fork a full set of workers with the current pipeline, each in a free slot."""
+        # Objects the parent made so far (modules, the pipeline) are left alone by the cyclic GC
+        # from now on, in the parent and in the workers: a collection would write into every one
+        # of them, and each page written is a page a worker no longer shares with the parent.
+        gc.freeze()
+        for slot in self._free_slots(self.workers):
+            self._spawn(slot)
+
+    def _free_slots(self, wanted: int) -> list[int]:
+        """`wanted` slots no live worker uses.  Replaced workers with nothing left to do exit
+        within a moment; if that is not room enough, the one finishing longest is ended."""
+        patience = time.monotonic() + 1.0
+        while True:
+            self._reap()
+            used = set(self.slots.values())
+            free = [slot for slot in range(len(self.flags)) if slot not in used]
+            if len(free) >= wanted:
+                return free[:wanted]
+            if time.monotonic() < patience:
+                time.sleep(0.02)
+                continue
+            oldest = min(self.draining, key=lambda pid: self.children[pid])
+            log.warning("worker %d still finishing after two reloads: ending it", oldest)
+            _kill(oldest, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(oldest, 0)
+            self._forget(oldest)
+
     def _spawn(self, slot: int) -> None:
         self.heartbeats[slot] = time.monotonic()  # the worker's start-up counts as progress
+        self.flags[slot] = RUNNING
+        self.accepting[slot] = 1
         pid = os.fork()
         if pid == 0:
             try:
@@ -250,6 +276,13 @@ class Supervisor:
             os._exit(code)
         self.children[pid] = time.monotonic()
         self.slots[pid] = slot
+        self.generation_of[pid] = self.generation
+
+    def _forget(self, pid: int) -> tuple[float | None, int]:
+        self.draining.discard(pid)
+        self.hung.discard(pid)
+        self.generation_of.pop(pid, None)
+        return self.children.pop(pid, None), self.slots.pop(pid, 0)
 
     def _check_heartbeats(self) -> None:
         """Kill a worker that stopped making progress; `_reap` then starts another in its slot."""
@@ -259,67 +292,102 @@ class Supervisor:
             lag = now - self.heartbeats[slot]
             if lag > limit and pid not in self.hung:
                 log.error(
-                    "worker %d made no progress for %.1f s (heartbeat_timeout %g): killing it, starting another",
+                    "worker %d made no progress for %.1f s (heartbeat_timeout %g): killing it%s",
                     pid,
                     lag,
                     limit,
+                    "" if pid in self.draining else ", starting another",
                 )
                 self.hung.add(pid)
                 _kill(pid, signal.SIGKILL)
 
     def _worker(self, slot: int) -> int:
-        import milter
-
-        from filterd import milter as filterd_milter
+        from filterd import worker
 
         # libmilter stops on any of these; the parent decides instead (see the module docstring)
         for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, signal.SIG_IGN)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
-        heartbeats = self.heartbeats
+        # The objects the parent froze stay frozen here (gc.freeze: never scanned, never
+        # copied); what this worker makes is collected as usual.
+        heartbeats, flags, accepting = self.heartbeats, self.flags, self.accepting
+        parent = os.getppid()
+        address = self.listen_address
 
         def beat(progress: float) -> None:
             heartbeats[slot] = progress
-
-        filterd_milter.busy[0] = time.monotonic()  # building the first pipeline: progress until built
-        filterd_milter.start_heartbeat(beat)
-        generation = self.generation
-        validated, path = self.validated, self.config_path
-        # never the file on disk: only what the parent validated (see the module docstring)
-        filterd_milter.holder = filterd_milter.PipelineHolder(
-            build=lambda: Pipeline.from_config(config_from_bytes(validated.read(), path)),
-            generation=lambda: int(generation.value),
-        )
-        del filterd_milter.busy[0]
-        parent = os.getppid()
-        stop_flag = self.stop_flag
 
         def stop_accepting() -> None:
             if os.getppid() != parent:
                 log.error("parent %d died: this worker stops accepting, finishes its messages, exits", parent)
                 self._remove_socket_file()  # Postfix then fails fast instead of waiting on us
             _stop_accepting(self.listen_fd)
+            accepting[slot] = 0
 
-        filterd_milter.start_drain_watcher(
-            should_stop=lambda: bool(stop_flag.value) or os.getppid() != parent,
-            grace=self.config.milter.shutdown_grace,
+        def sessions_open() -> int:
+            """A worker replaced by a reload also finishes its open SMTP sessions (see above)."""
+            draining = flags[slot] == DRAIN and os.getppid() == parent
+            return worker.open_sessions(address) if draining else 0
+
+        assert self.pipeline is not None, "run() sets it before the first fork"
+        return worker.serve(
+            self.pipeline,
+            beat,
+            should_stop=lambda: flags[slot] != RUNNING or os.getppid() != parent,
             on_stop=stop_accepting,
+            grace=self.config.milter.shutdown_grace,
+            sessions_open=sessions_open,
         )
-        milter.main()
-        return 0
 
     def _reload(self) -> None:
+        started = time.monotonic()
         try:
-            config, raw = read_config(self.config_path)
-            self.validated.publish(raw)  # before self.config: a refused publish keeps both old
+            config, pipeline = build(self.config_path)
         except Exception as exc:  # ConfigError, or a check that cannot start
             log.error("reload refused, keeping the running configuration: %s", exc)
             return
-        self.config = config
+        old = self.pipeline
+        self.config, self.pipeline = config, pipeline
+        self.generation += 1
+        gc.unfreeze()  # the old pipeline's garbage may go once the parent lets go of it
+        if old is not None:
+            _close_quietly(old)
+        del old
+        gc.collect()
+        self._start_workers()  # the new workers accept first: no moment without one
+        # every worker of an older generation (also one started meanwhile in a dead one's place)
+        replaced = [
+            pid
+            for pid, generation in self.generation_of.items()
+            if generation < self.generation and pid not in self.draining
+        ]
+        for pid in replaced:
+            self.flags[self.slots[pid]] = DRAIN
+            self.draining.add(pid)
+        self._await_stopped_accepting(replaced)
         log.info(
-            "configuration %s validated; workers reload it (generation %d)",
+            "configuration %s validated in %.2f s (generation %d): %d new workers serve it; "
+            "the %d replaced finish their messages and sessions first",
             self.config_path or "built-in defaults",
-            self.generation.value,
+            time.monotonic() - started,
+            self.generation,
+            self.workers,
+            len(replaced),
+        )
+
+    def _await_stopped_accepting(self, pids: list[int], timeout: float = 2.0) -> None:
+        """Wait (briefly) until the replaced workers accept no more: from then on every new
+        connection goes to a worker of the new configuration."""
+        deadline, waiting = time.monotonic() + timeout, pids
+        while time.monotonic() < deadline:
+            waiting = [pid for pid in pids if self.accepting[self.slots[pid]] and _running(pid)]
+            if not waiting:
+                return
+            time.sleep(0.01)
+        log.warning(
+            "workers %s still accept after %g s: some new connections get the old configuration",
+            waiting,
+            timeout,
         )
 
     def _stop(self) -> None:
@@ -330,8 +398,19 @@ class Supervisor:
         self._remove_socket_file()  # no new connections; Postfix tempfails them meanwhile
         if self.listen_fd is not None:  # no worker will be started again: nor inet connections
             _stop_accepting(self.listen_fd)
-        self.stop_flag.value = 1
-        self.kill_deadline = time.monotonic() + self.config.milter.shutdown_grace + 5
+        for slot in self.slots.values():
+            self.flags[slot] = STOP
+        grace = self.config.milter.shutdown_grace
+        self.kill_deadline = time.monotonic() + grace + 5
+        if self.draining:  # the workers finishing after a reload were given their own grace
+            self.kill_deadline += grace
+
+    def close_socket(self) -> None:
+        """Stop listening for good (filterd could not start after all)."""
+        self._remove_socket_file()
+        if self.listen_fd is not None:
+            os.close(self.listen_fd)
+            self.listen_fd = None
 
     def _remove_socket_file(self) -> None:
         """Remove our unix socket file -- only if it is still ours: a new filterd started after
@@ -349,15 +428,18 @@ class Supervisor:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 self.children.clear()
+                self.slots.clear()
                 return
             if pid == 0:
                 return
-            started = self.children.pop(pid, None)
-            slot = self.slots.pop(pid, 0)
+            draining, hung = pid in self.draining, pid in self.hung
+            started, slot = self._forget(pid)
             if started is None or self.stopping:
                 continue
-            if pid in self.hung:
-                self.hung.discard(pid)
+            if draining:
+                log.info("worker %d, replaced by the reload, finished%s", pid, " (killed)" if hung else "")
+                continue
+            if hung:
                 log.info("hung worker %d ended; starting another", pid)
             else:
                 log.error("worker %d exited unexpectedly (status %d); starting another", pid, status)
@@ -366,15 +448,31 @@ class Supervisor:
             self._spawn(slot)
 
 
+def _close_quietly(pipeline: Pipeline) -> None:
+    """Close a pipeline the parent no longer needs (it never ran a message: this is cheap)."""
+    try:
+        pipeline.close()
+    except Exception:
+        log.exception("closing the replaced pipeline failed")
+
+
+def _running(pid: int) -> bool:
+    """Not exited (a zombie not yet reaped counts as exited)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
 def _kill(pid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
 
 
-def _listening_fd(socket_path: Path | None) -> int | None:
-    """The fd of the listening socket libmilter opened (pymilter does not tell it): the one
-    socket of this process that listens, on `socket_path` for a unix socket."""
-    found = []
+def _listening_socket(socket_path: Path | None) -> tuple[int | None, Any]:
+    """The fd and the address of the listening socket libmilter opened (pymilter does not tell
+    it): the one socket of this process that listens, on `socket_path` for a unix socket."""
+    found: list[tuple[int, Any]] = []
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)
         try:
@@ -386,15 +484,16 @@ def _listening_fd(socket_path: Path | None) -> int | None:
         with sock:
             if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
                 continue
-            if socket_path is not None and sock.getsockname() != str(socket_path):
+            address = sock.getsockname()
+            if socket_path is not None and address != str(socket_path):
                 continue
-            found.append(fd)
+            found.append((fd, address))
     if len(found) != 1:
         log.warning(
             "cannot tell libmilter's listening socket (%d candidates): workers will not stop accepting before they exit",
             len(found),
         )
-        return None
+        return None, None
     return found[0]
 
 
@@ -451,18 +550,31 @@ def main(argv: list[str] | None = None) -> None:
         stream=sys.stderr, level=logging.INFO, format="filterd[%(process)d]: %(levelname)s %(message)s"
     )
     _lean_log_records()
-    for missing in preload_modules():
-        logging.getLogger("filterd").debug("not preloaded: %s", missing)
+    if args.workers is not None and args.workers < 1:
+        parser.error("--workers must be 1 or more")
     try:
-        config, raw = read_config(path)
+        config = config_from_bytes(read_config_bytes(path), path)
     except ConfigError as exc:
         print(f"filterd: configuration error: {exc}", file=sys.stderr)
         sys.exit(2)
     logging.getLogger().setLevel(config.milter.log_level.upper())
-    if args.workers is not None and args.workers < 1:
-        parser.error("--workers must be 1 or more")
     workers = args.workers if args.workers is not None else config.milter.workers
-    sys.exit(Supervisor(path, config, raw, workers).run())
+    supervisor = Supervisor(path, config, workers)
+    # The socket first: while this process imports its libraries and builds the pipeline (seconds
+    # on a loaded host), Postfix's connections wait in the socket's backlog and are served once
+    # the workers start, instead of failing with milter_default_action's 451 (on a restart).
+    supervisor.open_socket()
+    try:
+        for missing in preload_modules():
+            log.debug("not preloaded: %s", missing)
+        pipeline = Pipeline.from_config(config)
+    except BaseException as exc:
+        supervisor.close_socket()  # connections waiting in the backlog now fail: Postfix tempfails them
+        if isinstance(exc, ConfigError):
+            print(f"filterd: configuration error: {exc}", file=sys.stderr)
+            sys.exit(2)
+        raise
+    sys.exit(supervisor.run(pipeline))
 
 
 if __name__ == "__main__":

@@ -114,8 +114,13 @@ def up() -> int:
         )
     config = load_config(config_path)
     socket_path = Path(config.milter.socket.split(":", 1)[1])
+    log_path = RUN / "filterd.log"
+    offset = log_path.stat().st_size if log_path.exists() else 0
     _start_detached("filterd", [sys.executable, "-m", "filterd", "--config", str(config_path)])
-    wait_for(lambda: socket_path.exists(), 20, f"filterd's socket {socket_path}")
+    # "listening on" comes once the workers serve (the socket itself exists a little earlier)
+    wait_for(
+        lambda: b"listening on" in log_path.read_bytes()[offset:], 30, f"filterd to listen on {socket_path}"
+    )
     print(f"filterd:  running on {config_path} (defaults + antivirus), socket {config.milter.socket}")
 
     sink = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"

@@ -655,7 +655,7 @@ def test_key_file_readable_by_others_is_refused(tmp_path: Path, mode: int) -> No
     write_secret(key)
     key.chmod(mode)
     config = make_config([f"unix:{tmp_path}/none.sock"], "redis://127.0.0.1:1/0", cache_key_file=str(key))
-    # the daemon builds the pipeline once at start (filterd/daemon.py read_config): it refuses to start
+    # the daemon builds the pipeline once at start (filterd/daemon.py build): it refuses to start
     with pytest.raises(ConfigError, match=r"cache_key_file: .* has mode 0\d{3}: group or other users"):
         Pipeline.from_config(config)
 

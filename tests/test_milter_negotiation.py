@@ -11,6 +11,7 @@ import Milter
 import pytest
 
 from filterd import milter as fm
+from filterd import worker
 from filterd.config import parse_config
 from filterd.pipeline import Pipeline
 
@@ -55,7 +56,7 @@ class Context:
 
 def connect(config: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> tuple[fm.FilterdMilter, Context]:
     parsed = parse_config(config)
-    monkeypatch.setattr(fm, "holder", fm.PipelineHolder(build=lambda: Pipeline.from_config(parsed)))
+    monkeypatch.setattr(worker, "holder", worker.PipelineHolder(Pipeline.from_config(parsed)))
     ctx = Context()
     m = fm.FilterdMilter()
     m._setctx(ctx)
@@ -172,14 +173,14 @@ def test_drop_fields_removes_whole_folded_fields_by_place() -> None:
 def test_heartbeat_reports_the_oldest_callback_in_progress() -> None:
     beats: list[float] = []
     stuck = time.monotonic() - 100.0
-    fm.busy[12345] = stuck  # a callback that started 100 s ago and never returned
+    worker.busy[12345] = stuck  # a callback that started 100 s ago and never returned
     try:
-        fm.start_heartbeat(lambda t: beats.append(t) if len(beats) < 1000 else None, interval=0.01)
+        worker.start_heartbeat(lambda t: beats.append(t) if len(beats) < 1000 else None, interval=0.01)
         deadline = time.monotonic() + 5
         while not beats and time.monotonic() < deadline:
             time.sleep(0.01)
         assert beats and beats[-1] == stuck
     finally:
-        del fm.busy[12345]
+        del worker.busy[12345]
     time.sleep(0.05)
     assert len(beats) == 1000 or time.monotonic() - beats[-1] < 1.0  # nothing stuck: the beat is now

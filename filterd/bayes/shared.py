@@ -112,7 +112,7 @@ class SharedModel:
                         self.seed.counts.n_features,
                     )
         if model is None:
-            model = Model.from_bytes(self.seed.to_bytes())  # a copy: the seed stays pristine for a reload
+            model = self.seed.copy()  # the seed stays pristine for a reload
             model.meta["log_id"], model.meta["log_ordinal"] = "0-0", 0
         self.model = model
         self.last_id = str(model.meta.get("log_id", "0-0"))
