@@ -119,9 +119,13 @@ class MilterSettings:
         "worker's peak a few times this",
         positive,
     )
+    # 60, not 30: one end-of-message callback may rightly wait for DNS ([dns]
+    # max_seconds_per_message, 20 s, plus 4 s kept for DMARC) and then clamd (the antivirus
+    # timeout, 15 s): a heartbeat below that sum killed busy workers, and every session they held
     heartbeat_timeout: float = setting(
-        30.0,
-        "seconds without a heartbeat after which the parent kills a hung worker and starts another",
+        60.0,
+        "seconds a callback may run before the parent takes its worker for hung, kills it and starts "
+        "another; keep it above [dns] max_seconds_per_message + 4 plus the antivirus timeout",
         positive,
     )
 
