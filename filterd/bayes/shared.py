@@ -180,6 +180,10 @@ class SharedModel:
     def train(self, items: list[tuple[bytes, np.ndarray, str | None]]) -> list[Change]:
         """Train a batch of (digest, buckets, label or None) in one round trip; then sync."""
         pipe = self.redis.pipeline(transaction=False)
+        # Registered with the pipeline here, so that its execute() loads the script on NOSCRIPT:
+        # redis-py does it by itself only when handed its own Pipeline class, and ours may be the
+        # circuit breaker's proxy of one (filterd.redisstate.BreakerRedis).
+        pipe.scripts.add(self._train)
         for digest, buckets, label in items:
             base = self.model.records.get(digest)
             packed = distinct(buckets).astype("<u4").tobytes()
