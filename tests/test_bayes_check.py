@@ -1,4 +1,4 @@
-"""The bayes check inside the pipeline (filterd.pipeline.scan), against a real redis-server."""
+"""The bayes check inside the pipeline (filterd.driver.scan), against a real redis-server."""
 
 from __future__ import annotations
 

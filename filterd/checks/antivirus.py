@@ -3,7 +3,7 @@
 Replaces clamav-milter.  What happens in each case, and why:
 
 - infected -> ``on_infected``: ``reject`` (554 5.7.1 naming the virus; the default: the sender
-  learns, nothing is stored), ``quarantine`` (kept for review, see filterd/quarantine.py) or
+  learns, nothing is stored), ``quarantine`` (kept for review, see filterd/quarantine/) or
   ``discard`` (accepted and dropped).  CLAM_VIRUS names the virus in the report either way.
 - clean -> ``X-Virus-Scanned`` and ``X-Virus-Status: Clean`` on the delivered message.  Incoming
   X-Virus-* headers are removed first (report.FORGEABLE_PREFIXES): a sender must not be able to

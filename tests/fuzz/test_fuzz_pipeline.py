@@ -1,4 +1,4 @@
-"""Fuzzing the whole offline pipeline (`filterd.pipeline.scan`, content checks, rules and bayes on).
+"""Fuzzing the whole offline pipeline (`filterd.driver.scan`, content checks, rules and bayes on).
 
 Invariants for every input:
 - no exception leaves `scan`, and no check fails on it (no CHECK_ERROR: a check that raises on
