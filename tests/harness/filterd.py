@@ -61,12 +61,11 @@ class Filterd:
         }
         write_toml(self.config_path, merge(base, config))
 
-    def start(self, timeout: float = 20.0) -> None:
-        """Start filterd and wait until it says it listens (unix or inet socket alike)."""
+    def spawn(self) -> subprocess.Popen[bytes]:
+        """Start the filterd process and return at once (its output goes to the log)."""
         if self.socket_path.exists():
             self.socket_path.unlink()
         env = dict(os.environ, PYTHONPATH=str(ROOT))
-        offset = len(self.log())
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "filterd", "--config", str(self.config_path)],
@@ -76,7 +75,12 @@ class Filterd:
             cwd=ROOT,
         )
         log.close()
-        proc = self.proc
+        return self.proc
+
+    def start(self, timeout: float = 20.0) -> None:
+        """Start filterd and wait until it says it listens (unix or inet socket alike)."""
+        offset = len(self.log())
+        proc = self.spawn()
         wait_for(
             lambda: "listening on" in self.log()[offset:] or proc.poll() is not None,
             timeout,
