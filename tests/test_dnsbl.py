@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from filterd.checks.dnsbl import parse_zone, query_name
+from filterd.blocklists import parse_zone
+from filterd.checks.dnsbl import query_name
 from filterd.config import parse_config
 from filterd.settings import ConfigError
 from tests.harness.auth import message, pipeline, run, unique
