@@ -34,12 +34,12 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from filterd.datafiles import shipped
 from filterd.results import Finding
 from filterd.settings import ConfigError, setting
 
@@ -73,10 +73,7 @@ class ScoringSettings:
 def shipped_model() -> Path:
     """``models/scores.json`` beside the package in a source checkout, else where the wheel puts
     it (``<prefix>/share/filterd/models``, as the rule files)."""
-    checkout = Path(__file__).resolve().parent.parent / "models" / "scores.json"
-    if checkout.is_file():
-        return checkout
-    return Path(sys.prefix) / "share" / "filterd" / "models" / "scores.json"
+    return shipped("models/scores.json")
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 
 from filterd.bayes.model import Model, ModelError
 from filterd.bayes.shared import SharedModel
+from filterd.datafiles import shipped
 
 log = logging.getLogger("filterd.bayes")
 
@@ -27,10 +27,7 @@ log = logging.getLogger("filterd.bayes")
 def shipped_model() -> Path:
     """The model filterd ships: models/bayes.npz beside the package in a source checkout, else
     <prefix>/share/filterd/models/bayes.npz where the wheel installs it (pyproject's data-files)."""
-    checkout = Path(__file__).resolve().parents[2] / "models" / "bayes.npz"
-    if checkout.is_file():
-        return checkout
-    return Path(sys.prefix) / "share" / "filterd" / "models" / "bayes.npz"
+    return shipped("models/bayes.npz")
 
 
 SHIPPED_MODEL = shipped_model()

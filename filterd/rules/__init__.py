@@ -14,10 +14,10 @@ message.  The language is described in docs/rules.md; each module owns one piece
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Collection
 from pathlib import Path
 
+from filterd.datafiles import shipped
 from filterd.rules.loader import Rule, RuleError, load_rules
 from filterd.rules.ruleset import Hit, RuleSet
 
@@ -27,10 +27,7 @@ __all__ = ["Hit", "Rule", "RuleError", "RuleSet", "load_rule_set", "shipped_dir"
 def shipped_dir() -> Path:
     """Where the shipped rule files are: ``rules/`` beside the package in a source checkout,
     else ``<prefix>/share/filterd/rules`` where the wheel installs them."""
-    checkout = Path(__file__).resolve().parents[2] / "rules"
-    if checkout.is_dir():
-        return checkout
-    return Path(sys.prefix) / "share" / "filterd" / "rules"
+    return shipped("rules")
 
 
 def load_rule_set(
