@@ -29,7 +29,7 @@ from functools import cache
 from typing import Any
 
 from filterd import checks as checks_package
-from filterd.check import PIPELINE_SYMBOLS, SCORE_SO_FAR, Check, Stage
+from filterd.check import PIPELINE_SYMBOLS, SCORE_SO_FAR, Check, Cost, Stage
 
 
 class RegistryError(Exception):
@@ -59,6 +59,11 @@ def known_symbols() -> Mapping[str, float]:
         for name, score in c.symbols.items():
             symbols[name] = score
     return types.MappingProxyType(symbols)
+
+
+def network_checks() -> tuple[str, ...]:
+    """The checks that declare `Cost.NETWORK` (DNS, Redis, clamd): what an offline run turns off."""
+    return tuple(c.name for c in all_checks() if c.cost is Cost.NETWORK)
 
 
 def run_order(checks: Iterable[Check]) -> dict[Stage, list[Check]]:

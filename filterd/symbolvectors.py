@@ -39,7 +39,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from filterd.check import Stage
 from filterd.config import Config
+from filterd.registry import all_checks, network_checks
 
 if TYPE_CHECKING:
     import numpy as np
@@ -51,24 +53,14 @@ SPAM, HAM = "spam", "ham"
 # Headers written by filters upstream of the corpus's collector: their verdicts, not the message.
 UPSTREAM_VERDICT_PREFIXES = (b"x-spam-", b"x-dspam-", b"x-bogosity", b"x-virus-")
 
-# Checks whose answer depends on the network or on state built from other mail (see above).
+# Checks whose answer depends on the network or on state built from other mail (see above): the
+# ones that declare Cost.NETWORK (asking blocklists today about old mail says nothing of then),
+# the finishers (they only write headers), and the classifier (its spamicity is computed apart,
+# from a model that never saw the message).
 NETWORK_CHECKS = (
-    "spf",
-    "dkim",
-    "arc",
-    "dmarc",
-    "auth_results",
-    "dkim_sign",
-    "client_dns",
-    "dnsbl",
-    "uribl",  # when it exists: asking blocklists today about old mail says nothing of then
-    "sender_dns",
-    "reputation",
-    "reputation_auth",
-    "greylist",
-    "ratelimit",
-    "antivirus",
-    "bayes",  # the spamicity is computed apart, from a model that never saw the message
+    *network_checks(),
+    *(c.name for c in all_checks() if c.stage is Stage.FINISH),
+    "bayes",
 )
 
 

@@ -12,17 +12,16 @@ import os
 from pathlib import Path
 from typing import Any
 
-from filterd.check import Cost
 from filterd.config import Config, parse_config
 from filterd.pipeline import Pipeline
-from filterd.registry import all_checks
+from filterd.registry import network_checks
 
 ROOT = Path(__file__).resolve().parents[2]
 CORPUS = Path(os.environ.get("FILTERD_CORPUS", ROOT.parent / "shared" / "corpus"))
 HOSTILE = ROOT / "corpus" / "hostile"
 
 # Checks that need DNS, Redis or clamd (they declare it: Cost.NETWORK): off offline.
-NETWORK_CHECKS = tuple(c.name for c in all_checks() if c.cost is Cost.NETWORK)
+NETWORK_CHECKS = network_checks()
 
 
 def offline_config(**milter: Any) -> Config:
