@@ -33,7 +33,9 @@ from filterd.results import (
     Direction,
     Discard,
     Quarantine,
+    Reject,
     Stage,
+    TempFail,
     Verdict,
     action_of,
 )
@@ -116,6 +118,8 @@ class Driver:
         decision = self.pipeline.run_stage(Stage.RCPT, tx)
         step = self._stage_outcome(tx, Stage.RCPT, decision, awaits_reply)
         if step.decision is not None:
+            # a refusal (a quarantine or discard at RCPT waits for the end instead: `_waits`)
+            assert isinstance(step.decision, Reject | TempFail)
             tx.rcpts.pop()
             tx.refused.append((rcpt, step.decision))
         return step

@@ -18,7 +18,7 @@ from functools import cached_property
 
 from filterd.dns import DnsBudget, DnsSettings
 from filterd.message import Message
-from filterd.results import AddHeader, Decision, Direction, Facts, Finding, Stage
+from filterd.results import AddHeader, Decision, Direction, Facts, Finding, Reject, Stage, TempFail
 
 
 @dataclass
@@ -65,7 +65,9 @@ class Transaction:
     findings: list[Finding] = field(default_factory=list)
     add_headers: list[AddHeader] = field(default_factory=list)
     pending: Decision | None = None  # decided before it could be given: given at end of message
-    refused: list[tuple[str, Decision]] = field(default_factory=list)  # recipients refused at RCPT
+    refused: list[tuple[str, Reject | TempFail]] = field(
+        default_factory=list
+    )  # refused at RCPT, with the reply
     timings: dict[Stage, float] = field(default_factory=dict)
     check_cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds each check spent on it
     raw_message: bytes | None = None  # set when the message came whole (an offline scan)

@@ -13,9 +13,8 @@ from filterd.config import Config
 from filterd.driver import SmtpContext
 from filterd.driver import scan as scan_message
 from filterd.pipeline import Pipeline
-from filterd.results import Action, Reject, TempFail
+from filterd.results import Action
 from filterd.settings import ConfigError
-from filterd.transaction import Transaction
 
 # Exit status, as `spamassassin -e` and `spamc -c` tell spam from ham (click itself exits 2 on
 # bad arguments, and 1 is spam here, so an error that is not the arguments' gets its own code).
@@ -99,23 +98,18 @@ def scan(
                             ],
                             # recipients refused at RCPT, as Postfix would refuse them (the verdict
                             # is for the others)
-                            "refused": [{"rcpt": r, "reply": str(d.reply)} for r, d in refused_replies(tx)],
+                            "refused": [{"rcpt": r, "reply": str(d.reply)} for r, d in tx.refused],
                         }
                     )
                 )
             else:
                 symbols = " ".join(f"{s.name}({s.score:g})" for s in verdict.symbols) or "-"
                 click.echo(f"{name}\t{verdict.score:.2f}\t{verdict.action.value}\t{symbols}")
-                for rcpt, decision in refused_replies(tx):
+                for rcpt, decision in tx.refused:
                     click.echo(f"{name}\trefused <{rcpt}>: {decision.reply}")
     finally:
         pipeline.close()
     ctx.exit(status)
-
-
-def refused_replies(tx: Transaction) -> list[tuple[str, Reject | TempFail]]:
-    """The recipients refused at RCPT with the reply each got (a held decision is no refusal)."""
-    return [(r, d) for r, d in tx.refused if isinstance(d, Reject | TempFail)]
 
 
 def offline(cfg: Config) -> Config:
