@@ -153,7 +153,7 @@ class Driver:
         for stage in (Stage.HEADERS, Stage.EOM):
             if decision is None:
                 decision = self.pipeline.run_stage(stage, tx)
-                if decision is not None and isinstance(decision, Quarantine) and stage is Stage.HEADERS:
+                if isinstance(decision, Quarantine) and stage is Stage.HEADERS:
                     tx.pending, decision = decision, None  # the body's checks still run
         verdict = self.pipeline.verdict(tx, decision or tx.pending)
         if verdict.action in (Action.REJECT, Action.TEMPFAIL, Action.DISCARD):
