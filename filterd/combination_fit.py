@@ -107,9 +107,20 @@ def design(vectors: Sequence[Vector], symbols: Sequence[str], p: np.ndarray | No
 Bounds = list[tuple[float | None, float | None]]
 
 
-def sign_bounds(vectors: Sequence[Vector], symbols: Sequence[str], with_bayes: bool) -> Bounds:
+def bayes_weight_max(bands: Sequence[Sequence[float]], scale: float) -> float:
+    """The most the Bayes weight may be: the classifier alone, at its clipped log-odds, may move the
+    total no further than the highest band of the score table lets it (+4.5 by default, so
+    4.5 / (1.07 x 4) = 1.05).  The fit cannot learn this limit itself: its spamicities come from
+    classifiers trained on the same kind of mail they score, where the classifier is nearly always
+    right (fitted on CSDMC2010 alone, its weight came out at 2.8, and 10% of the SpamAssassin
+    corpus's ham was then tagged); on a site whose mail is unlike the training mail it is not.  The
+    table's author put the same limit on it for the same reason."""
+    return max(score for _, score in bands) / (scale * BAYES_CLIP)
+
+
+def sign_bounds(vectors: Sequence[Vector], symbols: Sequence[str], bayes_max: float | None) -> Bounds:
     """Each weight keeps the sign of the symbol's table score (free when that is 0); the Bayes
-    weight is at least 0.  SpamAssassin's perceptron keeps its rules' signs the same way: a rule
+    weight (when `bayes_max` is given) lies between 0 and it.  SpamAssassin's perceptron keeps its rules' signs the same way: a rule
     written to catch spam must not end up rewarding a message because, in the fitting mail, it
     happened to fire with stronger rules (BULK_UNSUB_ADDRESS and BULK_NO_LONGER_WISH came out at
     -1.1 and -1.2 unconstrained, fitted on SpamAssassin mail)."""
@@ -121,8 +132,8 @@ def sign_bounds(vectors: Sequence[Vector], symbols: Sequence[str], with_bayes: b
     for s in symbols:
         score = table.get(s, 0.0)
         bounds.append((0.0, None) if score > 0 else (None, 0.0) if score < 0 else (None, None))
-    if with_bayes:
-        bounds.append((0.0, None))
+    if bayes_max is not None:
+        bounds.append((0.0, bayes_max))
     return bounds
 
 
@@ -165,19 +176,23 @@ def _fit(x: np.ndarray, y: np.ndarray, bounds: Bounds) -> tuple[float, np.ndarra
     return b, w, c
 
 
-def fit_model(vectors: Sequence[Vector], p: np.ndarray, source: str = "") -> dict[str, Any]:
+def fit_model(
+    vectors: Sequence[Vector], p: np.ndarray, bands: Sequence[Sequence[float]], source: str = ""
+) -> dict[str, Any]:
     """The model file's content (see filterd.combination) fitted on `vectors` with spamicities `p`
-    (which must come from classifiers that did not see the message: `cross_fitted_spamicities`)."""
+    (which must come from classifiers that did not see the message: `cross_fitted_spamicities`);
+    `bands` are the Bayes check's table bands, which bound the Bayes weight (`bayes_weight_max`)."""
     y = np.array([v.spam for v in vectors])
     if y.all() or not y.any():
         raise ValueError("the fitting mail needs both spam and ham")
-    symbols = fitted_symbols(vectors)
-    b0, w0, c0 = _fit(design(vectors, symbols, p), y, sign_bounds(vectors, symbols, True))
-    b1, w1, c1 = _fit(design(vectors, symbols, None), y, sign_bounds(vectors, symbols, False))
     defaults = ActionSettings()
     z_add, z_reject = logit(P_ADD_HEADER, math.inf), logit(P_REJECT, math.inf)
     scale = (defaults.reject - defaults.add_header) / (z_reject - z_add)
     offset = defaults.add_header - scale * z_add
+    bayes_max = bayes_weight_max(bands, scale)
+    symbols = fitted_symbols(vectors)
+    b0, w0, c0 = _fit(design(vectors, symbols, p), y, sign_bounds(vectors, symbols, bayes_max))
+    b1, w1, c1 = _fit(design(vectors, symbols, None), y, sign_bounds(vectors, symbols, None))
     return {
         "format": FORMAT,
         "offset": round(offset, 6),
@@ -199,6 +214,7 @@ def fit_model(vectors: Sequence[Vector], p: np.ndarray, source: str = "") -> dic
             "ham": int((~y).sum()),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "l2_C": {"with_bayes": c0, "without_bayes": c1},
+            "bayes_weight_max": round(bayes_max, 6),
             "p_add_header": P_ADD_HEADER,
             "p_reject": P_REJECT,
             "hits": {s: sum(1 for v in vectors if s in v.symbols) for s in symbols},
@@ -206,9 +222,9 @@ def fit_model(vectors: Sequence[Vector], p: np.ndarray, source: str = "") -> dic
     }
 
 
-def fit(vectors: Sequence[Vector], source: str = "") -> dict[str, Any]:
+def fit(vectors: Sequence[Vector], bands: Sequence[Sequence[float]], source: str = "") -> dict[str, Any]:
     """Fit on labelled mail: cross-fitted spamicities, then the regression."""
-    return fit_model(vectors, cross_fitted_spamicities(vectors), source)
+    return fit_model(vectors, cross_fitted_spamicities(vectors), bands, source)
 
 
 # -- totals ------------------------------------------------------------------------------------------
@@ -302,7 +318,7 @@ def run_scenario(
     source: str = "",
 ) -> tuple[Scenario, dict[str, Any]]:
     """Fit everything (Bayes, the combination) on `fit_on` only; score `test` three ways."""
-    model_data = fit(fit_on, source)
+    model_data = fit(fit_on, bands, source)
     model = model_from_dict(model_data)
     p = spamicities(fit_on, test)
     y = np.array([v.spam for v in test])

@@ -132,6 +132,10 @@ def test_fit_writes_a_model_that_loads_and_ranks(tmp_path: Path) -> None:
     # HAM_WORDS hits only ham, but its table score says it was written to catch spam: the fit
     # keeps that sign and gives it nothing, rather than a reward for hitting
     assert model.with_bayes.symbols["HAM_WORDS"] == 0.0
+    # the classifier separates this toy corpus perfectly, so the fit would trust it without
+    # limit; the weight stops where the table's highest band (+4.5) stops Bayes alone
+    assert model.with_bayes.bayes == pytest.approx(model.meta["bayes_weight_max"], abs=1e-3)
+    assert model.scale * model.bayes_clip * model.meta["bayes_weight_max"] == pytest.approx(4.5, abs=1e-4)
     code, out = invoke(tmp_path, "fit", "--ham", str(a / "ham"), "-o", str(out_file))
     assert code == 2 and "give both --ham and --spam" in out
 

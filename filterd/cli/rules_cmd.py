@@ -327,7 +327,7 @@ def fit(
         vectors += _vectors(_labelled(folder), cfg, cache, folder.name)
         sources.append(folder.name)
     try:
-        data = fit_combination(vectors, "; ".join(sources))
+        data = fit_combination(vectors, cfg.check_settings("bayes").bands, "; ".join(sources))
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
     output.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
