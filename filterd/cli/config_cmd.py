@@ -145,6 +145,7 @@ def rule_rows(cfg: Config) -> list[dict[str, Any]]:
     from filterd.rules import load_rule_set  # compiles the rules: only for this command
 
     settings = cfg.check_settings("rules")
+    stage = next(c.stage.label for c in registered_checks() if c.name == "rules")
     try:
         rules = load_rule_set(settings.default_dir, settings.local_dir, reserved=known_symbols())
     except ConfigError as exc:
@@ -154,7 +155,7 @@ def rule_rows(cfg: Config) -> list[dict[str, Any]]:
             "symbol": rule.name,
             "score": cfg.scores.get(rule.name, rule.score),
             "source": "rules",
-            "stage": "end of message",
+            "stage": stage,
             "description": rule.description,
         }
         for rule in rules.all
