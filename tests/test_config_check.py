@@ -373,3 +373,33 @@ def test_version_comes_from_the_package_metadata() -> None:
     result = CliRunner().invoke(cli, ["--version"])
     assert result.exit_code == 0
     assert result.output == f"filterctl {importlib.metadata.version('filterd')}\n"
+
+
+def test_man_pages_are_written_from_the_cli(tmp_path: Path) -> None:
+    pytest.importorskip("click_man")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "manpages.py"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr
+    page = (tmp_path / "filterctl-config-show.1").read_text()
+    assert ".TH" in page and "only the settings that differ from the defaults" in page
+    assert {"filterctl.1", "filterctl-config-check.1", "filterctl-symbols.1"} <= {
+        p.name for p in tmp_path.iterdir()
+    }
+
+
+def test_bash_completion_script_and_answers() -> None:
+    """The documented `_FILTERCTL_COMPLETE=bash_source filterctl` (click's shell completion)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    run = [sys.executable, "-c", "from filterd.cli.filterctl import main; main()"]
+    source = subprocess.run(
+        run, capture_output=True, text=True, timeout=60, env={**env, "_FILTERCTL_COMPLETE": "bash_source"}
+    )
+    assert "_filterctl_completion()" in source.stdout
+    words = {"_FILTERCTL_COMPLETE": "bash_complete", "COMP_WORDS": "filterctl config s", "COMP_CWORD": "2"}
+    answer = subprocess.run(run, capture_output=True, text=True, timeout=60, env={**env, **words})
+    assert answer.stdout.split() == ["plain,show"]
