@@ -2,9 +2,11 @@
 
 Every setting is a dataclass field made with `setting()`, which carries its default, one line of
 help and an optional validator.  `build()` turns a TOML table into the dataclass, refusing unknown
-keys and wrong types with a message that names the key, the value and what was expected.  The same
-declarations render the commented reference file (`render_defaults`), so the documentation of the
-settings cannot drift from the code.
+keys and wrong types with a message that names the key, the value and what was expected -- all of
+them in one pass (`ConfigErrors`, gathered by a `Collector`), so an admin fixes a file in one go.
+The same declarations render the commented reference file (`render_defaults`), so the
+documentation of the settings cannot drift from the code, and the effective configuration as
+plain data (`as_table`, `changed`, `render_table`: ``filterctl config show``).
 """
 
 from __future__ import annotations
