@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 import tomllib
 import types
@@ -26,13 +27,18 @@ from filterd.quarantine.store import QuarantineSettings
 from filterd.registry import all_checks, settings_sections
 from filterd.registry import known_symbols as known_symbols
 from filterd.settings import (
+    Collector,
     ConfigError,
-    build,
+    Problem,
+    Table,
+    as_table,
+    build_partial,
     internal,
     ip_networks,
     not_negative,
     positive,
     render_section,
+    render_table,
     section,
     setting,
 )
@@ -227,6 +233,7 @@ class Config:
     # Not read from the file's top level: the registered checks' sections, and where the file was.
     checks: Any = internal(None)  # ChecksSettings, one field per registered check
     path: str = internal("")  # "" for the built-in defaults
+    warnings: tuple[Problem, ...] = internal(())  # allowed, but probably not meant (config_warnings)
 
     def score_of(self, symbol: str) -> float:
         if symbol in self.scores:
@@ -238,18 +245,162 @@ class Config:
 
 
 def parse_config(data: Mapping[str, Any], path: str = "") -> Config:
-    """Validate a parsed TOML document into a `Config`, or raise `ConfigError`."""
+    """Validate a parsed TOML document into a `Config`, or raise `ConfigError` (`ConfigErrors`
+    when there are several: every section is read, so one pass names every mistake)."""
     data = dict(data)
     checks_data = data.pop("checks", {})
-    if not isinstance(checks_data, dict):
-        raise ConfigError("checks", "expected a table of [checks.NAME] sections")
-    config = build(Config, data)
-    checks: Any = build(checks_settings_class(), checks_data, "checks")
+    collector = Collector()
+    config, problems = build_partial(Config, data)
+    collector.problems.extend(problems)
+    checks: Any = checks_settings_class()()
+    if isinstance(checks_data, dict):
+        checks, problems = build_partial(checks_settings_class(), checks_data, "checks")
+        collector.problems.extend(problems)
+    else:
+        collector.add("checks", f"{checks_data!r} is not valid: expected a table of [checks.NAME] sections")
+    config = dataclasses.replace(config, checks=checks, path=path)
+    scores = data.get("scores")
+    if isinstance(scores, dict):  # the names even when a value was wrong
+        for key, message in unknown_scores(scores, config):
+            collector.add(key, message)
+    if "actions" in data:
+        for key, message in threshold_errors(config.actions):
+            collector.add(key, message)
+    if collector.problems:  # the checks will not be built to find these: look now
+        collector.problems.extend(unreadable_files(config, enabled=True))
+    collector.raise_if_any()
+    return dataclasses.replace(config, warnings=config_warnings(config))
+
+
+def unknown_scores(scores: Mapping[str, Any], config: Config) -> list[tuple[str, str]]:
+    """[scores] entries naming no symbol of a check, of the pipeline or of a rule."""
     symbols = known_symbols()
+    rules = None  # read only when needed: most configurations score only check symbols
+    problems = []
+    for name in scores:
+        if name in symbols:
+            continue
+        if rules is None:
+            rules = rule_names(config.check_settings("rules"))
+        if name.startswith("__") and name in rules:
+            problems.append((f"scores.{name}", "a __ rule only feeds metas and is never scored"))
+        elif name not in rules:
+            problems.append(
+                (
+                    f"scores.{name}",
+                    "unknown symbol: no check or rule has it (see `filterctl symbols` for the list)",
+                )
+            )
+    return problems
+
+
+def rule_names(settings: Any) -> set[str]:
+    """The names of the rules in the rule files ``[checks.rules]`` reads (the shipped set and the
+    admin's directory), read leniently: a broken file is the rules check's to report."""
+    from filterd.rules import shipped_dir  # the rules package compiles RE2: not for every caller
+
+    names: set[str] = set()
+    dirs = [Path(settings.default_dir) if settings.default_dir else shipped_dir()]
+    if settings.local_dir:
+        dirs.append(Path(settings.local_dir))
+    for directory in dirs:
+        for file in sorted(directory.glob("*.toml")) if directory.is_dir() else []:
+            try:
+                names.update(tomllib.loads(file.read_text("utf-8")))
+            except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+                continue
+    return names
+
+
+# The actions that deliver the message (marked) and those that withhold it, mildest first.
+_DELIVERING = ("add_header", "rewrite_subject")
+_WITHHOLDING = ("quarantine", "reject")
+
+
+def threshold_errors(actions: ActionSettings) -> list[tuple[str, str]]:
+    """Thresholds in an order that gives a higher score a milder action.
+
+    The action taken is the one with the highest threshold reached, so ``reject = 10`` with
+    ``add_header = 12`` rejects a message scoring 11 and delivers one scoring 13: never meant."""
+    t = actions.thresholds()
+    problems = []
+    for stronger in _WITHHOLDING:
+        for milder in (*_DELIVERING, *_WITHHOLDING[: _WITHHOLDING.index(stronger)]):
+            if math.isfinite(t[stronger]) and math.isfinite(t[milder]) and t[stronger] < t[milder]:
+                problems.append(
+                    (
+                        f"actions.{stronger}",
+                        f"{t[stronger]:g} is not valid: expected at least actions.{milder} ({t[milder]:g}); "
+                        f"a message scoring {t[milder]:g} or more would get {milder}, not {stronger}",
+                    )
+                )
+    return problems
+
+
+def config_warnings(config: Config) -> tuple[Problem, ...]:
+    """What is allowed but probably not meant (`filterctl config check` shows these; they do
+    not stop filterd)."""
+    warnings = []
+    t = config.actions.thresholds()
+    if math.isfinite(t["greylist"]) and t["greylist"] >= t["reject"]:
+        warnings.append(
+            Problem(
+                "actions.greylist",
+                f"{t['greylist']:g} is at or above actions.reject ({t['reject']:g}): messages scoring "
+                f"{t['greylist']:g} or more are greylisted (4xx) instead of rejected",
+            )
+        )
+    if not any(math.isfinite(t[a]) for a in (*_DELIVERING, *_WITHHOLDING)):
+        warnings.append(
+            Problem("actions", "every spam action is inf: no message is ever marked, quarantined or rejected")
+        )
+    owner = {symbol: c.name for c in registered_checks() for symbol in c.symbols}
     for name in config.scores:
-        if name not in symbols:
-            raise ConfigError(f"scores.{name}", "unknown symbol (see `filterctl symbols` for the list)")
-    return dataclasses.replace(config, checks=checks, path=path)
+        check = owner.get(name, "rules" if name not in known_symbols() else None)
+        if check is not None and not config.check_settings(check).enabled:
+            warnings.append(Problem(f"scores.{name}", f"scored, but its check {check} is disabled"))
+    warnings.extend(unreadable_files(config, enabled=False))
+    return tuple(warnings)
+
+
+def unreadable_files(config: Config, enabled: bool) -> list[Problem]:
+    """The files the enabled (or the disabled) checks name that cannot be read.
+
+    An enabled check reads its files when the pipeline is built and refuses to start without
+    them; this quick look finds them too when other errors stop the configuration before that,
+    so one pass still names every error.  A disabled check is not built, so its file would fail
+    only on the day it is enabled: `config_warnings` says so now."""
+    problems = []
+    for c in registered_checks():
+        settings = config.check_settings(c.name)
+        if settings.enabled != enabled:
+            continue
+        for key, path in named_files(settings, f"checks.{c.name}"):
+            try:
+                readable = os.access(path, os.R_OK)
+                reason = "cannot be read" if os.path.exists(path) else "does not exist"
+            except ValueError:  # a NUL byte in the path
+                readable, reason = False, "is not a file name"
+            if not readable:
+                later = "" if enabled else f" (checks.{c.name} is disabled; an error once enabled)"
+                problems.append(Problem(key, f"{path!r} {reason}{later}"))
+    return problems
+
+
+def named_files(settings: Any, prefix: str) -> list[tuple[str, str]]:
+    """(key, path) of each file a check's settings name: the settings called ``*_file`` and the
+    values of a key table (``[checks.dkim_sign] keys``: domain -> selector -> file)."""
+    found = []
+    for field in dataclasses.fields(settings):
+        value = getattr(settings, field.name)
+        key = f"{prefix}.{field.name}"
+        if field.name.endswith("_file") and isinstance(value, str) and value:
+            found.append((key, value))
+        elif field.name == "keys" and isinstance(value, Mapping):
+            for domain, selectors in value.items():
+                for selector, path in selectors.items():
+                    found.append((f"{key}.{domain}.{selector}", path))
+    return found
 
 
 def load_config(path: Path | str | None) -> Config:
@@ -282,6 +433,20 @@ def config_from_bytes(raw: bytes, path: Path | str | None) -> Config:
     except ConfigError as exc:
         exc.args = (f"{path}: {exc}",)
         raise
+
+
+def config_table(config: Config) -> Table:
+    """The whole configuration as plain data, shaped like the file: the sections, [scores], and
+    a [checks.NAME] section per registered check."""
+    table = as_table(config)
+    table["checks"] = Table({c.name: as_table(config.check_settings(c.name)) for c in registered_checks()})
+    return table
+
+
+def render_config(table: Mapping[str, Any]) -> str:
+    """TOML for `config_table` (or the part of it that differs from the defaults)."""
+    lines = render_table(table)
+    return "\n".join(lines) + "\n" if lines else ""
 
 
 def render_defaults() -> str:

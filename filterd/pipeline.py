@@ -49,6 +49,7 @@ from filterd.results import (
     action_of,
 )
 from filterd.services import Services
+from filterd.settings import Collector
 from filterd.transaction import Transaction
 
 log = logging.getLogger("filterd.pipeline")
@@ -118,11 +119,19 @@ class Pipeline:
     def from_config(cls, config: Config, services: Services | None = None) -> Pipeline:
         """Build every enabled check; a check that cannot start raises here (so the daemon refuses to)."""
         services = services or Services(config)
-        checks = []
+        checks: list[Check] = []
+        collector = Collector()  # every check that cannot start is named, not only the first
         for check_cls in registered_checks():
             if config.check_settings(check_cls.name).enabled:
-                checks.append(check_cls(context_for(config, check_cls.name, services)))
-        return cls(config, checks, services)
+                with collector.collect():
+                    checks.append(check_cls(context_for(config, check_cls.name, services)))
+        try:
+            collector.raise_if_any()
+            return cls(config, checks, services)
+        except BaseException:
+            for check in checks:
+                check.close()
+            raise
 
     def close(self) -> None:
         for check in self.checks:

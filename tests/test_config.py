@@ -110,3 +110,19 @@ def test_daemon_refuses_to_start_and_names_the_key(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "milter.workers" in proc.stderr and "'many'" in proc.stderr and "whole number" in proc.stderr
+
+
+def test_parse_config_gathers_every_problem_with_its_key() -> None:
+    """The API under `config check`: one ConfigErrors holding each problem, first key first."""
+    with pytest.raises(ConfigError) as info:
+        parse_config({"milter": {"workers": "x", "timeout": 0}, "scores": {"NOPE": 1}, "checks": 3})
+    assert [p.key for p in info.value.problems] == [
+        "milter.workers",
+        "milter.timeout",
+        "checks",
+        "scores.NOPE",
+    ]
+    assert info.value.key == "milter.workers"
+    assert str(info.value).startswith(
+        "4 errors:\n  milter.workers: 'x' is not valid: expected a whole number\n"
+    )

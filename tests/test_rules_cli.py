@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from click.testing import CliRunner
@@ -36,8 +37,8 @@ HAM = b"From: b@example.com\r\nSubject: lunch?\r\n\r\nLunch at noon?\r\n"
 
 
 def run(*args: str, input: bytes | None = None) -> tuple[int, str]:
-    """Run filterctl with the built-in configuration (no file at $FILTERD_CONFIG)."""
-    runner = CliRunner(env={"FILTERD_CONFIG": "/nonexistent/filterd.toml"})
+    """Run filterctl with the built-in configuration ($FILTERD_CONFIG an empty file)."""
+    runner = CliRunner(env={"FILTERD_CONFIG": os.devnull})  # an empty file: the built-in defaults
     result = runner.invoke(cli, list(args), input=input)
     return result.exit_code, result.output
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -94,7 +95,7 @@ def invoke(tmp_path: Path, *args: str) -> tuple[int, str]:
     rules = tmp_path / "rules"
     rules.mkdir(exist_ok=True)
     (rules / "r.toml").write_text(RULES)
-    result = CliRunner(env={"FILTERD_CONFIG": "/nonexistent"}).invoke(
+    result = CliRunner(env={"FILTERD_CONFIG": os.devnull}).invoke(
         cli, ["rules", *args, "--default-dir", str(rules)]
     )
     return result.exit_code, result.output
@@ -176,8 +177,8 @@ def test_the_bounded_fit_is_scikit_learns_logistic_regression_when_unbounded() -
 
 
 def test_without_corpora_the_commands_say_where_to_get_them(tmp_path: Path) -> None:
-    result = CliRunner(
-        env={"FILTERD_CONFIG": "/nonexistent", "FILTERD_CORPUS": str(tmp_path / "none")}
-    ).invoke(cli, ["rules", "eval"])
+    result = CliRunner(env={"FILTERD_CONFIG": os.devnull, "FILTERD_CORPUS": str(tmp_path / "none")}).invoke(
+        cli, ["rules", "eval"]
+    )
     assert result.exit_code == 1
     assert "no corpus found" in result.output and "spamassassin.apache.org" in result.output

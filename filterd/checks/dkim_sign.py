@@ -37,7 +37,7 @@ from filterd.addresses import getaddresses
 from filterd.auth.keys import SigningKey, load_signing_key
 from filterd.check import AddHeader, CheckContext, CheckSettings, Direction, Finding, Finisher
 from filterd.results import Verdict
-from filterd.settings import ConfigError, setting
+from filterd.settings import Collector, ConfigError, setting
 from filterd.transaction import Transaction
 
 DEFAULT_HEADERS = (
@@ -190,23 +190,25 @@ def signature_value(header: bytes) -> str:
 def load_key_table(settings: DkimSignSettings) -> dict[str, list[SigningKey]]:
     """Every key of the table, read and checked now (ConfigError names the bad entry)."""
     table: dict[str, list[SigningKey]] = {}
+    collector = Collector()  # every bad key of the table at once, not one per restart
     for domain, selectors in settings.keys.items():
         d = domain.lower().rstrip(".")
         if not d or "." not in d:
-            raise ConfigError(f"checks.dkim_sign.keys.{domain}", "expected a domain name such as example.com")
+            collector.add(f"checks.dkim_sign.keys.{domain}", "expected a domain name such as example.com")
+            continue
         if not selectors:
-            raise ConfigError(f"checks.dkim_sign.keys.{domain}", "no selector: give selector = key file")
+            collector.add(f"checks.dkim_sign.keys.{domain}", "no selector: give selector = key file")
         for selector, path in selectors.items():
-            if not _SELECTOR.match(selector):
-                raise ConfigError(
-                    f"checks.dkim_sign.keys.{domain}.{selector}", "not a valid selector (DNS labels)"
+            with collector.collect():
+                if not _SELECTOR.match(selector):
+                    raise ConfigError(
+                        f"checks.dkim_sign.keys.{domain}.{selector}", "not a valid selector (DNS labels)"
+                    )
+                table.setdefault(d, []).append(
+                    load_signing_key(d, selector, path, f"checks.dkim_sign.keys.{domain}.{selector}")
                 )
-            table.setdefault(d, []).append(
-                load_signing_key(d, selector, path, f"checks.dkim_sign.keys.{domain}.{selector}")
-            )
     default = settings.default_domain.lower().rstrip(".")
-    if default and default not in table:
-        raise ConfigError(
-            "checks.dkim_sign.default_domain", f"{default!r} has no keys in checks.dkim_sign.keys"
-        )
+    if default and default not in {k.lower().rstrip(".") for k in settings.keys}:
+        collector.add("checks.dkim_sign.default_domain", f"{default!r} has no keys in checks.dkim_sign.keys")
+    collector.raise_if_any()
     return table

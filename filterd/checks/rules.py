@@ -47,4 +47,6 @@ class Rules(Check):
     def run(self, tx: Transaction) -> Iterable[Output]:
         for rule in self.rules.match(tx.message):
             if not rule.hidden:
-                yield Finding(rule.name, rule.description, score=rule.score)
+                # [scores] may set a rule's score like any other symbol's (filterd.config checks the name)
+                score = self.ctx.scores.overrides.get(rule.name, rule.score)
+                yield Finding(rule.name, rule.description, score=score)

@@ -19,14 +19,19 @@ def config_path_default() -> str:
 
 def load(ctx: click.Context) -> Config:
     """The configuration named by --config; a missing default file means the built-in defaults."""
+    try:
+        return load_or_raise(ctx)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def load_or_raise(ctx: click.Context) -> Config:
+    """`load`, raising the `ConfigError` (`filterctl config check` lists its problems)."""
     path: str = ctx.obj["config_path"]
     explicit: bool = ctx.obj["config_explicit"]
     if not explicit and not Path(path).exists():
         return load_config(None)
-    try:
-        return load_config(path)
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from exc
+    return load_config(path)
 
 
 def read_messages(sources: tuple[str, ...]) -> Iterator[tuple[str, bytes]]:

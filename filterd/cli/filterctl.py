@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from filterd.cli import (
@@ -19,6 +21,7 @@ from filterd.cli.common import config_path_default
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="filterd", prog_name="filterctl", message="%(prog)s %(version)s")
 @click.option(
     "--config",
     "config_path",
@@ -31,7 +34,9 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
     """Administer filterd: check the configuration, scan stored messages."""
     ctx.obj = {
         "config_path": config_path or config_path_default(),
-        "config_explicit": config_path is not None,
+        # A file named by --config or $FILTERD_CONFIG must exist (filterd refuses to start without
+        # it too); only the default path, absent, means the built-in defaults.
+        "config_explicit": config_path is not None or bool(os.environ.get("FILTERD_CONFIG")),
     }
 
 
