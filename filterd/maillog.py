@@ -146,6 +146,8 @@ def line_text(record: logging.LogRecord) -> str:
     the traceback if any."""
     message = record.getMessage()
     label = _LABEL.get(record.levelno, "error: " if record.levelno > logging.ERROR else "")
+    if getattr(record, "verdict_line", False):  # its shape stays "QID: action=..." (filterd.report)
+        label = ""
     qid = current_queue_id()
     if qid is not None:
         if message.startswith(qid + ": "):

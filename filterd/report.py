@@ -248,6 +248,18 @@ def line_level(verdict: Verdict) -> int:
     return level
 
 
+_log = logging.getLogger("filterd")
+# a verdict line keeps its shape "QID: action=..." at every severity: no "warning: " word in it
+_VERDICT_LINE = {"verdict_line": True}
+
+
+def log_verdict(tx: Transaction, verdict: Verdict) -> None:
+    """Log the message's line (`log_line`) at its severity (`line_level`)."""
+    level = line_level(verdict)
+    if _log.isEnabledFor(level):
+        _log.log(level, log_line(tx, verdict), extra=_VERDICT_LINE)
+
+
 def log_line(tx: Transaction, verdict: Verdict) -> str:
     """The one line logged per message: its queue id, what was done, what was found, who sent
     it, and where time went (see the module docstring)."""
