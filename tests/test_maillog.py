@@ -289,6 +289,20 @@ def test_every_line_logged_while_a_message_is_handled_starts_with_its_queue_id(s
     ]
 
 
+def test_a_backend_breaker_opening_on_a_message_names_that_message(syslog: SyslogServer) -> None:
+    """One of the warnings that named no message: a circuit breaker, deep in a service."""
+    from filterd.breaker import Breaker, BreakerSettings
+
+    maillog.configure(syslog_settings(syslog.path), "info")
+    breaker = Breaker("clamd unix:/run/clamd.ctl", BreakerSettings(failures=2))
+    with handling(Message(QID)):
+        breaker.failure("refused")
+        breaker.failure("refused")
+    (line,) = syslog.wait_for(lambda line: "circuit breaker open" in line)
+    _, sev, _, _, text = parse_datagram(line)
+    assert sev == 4 and text.startswith(f"{QID}: warning: clamd unix:/run/clamd.ctl: circuit breaker open")
+
+
 def test_the_queue_id_stays_with_its_own_thread() -> None:
     """libmilter runs connections in threads: one connection's id never shows on another's lines."""
     seen: dict[str, str | None] = {}
