@@ -58,7 +58,12 @@ _SEVERITY = {
     logging.CRITICAL: 2,
 }
 # the word a line that is not info carries in its text, as Postfix's "warning: "
-_LABEL = {logging.DEBUG: "debug: ", logging.WARNING: "warning: ", logging.ERROR: "error: "}
+_LABEL = {
+    logging.DEBUG: "debug: ",
+    logging.WARNING: "warning: ",
+    logging.ERROR: "error: ",
+    logging.CRITICAL: "critical: ",
+}
 # RFC 3164 timestamps use English month names, whatever the locale
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
@@ -145,7 +150,7 @@ def line_text(record: logging.LogRecord) -> str:
     starts with it), then ``warning:`` or ``error:`` when it is not info, then the message, and
     the traceback if any."""
     message = record.getMessage()
-    label = _LABEL.get(record.levelno, "error: " if record.levelno > logging.ERROR else "")
+    label = _LABEL.get(record.levelno, "")
     if getattr(record, "verdict_line", False):  # its shape stays "QID: action=..." (filterd.report)
         label = ""
     qid = current_queue_id()

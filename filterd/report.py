@@ -152,10 +152,12 @@ def verdict_headers(verdict: Verdict) -> list[tuple[str, str]]:
 # RFC 5322 section 2.1.1: lines SHOULD be at most 78 characters and MUST be at most 998.
 HEADER_WIDTH = 78
 HEADER_HARD_WIDTH = 998
-# A reason's length in the report and in the log: long enough for any check's explanation; past
-# it the reason ends at a word boundary with "...".  A single "word" longer than WORD_LIMIT (a
-# URL, base64) is the only thing ever cut inside, to keep every header line under 998.
-REASON_LIMIT = 600
+# A reason's length in the report (the log line has LOG_REASON_LIMIT): room for any check's
+# explanation -- they are short -- while 195 rule hits at once stay far under Postfix's 100 KiB
+# header_size_limit.  Past it the reason ends where a word ends, with "...".  A single "word"
+# longer than the limit or WORD_LIMIT (a URL, base64) is the only thing ever cut inside: a header
+# line must stay under 998 characters.
+REASON_LIMIT = 300
 WORD_LIMIT = 400
 ELLIPSIS = "..."
 _INDENT = "    "  # after the folding tab: a reason's continuation lines, under its symbol's name

@@ -26,6 +26,7 @@ from filterd import maillog
 from filterd.maillog import LogSettings, handling
 from filterd.report import (
     HEADER_WIDTH,
+    REASON_LIMIT,
     REPORT_HEADER,
     line_level,
     log_line,
@@ -533,13 +534,14 @@ def test_mailgraph_counts_filterds_spam_and_virus_lines_and_not_its_ham(syslog: 
 
 
 def test_the_report_header_folds_at_white_space_and_never_cuts_a_reason_inside_a_word() -> None:
-    long_reason = " ".join(f"w{i:03d}" for i in range(60)) + " http://example.com/" + "a" * 120
+    long_reason = " ".join(f"w{i:03d}" for i in range(40)) + " http://example.com/" + "a" * 80  # 299 characters
     v = verdict(
         Action.ADD_HEADER,
         7.0,
         ("MISSING_DATE", 1.0, "no Date header"),
         ("LONG_ONE", 3.0, long_reason),
         ("HOSTILE", 3.0, "line\r\nbreak\tand\x00nul"),
+        ("TOO_LONG", 0.0, "many words " * 100),
     )
     value = report_value(v)
     physical = f"{REPORT_HEADER}: {value}".split("\n")
@@ -553,6 +555,11 @@ def test_the_report_header_folds_at_white_space_and_never_cuts_a_reason_inside_a
     assert long_reason in unfolded and "no Date header" in unfolded
     assert "* 1.0 MISSING_DATE no Date header" in unfolded
     assert "HOSTILE line break and\\x00nul" in unfolded
+    too_long = unfolded.split("TOO_LONG ", 1)[1]
+    assert too_long.endswith(" words...") or too_long.endswith(" many...")  # where a word ends
+    assert (
+        set(too_long.removesuffix("...").split()) == {"many", "words"} and len(too_long) <= REASON_LIMIT + 3
+    )
     # an email parser reads the header back to the same text
     raw = f"{REPORT_HEADER}: {value}\n\nbody\n".replace("\n", "\r\n").encode()
     parsed = email.message_from_bytes(raw, policy=email.policy.default)
