@@ -534,7 +534,9 @@ def test_mailgraph_counts_filterds_spam_and_virus_lines_and_not_its_ham(syslog: 
 
 
 def test_the_report_header_folds_at_white_space_and_never_cuts_a_reason_inside_a_word() -> None:
-    long_reason = " ".join(f"w{i:03d}" for i in range(40)) + " http://example.com/" + "a" * 80  # 299 characters
+    long_reason = (
+        " ".join(f"w{i:03d}" for i in range(40)) + " http://example.com/" + "a" * 80
+    )  # 299 characters
     v = verdict(
         Action.ADD_HEADER,
         7.0,
