@@ -47,6 +47,9 @@ from typing import Literal, Protocol
 from filterd.settings import setting
 
 DEFAULT_SOCKET = "/dev/log"
+# A send to syslog blocks while its queue is full (a stuck syslog daemon); the line is logged on
+# the mail path, so it waits at most this long and then goes to stderr instead.
+SEND_TIMEOUT = 0.5
 FACILITIES: dict[str, int] = dict(SysLogHandler.facility_names)
 
 # syslog severities (RFC 5424 section 6.2.1) of Python's levels
@@ -235,7 +238,8 @@ class SyslogSocketHandler(logging.Handler):
 
     The socket is connected once, in the parent; forked workers share it (a datagram is sent
     whole, whoever sends it).  When a send fails (syslog restarted) it reconnects once and
-    tries again; a line that still cannot go is written to stderr, never dropped silently."""
+    tries again; a line that still cannot go, or that syslog does not take within SEND_TIMEOUT,
+    is written to stderr, never dropped silently."""
 
     def __init__(self, path: str, formatter: SyslogFormatter) -> None:
         super().__init__()
@@ -250,6 +254,7 @@ class SyslogSocketHandler(logging.Handler):
             self.sock.close()
             self.sock = None
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.settimeout(SEND_TIMEOUT)
         try:
             sock.connect(self.path)
         except OSError:
@@ -265,6 +270,8 @@ class SyslogSocketHandler(logging.Handler):
             return
         try:
             self._send(packet)
+        except TimeoutError:  # syslog is there but stuck: no second wait on the mail path
+            _to_stderr(packet, f"(syslog {self.path} did not take it within {SEND_TIMEOUT:g} s)")
         except OSError:
             try:
                 self.connect()

@@ -216,6 +216,28 @@ def test_a_line_syslog_cannot_take_goes_to_stderr(
     assert "warning: not lost" in err and "unreachable" in err
 
 
+def test_a_stuck_syslog_delays_a_line_half_a_second_at_most(
+    sockdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stuck = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)  # bound, never read: its queue fills
+    stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stuck.bind(str(sockdir / "stuck"))
+    try:
+        maillog.configure(syslog_settings(sockdir / "stuck"), "info")
+        log = logging.getLogger("filterd")
+        for i in range(5000):
+            started = time.monotonic()
+            log.info("line %d %s", i, "x" * 2000)
+            took = time.monotonic() - started
+            if "did not take it" in capsys.readouterr().err:
+                break
+        else:
+            pytest.fail("the queue never filled")
+        assert took < maillog.SEND_TIMEOUT + 0.3
+    finally:
+        stuck.close()
+
+
 def _stderr_lines(settings: LogSettings, emit: object) -> list[str]:
     stream = io.StringIO()
     real = sys.stderr
