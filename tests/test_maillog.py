@@ -346,7 +346,7 @@ def test_the_queue_id_stays_with_its_own_thread() -> None:
     assert seen == {"AAA111": "AAA111", "BBB222": "BBB222", "AAA111 after": None, "BBB222 after": None}
 
 
-def test_mail_path_warnings_of_the_milter_and_pipeline_name_the_queue_id(
+def test_the_milters_smtp_reply_warning_names_the_queue_id(
     caplog: pytest.LogCaptureFixture, syslog: SyslogServer
 ) -> None:
     """The warnings that carried no queue id (found at an earlier commit) now do, whichever path."""
