@@ -23,6 +23,7 @@ from filterd.breaker import BreakerSettings
 from filterd.check import Check
 from filterd.combination import ScoringSettings
 from filterd.dns import DnsSettings
+from filterd.maillog import LogSettings
 from filterd.quarantine.store import QuarantineSettings
 from filterd.registry import all_checks, settings_sections
 from filterd.registry import known_symbols as known_symbols
@@ -104,7 +105,9 @@ class MilterSettings:
         "TIME_BUDGET and the optional content checks left (rules, bayes) are skipped (0: no budget)",
         not_negative,
     )
-    log_level: Literal["debug", "info", "warning", "error"] = setting("info", "log level (logs go to stderr)")
+    log_level: Literal["debug", "info", "warning", "error"] = setting(
+        "info", "the least severe lines logged (where they go: [log])"
+    )
     max_headers: int = setting(
         1000,
         "header fields kept for the checks; a message with more scores TOO_MANY_HEADERS and the rest "
@@ -217,6 +220,9 @@ def checks_settings_class() -> type:
 @dataclass(frozen=True)
 class Config:
     milter: MilterSettings = section(MilterSettings, "The milter socket and worker processes")
+    log: LogSettings = section(
+        LogSettings, "Where the log goes: the mail log (syslog facility mail) by default"
+    )
     network: NetworkSettings = section(NetworkSettings, "Which clients are ours")
     actions: ActionSettings = section(ActionSettings, "Score thresholds for each action")
     scoring: ScoringSettings = section(ScoringSettings, "How the symbols become the total score")

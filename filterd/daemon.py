@@ -84,6 +84,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from filterd import maillog
 from filterd.config import DEFAULT_CONFIG_PATH, Config, config_from_bytes, read_config_bytes
 from filterd.pipeline import Pipeline
 from filterd.settings import ConfigError
@@ -348,6 +349,7 @@ class Supervisor:
             return
         old = self.pipeline
         self.config, self.pipeline = config, pipeline
+        maillog.configure(config.log, config.milter.log_level)  # the new workers log as it says
         self.generation += 1
         gc.unfreeze()  # the old pipeline's garbage may go once the parent lets go of it
         if old is not None:
@@ -546,9 +548,7 @@ def main(argv: list[str] | None = None) -> None:
     path = args.config or os.environ.get("FILTERD_CONFIG")
     if path is None and DEFAULT_CONFIG_PATH.exists():
         path = str(DEFAULT_CONFIG_PATH)
-    logging.basicConfig(
-        stream=sys.stderr, level=logging.INFO, format="filterd[%(process)d]: %(levelname)s %(message)s"
-    )
+    maillog.configure_early()
     _lean_log_records()
     if args.workers is not None and args.workers < 1:
         parser.error("--workers must be 1 or more")
@@ -557,7 +557,7 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as exc:
         print(f"filterd: configuration error: {exc}", file=sys.stderr)
         sys.exit(2)
-    logging.getLogger().setLevel(config.milter.log_level.upper())
+    maillog.configure(config.log, config.milter.log_level)  # before the first fork: workers inherit it
     workers = args.workers if args.workers is not None else config.milter.workers
     supervisor = Supervisor(path, config, workers)
     # The socket first: while this process imports its libraries and builds the pipeline (seconds

@@ -25,7 +25,7 @@ import logging
 from dataclasses import dataclass
 
 from filterd.pipeline import Pipeline
-from filterd.report import log_line, verdict_headers
+from filterd.report import log_verdict, verdict_headers
 from filterd.results import (
     Action,
     AddHeader,
@@ -134,7 +134,7 @@ class Driver:
                 tx.pending = decision
             return PROCEED
         verdict = self.pipeline.verdict(tx, decision)
-        log.info(log_line(tx, verdict))
+        log_verdict(tx, verdict)
         return Step(decision, verdict)
 
     @staticmethod
@@ -169,10 +169,12 @@ class Driver:
     def message_done(self, verdict: Verdict) -> None:
         """The verdict was carried out: log its line, let the checks learn from it, end the message."""
         tx = self.current()
-        self.tx = None
-        log.info(log_line(tx, verdict))
-        if self.learns:
-            self.pipeline.after_verdict(tx, verdict)
+        try:  # the message stays current meanwhile: what is logged names its queue id
+            log_verdict(tx, verdict)
+            if self.learns:
+                self.pipeline.after_verdict(tx, verdict)
+        finally:
+            self.tx = None
 
     def abort(self) -> None:
         """The message was abandoned (RSET, a lost connection): forget it."""

@@ -51,7 +51,7 @@ from typing import Any, Literal
 import Milter
 import milter
 
-from filterd import worker
+from filterd import maillog, worker
 from filterd.auth.results import our_ids
 from filterd.driver import Driver, Step
 from filterd.pipeline import Pipeline
@@ -151,18 +151,19 @@ def _fail_safe(method: Callable[..., int]) -> Callable[..., int]:
     def wrapper(self: FilterdMilter, *args: Any) -> int:
         key = id(self)
         busy[key] = time.monotonic()  # for the heartbeat: a callback that never ends is a hang
-        try:
-            return method(self, *args)
-        except MemoryError:  # a resource limit of this worker: retrying later is right
-            log.error("%s: out of memory in %s, tempfailing", self.queue_id, method.__name__)
-            return self._tempfail_now(method.__name__, TempFail(R452_WORKER_BUSY, "out of memory"))
-        except Exception:
-            log.exception(
-                "%s: internal error in %s, going on with INTERNAL_ERROR", self.queue_id, method.__name__
-            )
-            return self._recover(method.__name__)
-        finally:
-            busy.pop(key, None)
+        with maillog.handling(self):  # every line logged meanwhile starts with the queue id
+            try:
+                return method(self, *args)
+            except MemoryError:  # a resource limit of this worker: retrying later is right
+                log.error("%s: out of memory in %s, tempfailing", self.queue_id, method.__name__)
+                return self._tempfail_now(method.__name__, TempFail(R452_WORKER_BUSY, "out of memory"))
+            except Exception:
+                log.exception(
+                    "%s: internal error in %s, going on with INTERNAL_ERROR", self.queue_id, method.__name__
+                )
+                return self._recover(method.__name__)
+            finally:
+                busy.pop(key, None)
 
     wrapper.__name__ = method.__name__
     wrapper.__doc__ = method.__doc__
@@ -472,7 +473,7 @@ class FilterdMilter(Milter.Base):
                 self.addheader(REPORT_HEADER, " " + milter_text(report))
         if tx is not None:
             with _logged("logging"):
-                log.info("%s: delivered despite an internal error", self.queue_id)
+                log.warning("%s: delivered despite an internal error", self.queue_id)
         return Milter.ACCEPT
 
     def abort(self) -> int:

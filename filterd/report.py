@@ -1,8 +1,30 @@
-"""How a verdict is shown: the verdict headers on delivered mail, and the one log line per message."""
+r"""How a verdict is shown: the verdict headers on delivered mail, and the one log line per message.
+
+The log line is the mail log's record of the message, in Postfix's own layout (OpenDKIM and
+clamav-milter use it too): the queue id first, then ``key=value`` fields separated by ", ":
+
+    4F3A21C0D2: action=reject, spam_status=yes, score=17.20/5.00, symbols=DNSBL_ZEN(4),...,
+      client=mail.example.org[192.0.2.1], helo=<...>, from=<...>, rcpts=<...>,
+      direction=inbound, time=connect:0.11ms,..., reason='score 17.2 >= 15.0'
+
+(one line; wrapped here).  ``spam_status=yes`` and, when clamd found a virus,
+``virus_status=VIRUS`` are the words mailgraph's own rules look for (its "filter-module" spam rule
+``\bspam_status\=(?:yes|spam)`` and its "clamsmtpd" virus rule ``status=VIRUS``): mailgraph picks
+rules by program name, so it counts filterd's lines once told that ``filterd`` is such a program
+(docs: a four-line branch, tests/test_maillog.py runs those patterns on our lines).  ``reason``
+is last (it may hold ", ") and quoted.  Every variable part has a bound, shortened where a word,
+an address or a symbol ends and never in the middle of one, so the line stays under rsyslog's
+default 8 KiB message size.
+
+The X-Spam-Report header is folded as RFC 5322 section 2.2.3 says: at white space, lines up to
+78 characters, a long reason wrapped over several lines, never cut inside a word.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+import logging
+import re
+from collections.abc import Collection, Iterable, Sequence
 
 from filterd.auth.results import AR_HEADER, authserv_id_of, normalise_id, receivers_of
 from filterd.results import AddHeader, Stage, Verdict
@@ -127,38 +149,168 @@ def verdict_headers(verdict: Verdict) -> list[tuple[str, str]]:
     return headers
 
 
+# RFC 5322 section 2.1.1: lines SHOULD be at most 78 characters and MUST be at most 998.
+HEADER_WIDTH = 78
+HEADER_HARD_WIDTH = 998
+# A reason's length in the report (the log line has LOG_REASON_LIMIT): room for any check's
+# explanation -- they are short -- while 195 rule hits at once stay far under Postfix's 100 KiB
+# header_size_limit.  Past it the reason ends where a word ends, with "...".  A single "word"
+# longer than the limit or WORD_LIMIT (a URL, base64) is the only thing ever cut inside: a header
+# line must stay under 998 characters.
+REASON_LIMIT = 300
+WORD_LIMIT = 400
+ELLIPSIS = "..."
+_INDENT = "    "  # after the folding tab: a reason's continuation lines, under its symbol's name
+
+
 def report_value(verdict: Verdict) -> str:
-    """One folded line per symbol: score, name and reason (SpamAssassin's report layout)."""
+    """One entry per symbol -- score, name and reason, SpamAssassin's report layout -- folded.
+
+    Each entry starts a line of its own; a long one goes on over indented continuation lines,
+    broken at white space only.  Every line but the first starts with the folding tab (counted
+    as one character, as RFC 5322 counts)."""
     lines = [f"action={verdict.action.value} score={verdict.score:.2f} required={verdict.required:.2f}"]
     for s in verdict.symbols:
-        reason = " ".join(s.reason.split())[:200]
-        lines.append(f"* {s.score:5.1f} {s.name} {reason}")
+        words = [f"* {s.score:5.1f} {s.name}", *shorten(s.reason, REASON_LIMIT).split()]  # aligned scores
+        first, *rest = wrap(words, HEADER_WIDTH - 1, HEADER_WIDTH - 1 - len(_INDENT))
+        lines.append(first)
+        lines.extend(_INDENT + line for line in rest)
     return "\n\t".join(lines)
 
 
+def wrap(words: Sequence[str], width: int, next_width: int | None = None) -> list[str]:
+    """`words` over lines of at most `width` characters (`next_width` for the lines after the
+    first), joined by one space, broken between words only: a word longer than a line gets a
+    line of its own."""
+    if not words:
+        return [""]
+    lines: list[str] = []
+    current = words[0]
+    for word in words[1:]:
+        room = width if not lines else (next_width or width)
+        if len(current) + 1 + len(word) <= room:
+            current += " " + word
+        else:
+            lines.append(current)
+            current = word
+    lines.append(current)
+    return lines
+
+
+def shorten(text: str, limit: int) -> str:
+    """`text` on one line (runs of white space become one space, control characters escaped),
+    at most `limit` characters plus "..." when it was shortened -- where a word ends."""
+    out: list[str] = []
+    used = -1  # no space before the first word
+    for word in map(_word, text.split()):
+        if used + 1 + len(word) > limit:
+            if not out:  # a single word longer than the limit: the only cut inside a word
+                out.append(word[: max(limit - len(ELLIPSIS), 1)])
+            return " ".join(out) + ELLIPSIS
+        out.append(word)
+        used += 1 + len(word)
+    return " ".join(out)
+
+
+def _word(word: str) -> str:
+    """A word as it can be shown on one line: control characters and lone surrogates escaped,
+    and at most WORD_LIMIT characters (a longer one is cut: see WORD_LIMIT)."""
+    if not word.isprintable():
+        word = repr(word)[1:-1]
+    if len(word) > WORD_LIMIT:
+        word = word[: WORD_LIMIT - len(ELLIPSIS)] + ELLIPSIS
+    return word
+
+
+# -- the log line ------------------------------------------------------------------------------
+
 _STAGE_LABELS = tuple((stage, stage.label) for stage in Stage)  # in protocol order
+
+# Bounds of the log line's lists (see the module docstring); what is left out is counted.
+SYMBOLS_LIMIT = 2000
+RCPTS_LIMIT = 1000
+LOG_REASON_LIMIT = 500
+
+# Symbols that say a check failed and its on_error policy (fail-open or fail-closed) was applied:
+# the message's line is then a warning.  INTERNAL_ERROR (filterd's own bug) makes it an error.
+POLICY_SYMBOLS = frozenset({"CHECK_ERROR", "CLAM_VIRUS_FAIL", "CLAM_CACHE_FAIL"})
+_POLICY_SUFFIX = "_REDIS_ERROR"
+VIRUS_SYMBOL = "CLAM_VIRUS"
+
+
+def line_level(verdict: Verdict) -> int:
+    """The log line's severity: info for a verdict, warning when a failure's policy was applied,
+    error when filterd itself failed on the message."""
+    level = logging.INFO
+    for s in verdict.symbols:
+        if s.name == "INTERNAL_ERROR":
+            return logging.ERROR
+        if s.name in POLICY_SYMBOLS or s.name.endswith(_POLICY_SUFFIX):
+            level = logging.WARNING
+    return level
+
+
+_log = logging.getLogger("filterd")
+# a verdict line keeps its shape "QID: action=..." at every severity: no "warning: " word in it
+_VERDICT_LINE = {"verdict_line": True}
+
+
+def log_verdict(tx: Transaction, verdict: Verdict) -> None:
+    """Log the message's line (`log_line`) at its severity (`line_level`)."""
+    level = line_level(verdict)
+    if _log.isEnabledFor(level):
+        _log.log(level, log_line(tx, verdict), extra=_VERDICT_LINE)
 
 
 def log_line(tx: Transaction, verdict: Verdict) -> str:
-    """The one line logged per message: who, what was found, what was done, and where time went."""
+    """The one line logged per message: its queue id, what was done, what was found, who sent
+    it, and where time went (see the module docstring)."""
     session = tx.session
-    client = f"{session.client_name or 'unknown'}[{session.client_addr or '-'}]"
-    symbols = ",".join(f"{s.name}({s.score:g})" for s in verdict.symbols) or "-"
+    client = f"{_envelope(session.client_name or 'unknown')}[{_envelope(session.client_addr or '-')}]"
+    symbols = _bounded([f"{s.name}({s.score:g})" for s in verdict.symbols], SYMBOLS_LIMIT) or "-"
     timings = ",".join(
         f"{label}:{tx.timings[stage] * 1000:.2f}ms" for stage, label in _STAGE_LABELS if stage in tx.timings
     )
     parts = [
-        f"{tx.queue_id or 'NOQUEUE'}:",
-        f"client={client}",
-        f"helo=<{session.helo or ''}>",
-        f"from=<{tx.mail_from or ''}>",
-        f"rcpts=<{','.join(tx.rcpts)}>",
-        f"direction={tx.direction.value}",
-        f"score={verdict.score:.2f}/{verdict.required:.2f}",
         f"action={verdict.action.value}",
+        f"spam_status={'yes' if verdict.is_spam else 'no'}",
+    ]
+    if any(s.name == VIRUS_SYMBOL for s in verdict.symbols):
+        parts.append("virus_status=VIRUS")
+    parts += [
+        f"score={verdict.score:.2f}/{verdict.required:.2f}",
         f"symbols={symbols}",
+        f"client={client}",
+        f"helo=<{_envelope(session.helo or '')}>",
+        f"from=<{_envelope(tx.mail_from or '')}>",
+        f"rcpts=<{_bounded([_envelope(r) for r in tx.rcpts], RCPTS_LIMIT)}>",
+        f"direction={tx.direction.value}",
         f"time={timings or '-'}",
     ]
     if verdict.decision is not None:
-        parts.append(f"reason={verdict.decision.reason!r}")
-    return " ".join(parts)
+        parts.append(f"reason={shorten(verdict.decision.reason, LOG_REASON_LIMIT)!r}")
+    return f"{tx.queue_id or 'NOQUEUE'}: " + ", ".join(parts)
+
+
+_UNSAFE = re.compile(r"[\x00-\x20\x7f,]")
+
+
+def _envelope(text: str) -> str:
+    """An envelope value on the log line: no white space, control character or comma (they would
+    split the line or its fields), nor a lone surrogate (escaped)."""
+    if text.isprintable() and not _UNSAFE.search(text):
+        return text
+    return _UNSAFE.sub(lambda m: f"\\x{ord(m.group()):02x}", repr(text)[1:-1])
+
+
+def _bounded(items: Sequence[str], limit: int) -> str:
+    """`items` joined by commas, at most about `limit` characters: those that do not fit are
+    left out whole and counted ("...(+12)")."""
+    out: list[str] = []
+    used = 0
+    for i, item in enumerate(items):
+        if out and used + 1 + len(item) > limit:
+            return ",".join(out) + f",...(+{len(items) - i})"
+        out.append(item)
+        used += len(item) + (1 if len(out) > 1 else 0)
+    return ",".join(out)

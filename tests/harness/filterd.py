@@ -55,6 +55,7 @@ class Filterd:
     def configure(self, config: dict[str, Any]) -> None:
         base = {
             "milter": {"socket": f"unix:{self.socket_path}", "socket_group": "postfix", "workers": 2},
+            "log": {"destination": "stderr"},  # the tests read filterd's log from its stderr (self.log)
             # on by default; off here so the stack tests' exact scores stay those of the checks they
             # test (tests/test_e2e_bayes.py turns it on)
             "checks": {"bayes": {"enabled": False}},
