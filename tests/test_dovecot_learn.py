@@ -339,3 +339,24 @@ def test_client_failures_have_exit_statuses(learning, tmp_path) -> None:
         [*CLIENT, "spam", "--config", str(tmp_path / "nope.toml")], input=b"x", env=ENV, capture_output=True
     )
     assert missing.returncode == 78
+
+
+@pytest.mark.stack
+@needs_dovecot
+def test_a_move_is_done_even_when_redis_is_down(tmp_path) -> None:
+    """filterd-learn failing (Redis unreachable) never fails the user's MOVE: Dovecot logs the
+    failure and the message is in Junk."""
+    config = tmp_path / "filterd.toml"
+    config.write_text('[redis]\nurl = "redis://127.0.0.1:1/0"\n')
+    server = DovecotServer(config)
+    server.start()
+    try:
+        imap = server.imap()
+        assert imap.append("INBOX", None, None, novel_message("down"))[0] == "OK"
+        move(imap, "INBOX", "Junk")
+        assert imap.select("Junk") == ("OK", [b"1"])
+        imap.logout()
+        wait_for(lambda: "redis at redis://127.0.0.1:1/0" in server.log_text(), 10, "the failure in the log")
+        assert "Terminated with non-zero exit code 75" in server.log_text()
+    finally:
+        server.stop()
