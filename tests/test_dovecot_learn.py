@@ -360,3 +360,35 @@ def test_a_move_is_done_even_when_redis_is_down(tmp_path) -> None:
         assert "Terminated with non-zero exit code 75" in server.log_text()
     finally:
         server.stop()
+
+
+@pytest.mark.stack
+def test_client_speaks_to_a_password_protected_unix_socket_redis(tmp_path) -> None:
+    """The quick start's Redis: AUTH required, a unix socket only; and a database other than 0."""
+    from tests.harness.redis import RedisServer
+
+    server = RedisServer(tmp_path / "redis", password="s3cret pass", unix_socket=True)
+    server.start()
+    try:
+        config = tmp_path / "filterd.toml"
+        config.write_text(
+            f'[redis]\nurl = "unix://{server.socket_path}?db=2"\npassword = "s3cret pass"\nkey_prefix = "x:"\n'
+        )
+        run = subprocess.run(
+            [*CLIENT, "ham", "--user", "dora", "--config", str(config)],
+            input=novel_message("unix"),
+            env=ENV,
+            capture_output=True,
+        )
+        assert run.returncode == 0, run.stderr
+        client = redis.Redis(unix_socket_path=str(server.socket_path), password="s3cret pass", db=2)
+        [(_id, fields)] = client.xrange("x:" + QUEUE_KEY)
+        assert (fields[b"label"], fields[b"user"]) == (b"ham", b"dora")
+        assert fields[b"message"] == novel_message("unix")
+        config.write_text(f'[redis]\nurl = "unix://{server.socket_path}"\npassword = "wrong"\n')
+        run = subprocess.run(
+            [*CLIENT, "ham", "--config", str(config)], input=b"x", env=ENV, capture_output=True
+        )
+        assert run.returncode == 75 and b"WRONGPASS" in run.stderr
+    finally:
+        server.stop()
