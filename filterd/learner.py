@@ -152,6 +152,9 @@ class Learner:
         self.ensure_group()
         own = self.redis.xreadgroup(GROUP, self.consumer, {self.queue_key: "0"}, count=BATCH)
         entries = _entries(own)
+        gone = _deleted(own)
+        if gone:  # deleted by hand while pending: nothing to train, and never to be read again
+            self.redis.xack(self.queue_key, GROUP, *gone)
         if not entries:
             claimed = self.redis.xautoclaim(
                 self.queue_key, GROUP, self.consumer, CLAIM_IDLE_MS, start_id="0-0", count=BATCH
@@ -318,6 +321,19 @@ def _entries(reply: Any) -> list[tuple[Any, Any]]:
             entries = entries[0]  # RESP3 dict form: {key: [[entries]]}
         out.extend(e for e in entries if e[1])  # an entry deleted while pending comes back empty
     return out
+
+
+def _deleted(reply: Any) -> list[Any]:
+    """Ids of pending entries that were deleted from the stream (they come back without fields)."""
+    if not reply:
+        return []
+    streams = reply.values() if isinstance(reply, dict) else (entries for _key, entries in reply)
+    gone: list[Any] = []
+    for entries in streams:
+        if isinstance(entries, list) and entries and isinstance(entries[0], list):
+            entries = entries[0]
+        gone.extend(e[0] for e in entries if not e[1])
+    return gone
 
 
 def _report(entry_id: Any, fields: dict[Any, Any]) -> Report:
