@@ -12,6 +12,7 @@ from filterd.cli import (
     config_cmd,
     dkim_cmd,
     dns_cmd,
+    learn_cmd,
     quarantine_cmd,
     reputation_cmd,
     rules_cmd,
@@ -51,6 +52,7 @@ cli.add_command(antivirus_cmd.antivirus)
 cli.add_command(rules_cmd.rules)
 cli.add_command(bayes_cmd.train)
 cli.add_command(bayes_cmd.eval_)
+cli.add_command(learn_cmd.learn_worker)
 
 
 def main() -> None:
