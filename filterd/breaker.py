@@ -95,6 +95,9 @@ class Breaker:
         self._probe_started = 0.0
         self.last_error = ""
         self.opened = 0  # times it opened (a counter for metrics)
+        # calls that reached the backend and how they ended, for metrics (filterd.metrics)
+        self.answered = 0
+        self.failed = 0
 
     @property
     def state(self) -> State:
@@ -134,6 +137,7 @@ class Breaker:
 
     def success(self) -> None:
         with self._lock:
+            self.answered += 1
             was = self._current()
             self._state = State.CLOSED
             self._streak = 0
@@ -149,6 +153,8 @@ class Breaker:
 
     def failure(self, error: str) -> None:
         """Record one failure of the backend (`error` says what happened, for the messages)."""
+        with self._lock:
+            self.failed += 1
         if not self.settings.enabled:
             return
         now = self.clock()
@@ -204,6 +210,8 @@ class Breaker:
                 "state": state.value,
                 "failures_in_a_row": self._streak,
                 "opened": self.opened,
+                "answered": self.answered,
+                "failed": self.failed,
                 "open_for": max(0.0, self._open_until - self.clock()) if state is State.OPEN else 0.0,
                 "last_error": self.last_error,
             }

@@ -8,6 +8,7 @@ reference file (contrib/filterd.toml) from these declarations.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import os
 import re
@@ -205,6 +206,39 @@ class RedisSettings:
     sentinel_service: str = setting("mymaster", "the master name the sentinels watch")
 
 
+def check_listen(value: str) -> str | None:
+    """HOST:PORT with an IP address for HOST ("[::1]:9143" for IPv6)."""
+    host, sep, port = value.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return 'expected IP:PORT, e.g. "127.0.0.1:9143" or "[::1]:9143"'
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        return 'expected IP:PORT, e.g. "127.0.0.1:9143" or "[::1]:9143"'
+    return None
+
+
+def check_absolute(value: str) -> str | None:
+    return None if value.startswith("/") else "expected an absolute path"
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    """The Prometheus endpoint (filterd.metrics, docs/metrics.md).  Read at start only: a reload
+    keeps the running endpoint."""
+
+    enabled: bool = setting(False, "serve Prometheus metrics at http://LISTEN/metrics")
+    # loopback by default: the counters tell who sends what volume; expose them deliberately
+    listen: str = setting("127.0.0.1:9143", "IP:PORT the parent process serves /metrics on", check_listen)
+    multiproc_dir: str = setting(
+        "/run/filterd/metrics",
+        "where each process keeps its counters (prometheus_client's multiprocess files); emptied at "
+        "start, so it must be filterd's own directory",
+        check_absolute,
+    )
+
+
 def registered_checks() -> tuple[type[Check], ...]:
     """Every check (`filterd.registry` finds them), whose sections ``[checks.<name>]`` are read here."""
     return all_checks()
@@ -233,6 +267,7 @@ class Config:
         "When a backend (clamd, a DNS server, Redis) keeps failing, stop asking it for a while",
     )
     quarantine: QuarantineSettings = section(QuarantineSettings, "Where quarantined messages are kept")
+    metrics: MetricsSettings = section(MetricsSettings, "The Prometheus endpoint (off by default)")
     scores: Mapping[str, float] = setting(
         types.MappingProxyType({}), "score overrides, SYMBOL = score (see `filterctl symbols`)"
     )

@@ -84,7 +84,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from filterd import maillog
+from filterd import maillog, metrics
 from filterd.config import DEFAULT_CONFIG_PATH, Config, config_from_bytes, read_config_bytes
 from filterd.pipeline import Pipeline
 from filterd.settings import ConfigError
@@ -436,6 +436,7 @@ class Supervisor:
                 return
             draining, hung = pid in self.draining, pid in self.hung
             started, slot = self._forget(pid)
+            metrics.worker_exited(pid, replaced=draining or self.stopping or started is None, hung=hung)
             if started is None or self.stopping:
                 continue
             if draining:
@@ -560,6 +561,7 @@ def main(argv: list[str] | None = None) -> None:
     maillog.configure(config.log, config.milter.log_level)  # before the first fork: workers inherit it
     workers = args.workers if args.workers is not None else config.milter.workers
     supervisor = Supervisor(path, config, workers)
+    metrics.start(config.metrics, lambda: supervisor.config.quarantine)  # before the first fork
     # The socket first: while this process imports its libraries and builds the pipeline (seconds
     # on a loaded host), Postfix's connections wait in the socket's backlog and are served once
     # the workers start, instead of failing with milter_default_action's 451 (on a restart).

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from filterd import metrics
 from filterd.pipeline import Pipeline
 from filterd.report import log_verdict, verdict_headers
 from filterd.results import (
@@ -135,6 +136,7 @@ class Driver:
             return PROCEED
         verdict = self.pipeline.verdict(tx, decision)
         log_verdict(tx, verdict)
+        metrics.refused(stage, tx, verdict)
         return Step(decision, verdict)
 
     @staticmethod
@@ -171,6 +173,7 @@ class Driver:
         tx = self.current()
         try:  # the message stays current meanwhile: what is logged names its queue id
             log_verdict(tx, verdict)
+            metrics.message_done(tx, verdict)
             if self.learns:
                 self.pipeline.after_verdict(tx, verdict)
         finally:

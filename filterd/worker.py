@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from filterd import metrics
 from filterd.pipeline import Pipeline
 
 log = logging.getLogger("filterd")
@@ -181,5 +182,6 @@ def serve(
     holder = PipelineHolder(pipeline)
     start_heartbeat(beat)
     start_drain_watcher(should_stop, grace, on_stop, sessions_open)
+    metrics.worker_started(pipeline)
     milter.main()
     return 0
