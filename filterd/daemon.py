@@ -14,7 +14,8 @@ does not restart it either).  What the parent built is what it validated, and ev
 exactly that.  Building opens no connection and starts no thread (the services connect on first
 use, tests/test_daemon_supervision.py checks it), so nothing a worker inherits is shared with
 another: each opens its own Redis, clamd and DNS sockets, and the locks it inherits were free at
-the fork (the parent runs no other thread).  The pages of what the parent built -- the modules,
+the fork (the parent runs no other thread but, with [metrics] on, the HTTP server's, which
+takes none of them: see filterd.metrics).  The pages of what the parent built -- the modules,
 the 64 MB Bayes table, the compiled rules -- stay shared between the workers copy-on-write;
 `gc.freeze()` before each fork keeps the cyclic GC from writing into (and so copying) them.
 

@@ -125,6 +125,7 @@ def start_drain_watcher(
             time.sleep(0.05)
         if holder is not None:
             holder.close()  # what the checks still hold to send (queued Bayes signatures) goes now
+        metrics.flush()  # the counts of the last messages
         logging.shutdown()
         os._exit(0)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -30,9 +30,10 @@ from filterd.driver import SmtpContext, scan
 from filterd.metrics import Metrics, QuarantineCollector
 from filterd.pipeline import Pipeline, context_for
 from filterd.quarantine.store import QuarantineSettings, QuarantineStore
+from filterd.results import Action, Verdict
 from filterd.services import Services
 from filterd.settings import ConfigError
-from filterd.transaction import Transaction
+from filterd.transaction import Session, Transaction
 from tests.harness.net import free_port, run_sessions, wait_for
 from tests.harness.stack import Stack, make_message
 
@@ -72,6 +73,7 @@ def recorded(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Metrics, Collect
 
 
 def value(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    metrics.flush()  # what the messages recorded since the last flush
     got = registry.get_sample_value(name, labels)
     return 0.0 if got is None else got
 
@@ -106,6 +108,31 @@ def test_a_scanned_message_records_its_action_symbols_and_check_times(
         assert value(registry, "filterd_check_cpu_seconds_bucket", check=check, le="1.0") == 3
     assert value(registry, "filterd_stage_seconds_count", stage="eom") == 3
     assert value(registry, "filterd_stage_seconds_count", stage="connect") == 0  # the connection's
+
+
+def test_the_batched_histograms_equal_observing_one_message_at_a_time(
+    recorded: tuple[Metrics, CollectorRegistry],
+) -> None:
+    """`flush` adds to prometheus_client's histogram internals: they must give what observe() does."""
+    m, registry = recorded
+    reference = Histogram("reference", "r", buckets=metrics.CHECK_BUCKETS, registry=CollectorRegistry())
+    times = [0.0, 0.00005, 0.0001, 0.0001000001, 0.003, 0.003, 0.7, 1.0, 1.5, 42.0]
+    for seconds in times:
+        tx = Transaction.start(Session())
+        tx.check_cpu["timed"] = seconds
+        m.record_message(tx, Verdict(0.0, 5.0, Action.ACCEPT, []))
+        reference.observe(seconds)
+    m.flush()
+    expected = {
+        s.labels.get("le"): s.value for s in reference.collect()[0].samples if s.name != "reference_created"
+    }
+    got = {
+        s.labels.get("le"): s.value
+        for s in m.check_cpu.collect()[0].samples
+        if s.labels.get("check") == "timed" and not s.name.endswith("_created")
+    }
+    assert got == expected
+    assert value(registry, "filterd_check_cpu_seconds_bucket", check="timed", le="+Inf") == len(times)
 
 
 def test_a_rejected_message_counts_under_reject(recorded: tuple[Metrics, CollectorRegistry]) -> None:
@@ -317,6 +344,27 @@ def test_two_workers_counts_add_up_at_the_parents_endpoint(stack: Stack) -> None
         assert sample(samples, "filterd_symbols_total", symbol="GTUBE") == 1
         assert sample(samples, "filterd_check_cpu_seconds_count", check="rules") == sent + 1
         assert sample(samples, "filterd_stage_seconds_count", stage="eom") == sent + 1
+
+        # each worker's own numbers, written by its metrics thread: the SPF/DKIM/DMARC lookups
+        # went through its resolver and the DNS breaker, which both workers see closed
+        wait_for(
+            lambda: (
+                sum(
+                    v
+                    for (name, labels), v in scrape(port).items()
+                    if name == "filterd_breaker_state"
+                    and ("state", "closed") in labels
+                    and ("kind", "dns") in labels
+                )
+                == 2
+            ),
+            10,
+            "both workers' DNS breaker state",
+        )
+        samples = scrape(port)
+        assert sample(samples, "filterd_dns_lookups_total") > 0
+        dns_calls = [v for (name, labels), v in samples.items() if name == "filterd_backend_calls_total"]
+        assert dns_calls and sum(dns_calls) > 0
 
         # each worker counted in its own file, and the endpoint shows their sum
         per_worker = worker_messages(directory)
