@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import email.utils
 import os
+import secrets
 import signal
 import smtplib
 import time
@@ -34,7 +35,9 @@ from filterd.results import Action, Verdict
 from filterd.services import Services
 from filterd.settings import ConfigError
 from filterd.transaction import Session, Transaction
+from tests.harness.clamd import ClamdServer, cache_key_file
 from tests.harness.net import free_port, run_sessions, wait_for
+from tests.harness.redis import RedisServer
 from tests.harness.stack import Stack, make_message
 
 GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
@@ -174,7 +177,7 @@ def test_a_refusal_at_mail_from_is_recorded_where_it_is_given(
     assert value(registry, "filterd_messages_total", direction="inbound", action="reject") == 0
 
 
-def test_metrics_off_records_nothing_and_costs_one_test(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_with_metrics_off_the_hook_does_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(metrics, "_metrics", None)
     _, verdict = scan(pipeline(Scripted("first", [])), CLEAN)
     assert verdict.action.value == "accept"  # and no registry to write to: nothing raised
@@ -297,12 +300,28 @@ def worker_messages(directory: Path) -> dict[int, float]:
 
 
 @pytest.mark.stack
-def test_two_workers_counts_add_up_at_the_parents_endpoint(stack: Stack) -> None:
+def test_two_workers_counts_add_up_at_the_parents_endpoint(
+    stack: Stack, redis_server: RedisServer, clamd_server: ClamdServer
+) -> None:
     port = free_port()
     directory = stack.dir / "metrics"
     directory.mkdir(exist_ok=True)
     (directory / "counter_1.db").write_bytes(b"left by an earlier run")  # emptied at start
-    config = {"metrics": {"enabled": True, "listen": f"127.0.0.1:{port}", "multiproc_dir": str(directory)}}
+    config = {
+        "metrics": {"enabled": True, "listen": f"127.0.0.1:{port}", "multiproc_dir": str(directory)},
+        # clamd scans every message and keeps its results in Redis: both backends are called
+        "redis": {"url": redis_server.url, "key_prefix": f"metrics{secrets.token_hex(4)}:"},
+        "checks": {
+            "antivirus": {
+                "enabled": True,
+                "sockets": [clamd_server.unix_address],
+                "cache_key_file": cache_key_file(),
+            }
+        },
+        # a message without a Date header is quarantined
+        "actions": {"quarantine": 5.0},
+        "scores": {"MISSING_DATE": 6.0},
+    }
     with stack.configured(config) as filterd:
         assert not (directory / "counter_1.db").exists()
         assert f"metrics served at http://127.0.0.1:{port}/metrics" in filterd.log()
@@ -323,6 +342,7 @@ def test_two_workers_counts_add_up_at_the_parents_endpoint(stack: Stack) -> None
         for _ in range(6):
             run_sessions(session, [3, 3, 3, 3])
             sent += 12
+            time.sleep(metrics.SYNC_INTERVAL + 0.3)  # the workers' counts are written once a second
             if len([c for c in worker_messages(directory).values() if c > 0]) >= 2:
                 break
         for marker in markers:
@@ -331,13 +351,14 @@ def test_two_workers_counts_add_up_at_the_parents_endpoint(stack: Stack) -> None
         with pytest.raises(smtplib.SMTPDataError):
             stack.send(gtube)
 
-        wait_for(
-            lambda: (
-                sample(scrape(port), "filterd_messages_total", direction="inbound", action="accept") == sent
-            ),
-            10,
-            "the accepted messages to be counted",
-        )
+        def counted() -> bool:
+            samples = scrape(port)
+            return (
+                sample(samples, "filterd_messages_total", direction="inbound", action="accept") == sent
+                and sample(samples, "filterd_messages_total", direction="inbound", action="reject") == 1
+            )
+
+        wait_for(counted, 10, "the messages to be counted")
         samples = scrape(port)
         assert sample(samples, "filterd_messages_total", direction="inbound", action="accept") == sent
         assert sample(samples, "filterd_messages_total", direction="inbound", action="reject") == 1
@@ -372,6 +393,27 @@ def test_two_workers_counts_add_up_at_the_parents_endpoint(stack: Stack) -> None
         assert len(serving) == 2, per_worker
         assert sum(serving.values()) == sent + 1
 
+        kinds = {
+            dict(labels)["kind"]: v
+            for (name, labels), v in samples.items()
+            if name == "filterd_backend_calls_total"
+        }
+        assert kinds.get("clamd", 0) > 0 and kinds.get("redis", 0) > 0, kinds
+
+        # a quarantined message: counted by action, and the quarantine's size read at scrape time
+        undated, _ = make_message("undated")
+        stack.send(b"\r\n".join(line for line in undated.split(b"\r\n") if not line.startswith(b"Date:")))
+        wait_for(
+            lambda: (
+                sample(scrape(port), "filterd_messages_total", direction="inbound", action="quarantine") == 1
+            ),
+            10,
+            "the quarantined message to be counted",
+        )
+        stored = len(list(stack.quarantine_dir.glob("*.json")))
+        assert stored >= 1
+        assert sample(scrape(port), "filterd_quarantine_messages") == stored
+
         # a worker killed: the parent starts another, counts a restart, and the dead one's
         # messages still count
         victim = max(serving, key=lambda pid: serving[pid])
@@ -381,7 +423,19 @@ def test_two_workers_counts_add_up_at_the_parents_endpoint(stack: Stack) -> None
             15,
             "the restart to be counted",
         )
-        time.sleep(0.5)
+        assert sample(scrape(port), "filterd_messages_total", direction="inbound", action="accept") == sent
+
+        # a reload replaces both workers: the messages they took just before still count (a
+        # stopping worker writes its last counts), and a replaced worker is no restart
+        for _ in range(3):
+            msg, marker = make_message("before the reload")
+            stack.send(msg)
+        filterd.reload()
+        wait_for(
+            lambda: filterd.log().count("replaced by the reload, finished") >= 2,
+            30,
+            "the old workers to exit",
+        )
         after = scrape(port)
-        assert sample(after, "filterd_messages_total", direction="inbound", action="accept") == sent
-        assert "filterd_quarantine_messages" in {name for name, _ in after}
+        assert sample(after, "filterd_messages_total", direction="inbound", action="accept") == sent + 3
+        assert sample(after, "filterd_worker_restarts_total", reason="crashed") == 1
