@@ -12,6 +12,8 @@ import os
 import secrets
 import signal
 import smtplib
+import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterable, Iterator
@@ -258,6 +260,57 @@ def test_quarantine_size_is_read_at_scrape_time(tmp_path: Path) -> None:
     assert value(registry, "filterd_quarantine_messages") == 2
     sizes = sum(p.stat().st_size for p in (tmp_path / "q").glob("*.eml"))
     assert value(registry, "filterd_quarantine_bytes") == sizes > 0
+
+
+START_AND_EXIT = """
+import logging, os, socket, sys
+from pathlib import Path
+from filterd import metrics
+from filterd.config import MetricsSettings
+from filterd.quarantine.store import QuarantineSettings
+
+logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(message)s")
+directory, port = Path(sys.argv[1]), int(sys.argv[2])
+taken = socket.socket()
+taken.bind(("127.0.0.1", port))
+taken.listen()
+settings = MetricsSettings(enabled=True, listen=f"127.0.0.1:{port}", multiproc_dir=str(directory))
+metrics.start(settings, lambda: QuarantineSettings())
+assert os.environ["PROMETHEUS_MULTIPROC_DIR"] == str(directory)
+# a worker's live gauge, in a file of its own (the pid is made up), then the worker exits
+m = metrics._metrics
+child = os.fork()
+if child == 0:
+    m.bayes_learned.labels("spam").set(5)
+    os._exit(0)
+os.waitpid(child, 0)
+assert (directory / f"gauge_livemax_{child}.db").exists()
+metrics.worker_exited(child, replaced=False, hung=True)
+assert not (directory / f"gauge_livemax_{child}.db").exists()
+print("restarts", m.worker_restarts.labels("hung")._value.get())
+"""
+
+
+def test_start_without_its_port_still_counts_and_a_dead_workers_gauges_go(tmp_path: Path) -> None:
+    """The port taken: logged, filterd goes on (mail matters more).  A worker's exit drops its
+    live gauges and counts a restart.  In a process of its own: start() sets the environment."""
+    directory = tmp_path / "mp"
+    directory.mkdir()
+    (directory / "counter_999.db").write_bytes(b"old")
+    (directory / "keep.txt").write_text("not ours")
+    port = free_port()
+    done = subprocess.run(
+        [sys.executable, "-c", START_AND_EXIT, str(directory), str(port)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"metrics not served: cannot listen on 127.0.0.1:{port}" in done.stderr
+    assert "restarts 1.0" in done.stdout
+    assert not (directory / "counter_999.db").exists()  # an earlier run's counts: gone
+    assert (directory / "keep.txt").exists()  # anything else is left alone
 
 
 def test_metrics_settings_are_validated() -> None:
