@@ -66,9 +66,11 @@ SYNC_INTERVAL = 1.0  # seconds between two looks at a worker's process-wide coun
 CHECK_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
-# The reason texts filterd.pipeline gives a failed check, by its on_error policy
-_FAIL_OPEN = re.compile(r"(\S+) skipped \(fail-open\)")
-_FAIL_CLOSED = re.compile(r"check (\S+) failed \(fail-closed")
+# The reason texts of a failed check, by its on_error policy: filterd.pipeline's for an exception
+# (CHECK_ERROR, or a refusal), filterd.redisstate.RedisGuard's for a Redis-backed check's outage
+# (<CHECK>_REDIS_ERROR, or a 4xx)
+_FAIL_OPEN = re.compile(r"(\S+) skipped(?: \(fail-open\)|, Redis unavailable \(fail-open\))")
+_FAIL_CLOSED = re.compile(r"(?:check (\S+) failed|(\S+): Redis unavailable) \(fail-closed")
 # The stages timed per message, with their labels.  CONNECT and HELO belong to the connection:
 # every message on it carries their time, so they are left out.
 _MESSAGE_STAGES = {stage: stage.label for stage in (Stage.MAIL_FROM, Stage.RCPT, Stage.HEADERS, Stage.EOM)}
@@ -188,7 +190,7 @@ class Metrics:
             for symbol in verdict.symbols:
                 key = (self.symbols, symbol.name)
                 counts[key] = counts.get(key, 0) + 1
-                if symbol.name == "CHECK_ERROR":
+                if symbol.name == "CHECK_ERROR" or symbol.name.endswith("_REDIS_ERROR"):
                     self._check_error(symbol.reason, _FAIL_OPEN, "open")
             for check, seconds in cpu.items():
                 row = observed.get((self.check_cpu, check))
@@ -218,7 +220,7 @@ class Metrics:
     def _check_error(self, reason: str, pattern: re.Pattern[str], policy: str) -> None:
         m = pattern.match(reason)
         if m is not None:
-            key = (self.check_errors, m.group(1), policy)
+            key = (self.check_errors, m.group(1) or m.group(2), policy)
             self._counts[key] = self._counts.get(key, 0) + 1
 
     def flush(self) -> None:

@@ -33,6 +33,7 @@ from filterd.driver import SmtpContext, scan
 from filterd.metrics import Metrics, QuarantineCollector
 from filterd.pipeline import Pipeline, context_for
 from filterd.quarantine.store import QuarantineSettings, QuarantineStore
+from filterd.redisstate import RedisCheckSettings, RedisGuard
 from filterd.results import Action, Verdict
 from filterd.services import Services
 from filterd.settings import ConfigError
@@ -160,6 +161,24 @@ def test_check_errors_are_counted_per_check_and_policy(recorded: tuple[Metrics, 
     assert value(registry, "filterd_check_errors_total", check="strict", policy="closed") == 1
     assert value(registry, "filterd_symbols_total", symbol="CHECK_ERROR") == 2
     assert value(registry, "filterd_messages_total", direction="inbound", action="tempfail") == 1
+
+
+def test_a_redis_outage_counts_as_an_error_of_the_check_under_its_policy(
+    recorded: tuple[Metrics, CollectorRegistry],
+) -> None:
+    """A Redis-backed check handles its outage itself (RedisGuard): counted all the same."""
+    _, registry = recorded
+    outcomes = {}
+    for policy in ("open", "closed"):
+        guard = RedisGuard("greylist", "GREYLIST_REDIS_ERROR", RedisCheckSettings(on_error=policy))
+        guard.failed(ConnectionError("connection refused"))
+        outcomes[policy] = guard.outcome()
+    scan(pipeline(Scripted("greylist", [outcomes["open"]])), CLEAN)
+    _, verdict = scan(pipeline(Scripted("greylist", [outcomes["closed"]])), CLEAN)
+    assert verdict.action.value == "tempfail"
+    assert value(registry, "filterd_check_errors_total", check="greylist", policy="open") == 1
+    assert value(registry, "filterd_check_errors_total", check="greylist", policy="closed") == 1
+    assert value(registry, "filterd_symbols_total", symbol="GREYLIST_REDIS_ERROR") == 1
 
 
 def test_a_refusal_at_mail_from_is_recorded_where_it_is_given(
