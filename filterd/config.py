@@ -400,6 +400,15 @@ def config_warnings(config: Config) -> tuple[Problem, ...]:
         check = owner.get(name, "rules" if name not in known_symbols() else None)
         if check is not None and not config.check_settings(check).enabled:
             warnings.append(Problem(f"scores.{name}", f"scored, but its check {check} is disabled"))
+    listen = config.metrics.listen
+    if config.metrics.enabled and not ipaddress.ip_address(listen.rpartition(":")[0].strip("[]")).is_loopback:
+        warnings.append(
+            Problem(
+                "metrics.listen",
+                f"{listen} is not a loopback address: whoever reaches it reads the counters (mail "
+                "volume, rule hits); let only your Prometheus in",
+            )
+        )
     warnings.extend(unreadable_files(config, enabled=False))
     return tuple(warnings)
 

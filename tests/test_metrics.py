@@ -28,7 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from filterd import metrics
 from filterd.breaker import BreakerSettings, breaker_for, forget_all
 from filterd.check import Check, Finding, Output, Stage
-from filterd.config import parse_config
+from filterd.config import config_warnings, parse_config
 from filterd.driver import SmtpContext, scan
 from filterd.metrics import Metrics, QuarantineCollector
 from filterd.pipeline import Pipeline, context_for
@@ -341,6 +341,10 @@ def test_metrics_settings_are_validated() -> None:
             parse_config({"metrics": {"listen": bad}})
     with pytest.raises(ConfigError, match=r"metrics\.multiproc_dir"):
         parse_config({"metrics": {"multiproc_dir": "run/metrics"}})
+    # an address off loopback is allowed, with a warning (filterctl config check)
+    warned = config_warnings(parse_config({"metrics": {"enabled": True, "listen": "0.0.0.0:9143"}}))
+    assert [w.key for w in warned] == ["metrics.listen"]
+    assert not config_warnings(parse_config({"metrics": {"enabled": True, "listen": "[::1]:9143"}}))
 
 
 # -- the real daemon: two workers, Postfix in front, /metrics scraped over HTTP ----------------
