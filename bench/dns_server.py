@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 from tests.harness.net import free_port  # noqa: E402
 
 
-class IndexedZone(BaseResolver):  # type: ignore[misc]
+class IndexedZone(BaseResolver):
     def __init__(self, zone: str) -> None:
         self.by_name: dict[str, list[RR]] = {}
         for rr in RR.fromZone(zone):

@@ -155,19 +155,17 @@ class RspamdPeer:
     def learned(self) -> str:
         """How many messages each Bayes class learned, from the model's own Redis."""
 
-        def redis(*args: str) -> str:
-            return subprocess.run(
-                ["redis-cli", "-p", str(self.bayes_redis.port), *args],
-                capture_output=True,
-                text=True,
-                timeout=60,
-            ).stdout
-
-        counts = []
-        for symbol in ("BAYES_HAM", "BAYES_SPAM"):  # a set of per-user hashes, each with a "learns" field
-            learns = 0
-            for name in redis("smembers", f"{symbol}_keys").split():
-                value = redis("hget", name, "learns").strip()
-                learns += int(value) if value.isdigit() else 0
-            counts.append(f"{symbol} learns={learns}")
+        # the statfiles' hashes are the ones with a "learns" field (token hashes have none)
+        script = (
+            "local out = {} for _, k in ipairs(redis.call('KEYS', '*')) do "
+            "if redis.call('TYPE', k).ok == 'hash' then local v = redis.call('HGET', k, 'learns') "
+            "if v then table.insert(out, k .. '=' .. v) end end end return out"
+        )
+        out = subprocess.run(
+            ["redis-cli", "-p", str(self.bayes_redis.port), "eval", script, "0"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        ).stdout.split()
+        counts = [f"{name} learns" for name in out]
         return ", ".join(counts)

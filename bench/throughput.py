@@ -224,6 +224,16 @@ class MailPath:
     pss: dict[str, float] = field(default_factory=dict)  # highest over rounds
     redis_reads: int = 0
     busy: list[float] = field(default_factory=list)
+    clamd_log: Path | None = None
+    scans: list[int] = field(default_factory=list)  # clamd scans in each round (its log lines)
+
+
+def clamd_scans(log: Path | None) -> int:
+    """Scans clamd logged so far (LogClean: one line per scan, clean or not)."""
+    if log is None or not log.exists():
+        return 0
+    text = log.read_bytes()
+    return text.count(b": OK\n") + text.count(b" FOUND\n")
 
 
 def run_path(path: MailPath, mails: list[Mail], sessions: int) -> None:
@@ -236,6 +246,7 @@ def run_path(path: MailPath, mails: list[Mail], sessions: int) -> None:
 
     cpu_before = {g: cpu_seconds(pids_of(g)) for g in groups}
     reads_before = sum(redis_reads(p) for p in path.redis_ports)
+    scans_before = clamd_scans(path.clamd_log)
     before = delivered(path.postfix)
     busy0, total0 = machine_busy()
     started = time.perf_counter()
@@ -253,11 +264,14 @@ def run_path(path: MailPath, mails: list[Mail], sessions: int) -> None:
     path.counts.add(counts)
     path.delivered += delivered(path.postfix) - before
     path.busy.append(round((busy1 - busy0) / max(1, total1 - total0), 2))
+    if path.clamd_log is not None:
+        path.scans.append(clamd_scans(path.clamd_log) - scans_before)
     for g in groups:
         path.cpu.setdefault(g, []).append(cpu_seconds(pids_of(g)) - cpu_before[g])
     # each reading of INFO is one read event of our own
     path.redis_reads += sum(redis_reads(p) for p in path.redis_ports) - reads_before - len(path.redis_ports)
-    path.pss["filter"] = max(path.pss.get("filter", 0.0), sampler.peak)
+    if path.filter_roots():
+        path.pss["filter"] = max(path.pss.get("filter", 0.0), sampler.peak)
     for name in path.services:
         path.pss[name] = max(path.pss.get(name, 0.0), pss_mib(pids_of(name)))
 
@@ -369,9 +383,9 @@ def path_report(path: MailPath, baseline: MailPath, per_path: int) -> dict[str, 
         "rounds_msgs_per_s": [round(r, 1) for r in path.rates],
         "rounds_ratio": ratios,
         "cpu_ms_per_msg": {g: round(1000 * sum(v) / per_path, 3) for g, v in path.cpu.items()},
-        "rounds_filter_cpu_ms_per_msg": [
-            round(1000 * c / (per_path / len(path.rates)), 3) for c in path.cpu.get("filter", [])
-        ],
+        "rounds_cpu_ms_per_msg": {
+            g: [round(1000 * c / (per_path / len(path.rates)), 3) for c in v] for g, v in path.cpu.items()
+        },
         "pss_mib": {k: round(v, 1) for k, v in path.pss.items()},
         "counts": {
             "sent": path.counts.sent,
@@ -382,6 +396,8 @@ def path_report(path: MailPath, baseline: MailPath, per_path: int) -> dict[str, 
         },
         "machine_busy_by_round": path.busy,
     }
+    if path.clamd_log is not None:
+        out["clamd_scans_by_round"] = path.scans
     if path.redis_ports:
         out["redis_round_trips_per_msg"] = round(path.redis_reads / per_path, 2)
     return out
@@ -417,6 +433,10 @@ def print_table(report: dict[str, Any]) -> None:
         )
     for name, p in paths.items():
         print(f"  {name}: {p['label']}; rounds msgs/s {p['rounds_msgs_per_s']}, ratio {p['rounds_ratio']}")
+        if "clamd_scans_by_round" in p:
+            print(f"    clamd scans by round: {p['clamd_scans_by_round']} (of {report['messages']} messages)")
+        if p["rounds_cpu_ms_per_msg"].get("filter") and name != "no_milter":
+            print(f"    filter CPU ms/msg by round: {p['rounds_cpu_ms_per_msg']['filter']}")
         if "redis_round_trips_per_msg" in p:
             print(f"    Redis round trips per message: {p['redis_round_trips_per_msg']}")
         if p["pss_mib"]:
@@ -520,8 +540,9 @@ def main() -> int:
     )
     wait_for(lambda: port_open(sink_port), 10, "smtp-sink")
     redis_server = RedisServer(workdir / "redis") if args.redis or args.clamd else None
-    # clamd's own cache of clean files off: else the path run second finds the parts scanned
-    clamd = ClamdServer(workdir / "clamd", {"DisableCache": "yes"}) if args.clamd else None
+    # clamd's own cache of clean files off: else the path run second finds the parts scanned;
+    # LogClean: a line per scan, so the report can say that clamd scanned every message each round
+    clamd = ClamdServer(workdir / "clamd", {"DisableCache": "yes", "LogClean": "yes"}) if args.clamd else None
     filterd = Filterd(workdir, workdir / "filterd.sock")
     rspamd: peer_rspamd.RspamdPeer | None = None
     trivial_proc: subprocess.Popen[bytes] | None = None
@@ -608,6 +629,8 @@ def main() -> int:
                 )
             )
         for path in paths:
+            if clamd is not None and path.name in ("filterd", "rspamd"):
+                path.clamd_log = clamd.workdir / "clamd.log"
             postfixes.append(path.postfix)
             path.postfix.start()
 
@@ -655,7 +678,7 @@ def main() -> int:
             shutil.rmtree(workdir, ignore_errors=True)  # Postfix queues and logs: tens of MB a run
 
     per_path = args.messages * args.rounds
-    baseline = paths[0]
+    first = paths[0]
     report: dict[str, Any] = {
         "command": " ".join(sys.argv),
         "case": "DKIM-signed for the From domain; SPF/DKIM/DMARC pass"
@@ -670,7 +693,7 @@ def main() -> int:
         "rounds": args.rounds,
         "sending_domains": len(domains.domains),
         "orders": [[paths[i].name for i in order] for order in plan],
-        "paths": {p.name: path_report(p, baseline, per_path) for p in paths},
+        "paths": {p.name: path_report(p, first, per_path) for p in paths},
         "pipeline_ms_p50": round(percentile(times, 0.5), 3),
         "pipeline_ms_p99": round(percentile(times, 0.99), 3),
         "notes": notes,
