@@ -155,17 +155,20 @@ class RspamdPeer:
     def learned(self) -> str:
         """How many messages each Bayes class learned, from the model's own Redis."""
 
-        # the statfiles' hashes are the ones with a "learns" field (token hashes have none)
-        script = (
-            "local out = {} for _, k in ipairs(redis.call('KEYS', '*')) do "
-            "if redis.call('TYPE', k).ok == 'hash' then local v = redis.call('HGET', k, 'learns') "
-            "if v then table.insert(out, k .. '=' .. v) end end end return out"
-        )
-        out = subprocess.run(
-            ["redis-cli", "-p", str(self.bayes_redis.port), "eval", script, "0"],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        ).stdout.split()
-        counts = [f"{name} learns" for name in out]
+        def redis(*args: str) -> str:
+            return subprocess.run(
+                ["redis-cli", "-p", str(self.bayes_redis.port), *args],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            ).stdout
+
+        # each class's set names the per-user hashes ("RS" without users) that count its learns
+        counts = []
+        for symbol, learns in (("BAYES_HAM", "learns_ham"), ("BAYES_SPAM", "learns_spam")):
+            total = 0
+            for name in redis("smembers", f"{symbol}_keys").split():
+                value = redis("hget", name, learns).strip()
+                total += int(value) if value.isdigit() else 0
+            counts.append(f"{learns}={total}")
         return ", ".join(counts)
