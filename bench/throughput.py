@@ -638,7 +638,7 @@ def main() -> int:
             ports = [redis_server.port] if redis_server else []
             return ports + ([rspamd.state_redis.port] if rspamd else [])
 
-        log_offset = 0
+        times: list[float] = []
         plan = orders(len(paths), args.rounds)
         for n in range(args.rounds):
             if n == 0 or not args.warm_caches:
@@ -651,11 +651,11 @@ def main() -> int:
                     send_all(path.postfix.port, warm, min(args.sessions, len(warm)))
                 for port in state_ports():
                     flush_redis(port)
-                if n == 0:
-                    log_offset = len(filterd.log())
             for index in plan[n]:
+                log_offset = len(filterd.log())
                 run_path(paths[index], mails, args.sessions)
-        times = pipeline_times_ms(filterd.log()[log_offset:])
+                if paths[index].name == "filterd":  # its log lines of this round, not the warm-up's
+                    times += pipeline_times_ms(filterd.log()[log_offset:])
     finally:
         for postfix in postfixes:
             postfix.stop()

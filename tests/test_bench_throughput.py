@@ -90,11 +90,13 @@ def test_pss_counts_pages_a_forked_child_shares_once() -> None:
         del block
 
 
-def _run_bench(tmp_path: Path, *extra: str) -> dict[str, Any]:
+def _run_bench(tmp_path: Path, *extra: str, env: dict[str, str] | None = None) -> dict[str, Any]:
     out = tmp_path / "report.json"
     argv = [sys.executable, str(ROOT / "bench" / "throughput.py"), "--messages", "30", "--rounds", "2"]
     argv += ["--sessions", "5", "--profile", "full", "--auth", "--json", str(out), *extra]
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=900, cwd=ROOT)
+    result = subprocess.run(
+        argv, capture_output=True, text=True, timeout=900, cwd=ROOT, env={**os.environ, **(env or {})}
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report: dict[str, Any] = json.loads(out.read_text())
     return report
@@ -115,7 +117,9 @@ def _assert_path_honest(path: dict[str, Any], messages: int, rounds: int) -> Non
 
 
 def test_full_profile_run_counts_every_reply_and_scans_every_round(tmp_path: Path, corpus: Path) -> None:
-    report = _run_bench(tmp_path)
+    # and without rspamd the bench says so and runs the other paths
+    report = _run_bench(tmp_path, "--peer", "rspamd", env={"FILTERD_BENCH_RSPAMD": "/nonexistent/rspamd"})
+    assert any("rspamd path did not run" in note for note in report["notes"])
     assert set(report["paths"]) == {"no_milter", "filterd"}
     _assert_path_honest(report["paths"]["filterd"], 30, 2)
     assert report["sending_domains"] > 5  # the senders vary
