@@ -75,6 +75,13 @@ WARM_COUNT = 40
 TRAIN_PER_CLASS = 250  # rspamd's Bayes answers after 200 learned messages of each class
 
 
+def sample(count: int) -> list[bytes]:
+    """`count` corpus files as they are, half ham and half spam, chosen by a hash of the path: the
+    sample of bench/milter_load.py, milter_path.py and soak.py (this bench sends the same messages,
+    prepared by bench/corpus_mail.py)."""
+    return [(CORPUS / path).read_bytes() for path, _ in split_sample(CORPUS, count, 0)[0]]
+
+
 # ---------------------------------------------------------------------------------------------
 # sending and counting
 
