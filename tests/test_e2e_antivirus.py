@@ -188,7 +188,7 @@ def test_score_quarantine_uses_the_same_store(
 ) -> None:
     config = {
         **av_config(stack, clamd, redis_server, qdir),
-        "actions": {"quarantine": 3.0},
+        "actions": {"add_header": 2.0, "quarantine": 3.0},
         "scores": {"MISSING_DATE": 4.0},
     }
     with stack.configured(config):
@@ -255,7 +255,7 @@ def test_oversized_quarantine_goes_to_the_hold_queue_whole(
     config = {
         **av_config(stack, clamd, redis_server, qdir),
         "milter": {"max_scan_bytes": 1000, "oversize_action": "accept"},
-        "actions": {"quarantine": 3.0},
+        "actions": {"add_header": 2.0, "quarantine": 3.0},
         "scores": {"MISSING_DATE": 4.0},
     }
     with stack.configured(config):

@@ -147,7 +147,7 @@ def test_no_milterless_tcp_listener_is_shipped() -> None:
 
 
 def test_release_through_the_private_listener_delivers_exactly_once(stack: Stack, tmp_path: Path) -> None:
-    config = {"actions": {"quarantine": 3.0}, "scores": {"MISSING_DATE": 4.0}}
+    config = {"actions": {"add_header": 2.0, "quarantine": 3.0}, "scores": {"MISSING_DATE": 4.0}}
     with stack.configured(config) as filterd:
         msg, marker = make_message("held, then released")
         stack.send(_without_date(msg))

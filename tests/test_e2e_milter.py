@@ -225,7 +225,7 @@ def test_rset_and_several_messages_per_session_keep_envelopes_apart(stack: Stack
 
 
 def test_quarantine_threshold_holds_the_message_in_postfix(stack: Stack) -> None:
-    config = {"actions": {"quarantine": 3.0}, "scores": {"MISSING_DATE": 4.0}, "quarantine": {"mode": "hold"}}
+    config = {"actions": {"quarantine": 6.0}, "scores": {"MISSING_DATE": 7.0}, "quarantine": {"mode": "hold"}}
     with stack.configured(config):
         msg, marker = make_message("hold me")
         msg = b"\r\n".join(line for line in msg.split(b"\r\n") if not line.startswith(b"Date:"))

@@ -162,7 +162,7 @@ def test_many_headers_are_delivered_marked_too_many_headers_with_forged_ones_rem
 
 def test_quarantined_copy_has_no_forged_headers_when_released(stack: Stack) -> None:
     config = {
-        "actions": {"quarantine": 3.0},
+        "actions": {"add_header": 2.0, "quarantine": 3.0},
         "scores": {"MISSING_DATE": 4.0},
         "network": {"hostname": "mx.filterd.test"},
     }
