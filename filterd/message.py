@@ -21,6 +21,7 @@ from functools import cached_property
 import fast_mail_parser
 
 from filterd import mimetree
+from filterd.archives import is_zip, member_names
 from filterd.htmlscan import HtmlScan, scan_html
 
 MAX_TEXT_CHARS = 200_000  # text kept per message for content checks
@@ -46,6 +47,7 @@ class Part:
     filename: str | None
     size: int  # decoded size in bytes
     is_attachment: bool
+    members: tuple[str, ...] = ()  # the file names inside a ZIP attachment (filterd/archives.py)
 
 
 class Message:
@@ -148,6 +150,7 @@ class Message:
                 filename=node.filename,
                 size=node.size(),
                 is_attachment=node.disposition == "attachment" or node.filename is not None,
+                members=member_names(node.payload()) if is_zip(node.content_type, node.filename) else (),
             )
             for node in self.leaves
         ]

@@ -43,14 +43,18 @@ class _Mime:
         self.filename = compile_pattern(rule.filename) if rule.filename else None
         self.extensions = frozenset(rule.extensions)
 
-    def part_matches(self, part: Part) -> bool:
+    def part_matches(self, part: Part) -> str | None:
+        """The name that matched (the part's, or a ZIP member's), "" for a rule of no name; None."""
         if self.content_type is not None and self.content_type.search(part.content_type.encode()) is None:
-            return False
+            return None
         if self.filename is None and not self.extensions:
-            return True
-        if part.filename is None:
-            return False
-        name = part.filename.rstrip(" .")  # Windows ignores trailing dots and blanks: "a.exe. " runs
+            return ""
+        # a name rule also reads the names inside a ZIP attachment: a program comes zipped now
+        names = [part.filename] if part.filename is not None else []
+        return next((n for n in [*names, *part.members] if self._name_matches(n)), None)
+
+    def _name_matches(self, name: str) -> bool:
+        name = name.rstrip(" .")  # Windows ignores trailing dots and blanks: "a.exe. " runs
         if self.filename is not None and self.filename.search(name.encode("utf-8", "replace")) is None:
             return False
         return not self.extensions or name.rpartition(".")[2].lower() in self.extensions
@@ -64,8 +68,11 @@ class _Mime:
         if self.content_type is None and self.filename is None and not self.extensions:
             return f"{len(parts)} part(s)"
         for part in parts:
-            if self.part_matches(part):
-                return f"{part.content_type} {part.filename or ''}".strip()
+            name = self.part_matches(part)
+            if name is None:
+                continue
+            where = f"{part.content_type} {part.filename or ''}".strip()
+            return where if name in ("", part.filename) else f"{where}: {name}"
         return None
 
 
