@@ -323,10 +323,10 @@ def run_scenario(
     p = spamicities(fit_on, test)
     y = np.array([v.spam for v in test])
     totals = {
-        "table total (hand-set, Bayes bands)": table_totals(test, p, bands),
+        "table total (hand-set, Bayes bands; the default)": table_totals(test, p, bands),
         "learned total": learned_totals(model, test, p, bands),
         "Bayes spamicity alone": p,
-        "table total, Bayes off (today's default)": table_totals(test, None, bands),
+        "table total, Bayes off": table_totals(test, None, bands),
         "learned total, Bayes off": learned_totals(model, test, None, bands),
     }
     actions = ActionSettings()
