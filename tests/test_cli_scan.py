@@ -159,3 +159,42 @@ def test_config_check_warns_when_the_bayes_model_is_missing(tmp_path: Path) -> N
     assert "BAYES_UNTRAINED" in result.output and "(1 warning(s))" in result.output
     ok = CliRunner().invoke(cli, ["--config", "/dev/null", "config", "check"])
     assert ok.exit_code == 0 and "warning" not in ok.output
+
+
+def test_scan_local_asks_no_dns_and_runs_the_local_checks(tmp_path: Path) -> None:
+    """--local (spamassassin -L): the checks that declare Cost.NETWORK are off, no DNS query leaves;
+    without it the same message makes DNS queries (SPF, DMARC...), so the count can tell."""
+    import socket
+
+    dns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    dns.bind(("127.0.0.1", 0))
+    dns.setblocking(False)
+    port = dns.getsockname()[1]
+    cfg = write(
+        tmp_path, "dns.toml", f'[dns]\nnameservers = ["127.0.0.1"]\nport = {port}\ntimeout = 0.2\n'.encode()
+    )
+    path = write(tmp_path, "spammy.eml", SPAMMY)
+
+    def queries() -> int:
+        n = 0
+        while True:
+            try:
+                dns.recv(4096)
+            except BlockingIOError:
+                return n
+            n += 1
+
+    try:
+        local = CliRunner().invoke(cli, ["--config", str(cfg), "scan", "--local", "--json", str(path)])
+        asked_local = queries()
+        full = CliRunner().invoke(
+            cli, ["--config", str(cfg), "scan", "--json", "--mail-from", "a@spammer.example", str(path)]
+        )
+        asked_full = queries()
+    finally:
+        dns.close()
+    assert local.exit_code in (0, 1) and full.exit_code in (0, 1), local.output + full.output
+    assert asked_local == 0 and asked_full > 0
+    names = {s["name"] for s in json.loads(local.output)["symbols"]}
+    assert not any(n.startswith(("SPF_", "DKIM_", "DMARC_", "ARC_")) for n in names)
+    assert json.loads(local.output)["spamicity"] is not None  # the classifier is local: it ran

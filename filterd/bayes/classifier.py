@@ -153,11 +153,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import mmh3
 import numpy as np
-from scipy.sparse import csr_matrix
+
+if TYPE_CHECKING:  # scipy.sparse costs ~0.1 s to import: only batch training needs it
+    from scipy.sparse import csr_matrix
 
 from filterd.bayes.params import Params
 from filterd.bayes.tokenizer import Tokens
@@ -255,6 +257,8 @@ def bucket_matrix(messages: Sequence[np.ndarray], n_features: int) -> csr_matrix
     rows = [distinct(b) for b in messages]
     indptr = np.concatenate([[0], np.cumsum([len(r) for r in rows])])
     indices = np.concatenate(rows) if rows else np.empty(0, dtype=np.int64)
+    from scipy.sparse import csr_matrix
+
     return csr_matrix((np.ones(len(indices)), indices, indptr), shape=(len(rows), n_features))
 
 

@@ -13,6 +13,7 @@ from filterd.config import Config
 from filterd.driver import SmtpContext
 from filterd.driver import scan as scan_message
 from filterd.pipeline import Pipeline
+from filterd.registry import network_checks
 from filterd.results import Action
 from filterd.settings import ConfigError
 
@@ -48,6 +49,11 @@ class ScanError(click.ClickException):
 @click.option(
     "--json", "as_json", is_flag=True, help="one JSON object per line (with the Bayes spamicity as a number)"
 )
+@click.option(
+    "--local",
+    is_flag=True,
+    help="local checks only, as spamassassin -L: the checks that need DNS, Redis or clamd are off",
+)
 @click.pass_context
 def scan(
     ctx: click.Context,
@@ -59,10 +65,13 @@ def scan(
     rcpts: tuple[str, ...],
     auth_user: str | None,
     as_json: bool,
+    local: bool,
 ) -> None:
     """Score stored messages and print score, action and symbols, one line per message."""
     try:
         cfg = offline(load(ctx))
+        if local:
+            cfg = local_only(cfg)
         pipeline = Pipeline.from_config(cfg)
     except (ConfigError, click.ClickException) as exc:
         raise ScanError(exc.message if isinstance(exc, click.ClickException) else str(exc)) from exc
@@ -110,6 +119,18 @@ def scan(
     finally:
         pipeline.close()
     ctx.exit(status)
+
+
+def local_only(cfg: Config) -> Config:
+    """`cfg` with every check that declares Cost.NETWORK (DNS, Redis or clamd) off, and DNS pointed
+    at a closed local port so that nothing left can wait on a resolver."""
+    checks = {
+        name: dataclasses.replace(cfg.check_settings(name), enabled=False)
+        for name in network_checks()
+        if hasattr(cfg.checks, name)
+    }
+    dns = dataclasses.replace(cfg.dns, nameservers=("127.0.0.1",), port=9, timeout=0.05, attempts=1)
+    return dataclasses.replace(cfg, checks=dataclasses.replace(cfg.checks, **checks), dns=dns)
 
 
 def offline(cfg: Config) -> Config:
