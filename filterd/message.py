@@ -22,6 +22,7 @@ import fast_mail_parser
 
 from filterd import mimetree
 from filterd.archives import is_zip, member_names
+from filterd.confusables import fold as fold_confusables
 from filterd.htmlscan import HtmlScan, scan_html
 
 MAX_TEXT_CHARS = 200_000  # text kept per message for content checks
@@ -186,14 +187,25 @@ class Message:
         return scan_html(self._texts[1])
 
     @cached_property
-    def readable(self) -> str:
-        """Plain parts plus HTML parts reduced to text, white space as it came (for a consumer of
-        words only, such as the classifier: it need not pay for `text`'s clean-up)."""
+    def _readable(self) -> tuple[str, int]:
         plain, markup = self._texts
         if markup:
             text = self.html_scan.text
             plain = (plain + "\n" + text) if plain else text
-        return plain
+        return fold_confusables(plain)
+
+    @cached_property
+    def readable(self) -> str:
+        """Plain parts plus HTML parts reduced to text, white space as it came (for a consumer of
+        words only, such as the classifier: it need not pay for `text`'s clean-up).  Words that
+        mix Latin with Cyrillic or Greek look-alike letters read as the Latin words they imitate
+        (filterd/confusables.py)."""
+        return self._readable[0]
+
+    @cached_property
+    def mixed_script_words(self) -> int:
+        """How many words of the text mixed Latin with Cyrillic or Greek letters (a disguise)."""
+        return self._readable[1]
 
     @cached_property
     def text(self) -> str:

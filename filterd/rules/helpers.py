@@ -54,6 +54,14 @@ def image_text_ratio(t: Targets, p: Mapping[str, Any]) -> str | None:
     return f"{images} image(s), {chars} characters of text"
 
 
+def mixed_script_words(t: Targets, p: Mapping[str, Any]) -> str | None:
+    """Hits when at least `min_words` words of the text mix Latin letters with Cyrillic or Greek
+    look-alikes ("Ѵіаgrа"): no language writes a word so, a filter evader does
+    (filterd/confusables.py; the other rules and the classifier read those words folded)."""
+    n = t.message.mixed_script_words
+    return f"{n} words mix Latin with Cyrillic or Greek letters" if n >= p["min_words"] else None
+
+
 def subject_caps(t: Targets, p: Mapping[str, Any]) -> str | None:
     """Hits when at least `min_ratio` of the letters of the Subject are capitals (and it has at
     least `min_letters` letters; scripts without case, such as Chinese, are not counted)."""
@@ -146,6 +154,11 @@ HELPERS: Mapping[str, Helper] = {
             "max_text_chars": Param(int, 500, 0, 1_000_000),
         },
         "images with little text",
+    ),
+    "mixed_script_words": Helper(
+        mixed_script_words,
+        {"min_words": Param(int, 3, 1, 100_000)},
+        "words that mix Latin with Cyrillic or Greek look-alike letters",
     ),
     "subject_caps": Helper(
         subject_caps,
