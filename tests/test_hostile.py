@@ -7,12 +7,10 @@ parts or deep nesting must not lower its score.
 
 from __future__ import annotations
 
-import importlib.util
 import secrets
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -23,6 +21,7 @@ from filterd.pipeline import Pipeline
 from filterd.quarantine.store import QuarantineSettings, QuarantineStore, meta_from
 from filterd.results import Verdict
 from filterd.services import Services
+from tests.corpus_support import load_corpus_script
 from tests.harness.clamd import ClamdServer
 from tests.harness.dns import LocalDns
 from tests.harness.redis import RedisServer
@@ -30,15 +29,7 @@ from tests.harness.redis import RedisServer
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _load_generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("make_hostile", ROOT / "corpus" / "make_hostile.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-make_hostile = _load_generator()
+make_hostile = load_corpus_script("make_hostile")
 CASES: dict[str, bytes] = make_hostile.cases()
 CTX = SmtpContext(
     client_addr="192.0.2.10",

@@ -12,13 +12,11 @@ dropped rather than forgotten.
 from __future__ import annotations
 
 import calendar
-import importlib.util
 import re
 import time
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -32,6 +30,7 @@ from filterd.registry import known_symbols, network_checks
 from filterd.results import Action, Verdict
 from filterd.rules import shipped_dir
 from filterd.rules.loader import load_rules
+from tests.corpus_support import load_corpus_script
 from tests.fuzz.offline import offline_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,15 +51,7 @@ SEVERITY = [
 ]
 
 
-def _load_generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("make_edge", CORPUS / "make_edge.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-make_edge = _load_generator()
+make_edge = load_corpus_script("make_edge")
 GENERATED: dict[str, bytes] = make_edge.cases()
 MANIFEST: list[dict[str, Any]] = tomllib.loads((CORPUS / "manifest.toml").read_text("utf-8"))["message"]
 ENTRIES = {entry["file"]: entry for entry in MANIFEST}
