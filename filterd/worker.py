@@ -123,9 +123,9 @@ def start_drain_watcher(
         deadline = time.monotonic() + grace
         while busy_with_something() and time.monotonic() < deadline:
             time.sleep(0.05)
+        metrics.flush()  # the counts of the last messages, first: closing the checks may be slow
         if holder is not None:
             holder.close()  # what the checks still hold to send (queued Bayes signatures) goes now
-        metrics.flush()  # the counts of the last messages
         logging.shutdown()
         os._exit(0)
 
