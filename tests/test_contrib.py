@@ -348,6 +348,7 @@ def test_filterd_runs_under_the_units_sandbox(sandboxed_stack: Stack) -> None:
     stack.send(no_date)
     files = [p for p in stack.quarantine_dir.rglob("*") if p.is_file()]
     assert any(held_marker.encode() in p.read_bytes() for p in files), files
+    assert all(not p.stat().st_mode & 0o007 for p in files)  # UMask=0027: mail is not world-readable
     assert stack.sink.count(held_marker) == 0
 
     metrics = urllib.request.urlopen(f"http://127.0.0.1:{stack.metrics_port}/metrics", timeout=10).read()  # type: ignore[attr-defined]
@@ -363,3 +364,61 @@ def test_filterd_runs_under_the_units_sandbox(sandboxed_stack: Stack) -> None:
     assert int(fields["CapBnd"].strip(), 16) == 0 and int(fields["CapEff"].strip(), 16) == 0
     assert fields["NoNewPrivs"].strip() == "1" and fields["Seccomp"].strip() == "2"
     assert "Bad system call" not in filterd.log() and "Traceback" not in filterd.log(), filterd.log()
+
+
+@pytest.mark.stack
+def test_learn_worker_trains_under_its_units_sandbox(redis_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """`filterctl learn-worker` (numpy and scipy training, Redis over TCP, the model rewritten in the
+    state directory) under filterd-learn-worker.service's restrictions.  Not emulated: PrivateUsers."""
+    from filterd.bayes.model import Model, message_digest
+    from filterd.message import Message
+    from tests.bayes_helpers import make_message as bayes_message
+    from tests.bayes_helpers import trained_model
+
+    reason = _can_sandbox()
+    if reason:
+        pytest.skip(reason)
+    etc, state = private_dir("filterd-etc-"), private_dir("filterd-state-")
+    shutil.chown(state, "nobody")
+    os.chmod(state, 0o750)
+    model = state / "bayes.npz"
+    trained_model(30).save(model)
+    shutil.chown(model, "nobody")
+    prefix = f"sandbox-{os.getpid()}:"
+    config = etc / "filterd.toml"
+    config.write_text(
+        f'[redis]\nurl = "{redis_server.url}"\nkey_prefix = "{prefix}"\n'
+        f'[checks.bayes]\nmodel = "{model}"\nstorage = "file"\n'
+    )
+    words = " ".join(f"sbx{w}" for w in ("quorvex", "blandish", "tromple", "vexillar", "ganderoo"))
+    raw = bayes_message("sbx quarterly", f"{words}\r\n{words}", message_id="<sbx@example.com>")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    queued = subprocess.run(
+        [sys.executable, "-m", "filterd.learnclient", "spam", "--user", "bob", "--config", str(config)],
+        input=raw,
+        env=env,
+        capture_output=True,
+    )
+    assert queued.returncode == 0, queued.stderr
+    readonly = [str(etc)]
+    if Path(sys.base_prefix).is_relative_to("/root") or Path(sys.base_prefix).is_relative_to("/home"):
+        readonly.append(sys.base_prefix)
+    command = [sys.executable, "-c", "from filterd.cli.filterctl import main; main()"]
+    command += ["--config", str(config), "learn-worker", "--once"]
+    try:
+        done = subprocess.run(
+            sandbox_argv(WORKER_UNIT, command, [str(state)], readonly, "nobody"),
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        assert done.returncode == 0 and "1 reports trained" in done.stdout, done.stdout + done.stderr
+        trained = Model.load(model)
+        assert trained.records[message_digest(Message(raw))] == "spam"
+        assert (trained.nspam, trained.nham) == (31, 30)
+        assert model.stat().st_uid == 65534  # written by the worker, in the state directory
+    finally:
+        shutil.rmtree(etc, ignore_errors=True)
+        shutil.rmtree(state, ignore_errors=True)

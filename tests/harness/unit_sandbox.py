@@ -11,7 +11,7 @@ features systemd itself uses, read from the unit file:
   (the paths the test passes in are bound back in); PrivateDevices: a /dev with only the pseudo
   devices; ProtectProc=invisible and ProcSubset=pid: a /proc of processes only.
 - User/SupplementaryGroups (`nobody` stands in for filterd), NoNewPrivileges, an empty
-  CapabilityBoundingSet: util-linux's setpriv.
+  CapabilityBoundingSet: util-linux's setpriv; UMask: umask(2).
 - SystemCallFilter (systemd's own groups, from `systemd-analyze syscall-filter`, combined in the
   unit's order as systemd does), SystemCallArchitectures=native, RestrictAddressFamilies and
   MemoryDenyWriteExecute: seccomp filters through libseccomp, the library systemd uses, plus the
@@ -19,7 +19,7 @@ features systemd itself uses, read from the unit file:
   so a call the service makes and the unit refuses cannot go unnoticed.
 
 Not emulated (nothing in filterd could trip them): RestrictNamespaces, RestrictRealtime,
-RestrictSUIDSGID, LockPersonality, ProtectClock, ProtectHostname, RemoveIPC, UMask.
+RestrictSUIDSGID, LockPersonality, ProtectClock, ProtectHostname, RemoveIPC, PrivateUsers.
 
 Usage, as root (it makes its own mount namespace): python -m tests.harness.unit_sandbox UNIT --rw DIR ... --ro DIR ... -- COMMAND...
 """
@@ -299,6 +299,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     unit = parse_unit(args.unit)
     if args.filters_only:  # second stage: the user's, after setpriv
+        if unit.get("Service.UMask"):
+            os.umask(int(unit["Service.UMask"][-1], 8))
         load_filters(unit)
         os.execvp(args.command[0], args.command)
     build_namespace(unit, args.rw, args.ro)
