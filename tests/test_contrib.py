@@ -7,6 +7,7 @@ the unit's sandbox by tests/harness/unit_sandbox.py, with mail sent through Post
 
 from __future__ import annotations
 
+import grp
 import os
 import re
 import shlex
@@ -19,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 from filterd.config import DEFAULT_CONFIG_PATH
 from tests.harness.filterd import Filterd
@@ -106,18 +108,16 @@ def test_exec_lines_run_what_the_install_doc_installs(unit: Path) -> None:
         assert argv[1:3] == ["--config", str(DEFAULT_CONFIG_PATH)]
 
 
-def test_exec_start_arguments_are_accepted() -> None:
-    """The venv's own commands take the ExecStart arguments (checked with --help, which parses them)."""
+def test_exec_lines_arguments_are_accepted() -> None:
+    """The venv's own commands take the units' arguments (checked with --help, which parses them)."""
     bindir = Path(sys.executable).parent
     for unit in UNITS:
-        argv = shlex.split(_service(unit)["ExecStart"][0])
-        command = [str(bindir / Path(argv[0]).name), *argv[1:]]
-        if Path(argv[0]).name == "filterd":
-            command = [*command, "--help"]
-        else:
-            command = [*command[:3], command[3], "--help"]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=60)
-        assert result.returncode == 0, result.stderr
+        service = _service(unit)
+        for line in service["ExecStart"] + service.get("ExecStartPre", []):
+            argv = shlex.split(line)
+            command = [str(bindir / Path(argv[0]).name), *argv[1:], "--help"]
+            result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+            assert result.returncode == 0, (line, result.stderr)
 
 
 @needs_systemd_tools
@@ -144,7 +144,7 @@ def test_exposure_score(unit: Path, ceiling: float) -> None:
     out = subprocess.run(
         ["systemd-analyze", "security", "--offline=yes", str(unit)], capture_output=True, text=True
     ).stdout
-    score = float(re.search(r"Overall exposure level for \S+: ([0-9.]+)", out).group(1))  # type: ignore[union-attr]
+    score = float(re.search(r"Overall exposure level for \S+: ([0-9.]+)", out).group(1))
     assert score <= ceiling, out
 
 
@@ -289,7 +289,7 @@ class SandboxedFilterd(Filterd):
 
 
 @pytest.fixture(scope="module")
-def sandboxed_stack(redis_server) -> Iterator[Stack]:  # type: ignore[no-untyped-def]
+def sandboxed_stack(redis_server) -> Iterator[Stack]:
     reason = _can_sandbox()
     if reason:
         pytest.skip(reason)
@@ -314,11 +314,18 @@ def sandboxed_stack(redis_server) -> Iterator[Stack]:  # type: ignore[no-untyped
             "listen": f"127.0.0.1:{metrics_port}",
             "multiproc_dir": str(run_dir / "metrics"),
         },
-        "checks": {"bayes": {"enabled": True, "model": str(state_dir / "bayes.npz")}},
+        # storage = "redis" with signatures: each message's tokens go to Redis over TCP
+        "checks": {
+            "bayes": {
+                "enabled": True,
+                "model": str(state_dir / "bayes.npz"),
+                "storage": "redis",
+                "signature": True,
+            }
+        },
         "actions": {"add_header": 2.0, "quarantine": 3.0},
         "scores": {"MISSING_DATE": 4.0},
     }
-    stack.metrics_port = metrics_port  # type: ignore[attr-defined]
     stack.start()
     try:
         yield stack
@@ -351,14 +358,24 @@ def test_filterd_runs_under_the_units_sandbox(sandboxed_stack: Stack) -> None:
     assert all(not p.stat().st_mode & 0o007 for p in files)  # UMask=0027: mail is not world-readable
     assert stack.sink.count(held_marker) == 0
 
-    metrics = urllib.request.urlopen(f"http://127.0.0.1:{stack.metrics_port}/metrics", timeout=10).read()  # type: ignore[attr-defined]
+    # the socket as Postfix needs it, made by the unprivileged process in the runtime directory
+    sock = filterd.socket_path.stat()
+    assert sock.st_gid == grp.getgrnam("postfix").gr_gid and sock.st_mode & 0o777 == 0o660
+    # Redis reached over TCP from inside: the delivered message's Bayes signature is there
+    [signature] = got.header("X-Filterd-Signature")
+    client = redis.Redis.from_url(stack.base_config["redis"]["url"])
+    assert client.exists(f"filterd:bayes:sig:{signature}")
+    client.close()
+
+    listen = stack.base_config["metrics"]["listen"]
+    metrics = urllib.request.urlopen(f"http://{listen}/metrics", timeout=10).read()
     assert b"filterd" in metrics
 
     # the process filterd runs as: no capabilities, NoNewPrivs, seccomp on, not root
     pids = subprocess.run(
         ["pgrep", "-f", f"filterd --config {filterd.config_path}"], capture_output=True, text=True
     )
-    worker = [p for p in pids.stdout.split() if p != str(filterd.proc.pid)]  # type: ignore[union-attr]
+    worker = [p for p in pids.stdout.split() if p != str(filterd.proc.pid)]
     fields = dict(line.split(":", 1) for line in Path(f"/proc/{worker[-1]}/status").read_text().splitlines())
     assert fields["Uid"].split()[0] == "65534"
     assert int(fields["CapBnd"].strip(), 16) == 0 and int(fields["CapEff"].strip(), 16) == 0
@@ -367,7 +384,7 @@ def test_filterd_runs_under_the_units_sandbox(sandboxed_stack: Stack) -> None:
 
 
 @pytest.mark.stack
-def test_learn_worker_trains_under_its_units_sandbox(redis_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_learn_worker_trains_under_its_units_sandbox(redis_server, tmp_path: Path) -> None:
     """`filterctl learn-worker` (numpy and scipy training, Redis over TCP, the model rewritten in the
     state directory) under filterd-learn-worker.service's restrictions.  Not emulated: PrivateUsers."""
     from filterd.bayes.model import Model, message_digest
