@@ -40,7 +40,11 @@ def _redis_failure(exc: Exception) -> click.ClickException:
 
 @click.group(invoke_without_command=True)
 @click.option(
-    "--period", type=click.Choice(["hour", "day"]), default="hour", show_default=True, help="one row per"
+    "--period",
+    type=click.Choice(["hour", "day"]),
+    default="hour",
+    show_default=True,
+    help="one row per hour or per day",
 )
 @click.option(
     "--last", type=click.IntRange(1, 10_000), default=None, help="rows shown [default: 24 hours, 30 days]"
@@ -68,19 +72,25 @@ def stats(ctx: click.Context, period: str, last: int | None, top: int, as_json: 
     finally:
         services.close()
     if as_json:
-        click.echo(json.dumps(stats_document(period, buckets, symbols, domains), indent=2))
+        click.echo(json.dumps(stats_document(period, buckets, symbols, domains, days), indent=2))
     else:
-        print_tables(period, buckets, symbols, domains)
+        print_tables(period, buckets, symbols, domains, days)
 
 
 def stats_document(
-    period: str, buckets: Sequence[Bucket], symbols: list[tuple[str, int]], domains: list[tuple[str, int]]
+    period: str,
+    buckets: Sequence[Bucket],
+    symbols: list[tuple[str, int]],
+    domains: list[tuple[str, int]],
+    days: Sequence[str],
 ) -> dict[str, Any]:
-    """What ``filterctl stats --json`` prints."""
+    """What ``filterctl stats --json`` prints.  The top lists are kept per day: they cover the
+    whole UTC days the buckets fall on (`top_days`)."""
     return {
         "period": period,
         "buckets": [{"start": b.start, "time": _when(b.start, period), **b.counts} for b in buckets],
         "totals": totals(buckets),
+        "top_days": [_iso_day(d) for d in days],
         "top_symbols": [{"symbol": name, "count": n} for name, n in symbols],
         "top_rejected_domains": [{"domain": name, "count": n} for name, n in domains],
     }
@@ -90,8 +100,16 @@ def _when(start: int, period: str) -> str:
     return time.strftime("%Y-%m-%d %H:00" if period == "hour" else "%Y-%m-%d", time.gmtime(start))
 
 
+def _iso_day(day: str) -> str:
+    return f"{day[:4]}-{day[4:6]}-{day[6:]}"
+
+
 def print_tables(
-    period: str, buckets: Sequence[Bucket], symbols: list[tuple[str, int]], domains: list[tuple[str, int]]
+    period: str,
+    buckets: Sequence[Bucket],
+    symbols: list[tuple[str, int]],
+    domains: list[tuple[str, int]],
+    days: Sequence[str],
 ) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -107,9 +125,10 @@ def print_tables(
             _when(b.start, period), *(str(b.counts[name]) if b.counts[name] else "." for name in COUNTERS)
         )
     console.print(table)
+    span = _iso_day(days[0]) + (f" to {_iso_day(days[-1])}" if len(days) > 1 else "")
     for title, rows, what in (
-        ("top symbols", symbols, "symbol"),
-        ("top sender domains of rejected mail", domains, "domain"),
+        (f"top symbols, {span}", symbols, "symbol"),
+        (f"top sender domains of rejected mail, {span}", domains, "domain"),
     ):
         if not rows:
             console.print(f"{title}: none")
@@ -165,7 +184,10 @@ def plot(buckets: Sequence[Bucket], bucket_period: str, path: Path, title: str) 
     traffic, refused = figure.subplots(2, 1, sharex=True)
     for axes, names in ((traffic, TRAFFIC_SERIES), (refused, REFUSED_SERIES)):
         for name in names:
-            axes.step(times, [b.counts[name] for b in buckets], where="post", label=name, linewidth=1.2)
+            values = [b.counts[name] for b in buckets]
+            axes.step(times, values, where="post", label=name, linewidth=1.2)
+            if name == "received":  # mailgraph's filled area: the whole traffic
+                axes.fill_between(times, values, step="post", alpha=0.25)
         axes.set_ylabel(f"messages per {bucket_period}")
         axes.set_ylim(bottom=0)
         axes.grid(True, alpha=0.3)
