@@ -53,7 +53,6 @@ import redis.exceptions
 
 from filterd.keys import domain_of
 from filterd.redisstate import LuaScript, RedisCheckSettings, redis_errors
-from filterd.replies import R451_GREYLIST_DEFERRED
 from filterd.results import Action, TempFail, Verdict
 
 if TYPE_CHECKING:
@@ -68,6 +67,7 @@ log = logging.getLogger("filterd.stats")
 OUTCOMES = ("accepted", "tagged", "rejected", "tempfailed", "greylisted", "quarantined", "discarded")
 COUNTERS = ("received", *OUTCOMES, "virus")
 VIRUS_SYMBOLS = frozenset({"CLAM_VIRUS"})
+GREYLIST_REASON = "greylisted ("  # filterd.checks.greylist's decisions
 
 HISTORY_KEY = "stats:history"
 SUBJECT_LIMIT = 200  # characters of the Subject in a history entry
@@ -91,7 +91,8 @@ def outcome_of(verdict: Verdict) -> str:
     """The one outcome counter a verdict adds to.  A greylisting 4xx -- the greylist check's, or
     the score threshold's -- is ``greylisted``; any other 4xx ``tempfailed``."""
     decision = verdict.decision
-    if isinstance(decision, TempFail) and decision.reply == R451_GREYLIST_DEFERRED:
+    # the greylist check's 4xx: its reply's text names the recipient, its reason starts so
+    if isinstance(decision, TempFail) and decision.reason.startswith(GREYLIST_REASON):
         return "greylisted"
     return _OUTCOME_OF[verdict.action]
 

@@ -218,14 +218,46 @@ def test_a_refusal_at_rcpt_counts_as_a_verdict(redis_server: RedisServer, tmp_pa
     )
 
 
+def test_a_greylisted_recipient_counts_as_greylisted(redis_server: RedisServer) -> None:
+    key_prefix = prefix()
+    config = settings_for(redis_server, key_prefix)
+    config["checks"] = {"greylist": {"enabled": True, "delay": 60, "auto_allowlist": 0}}
+    pipeline = Pipeline.from_config(parse_config(config))
+    driver = Driver(pipeline, Session(client_addr="198.51.100.20"))
+    driver.connect()
+    driver.mail("new@sender.example")
+    refusal = driver.rcpt("b@example.net").decision
+    assert isinstance(refusal, TempFail) and refusal.reply.code == 451 and "Greylisted" in refusal.reply.text
+    driver.abort()
+    pipeline.close()
+    r = client(redis_server)
+    assert hash_of(r, StatsKeys(key_prefix).day(day_bucket(time.time()))) == {"received": 1, "greylisted": 1}
+    assert stats.read_history(r, key_prefix)[0]["action"] == "tempfail"
+
+
+def test_counting_survives_a_flushed_script_cache_without_a_second_history_entry(
+    redis_server: RedisServer,
+) -> None:
+    key_prefix = prefix()
+    r = client(redis_server)
+    recorder = StatsRecorder(parse_config({}).stats, key_prefix, lambda: r)
+    tx, verdict = Transaction(Session(), queue_id="Q1"), Verdict(0.0, 5.0, Action.ACCEPT, [])
+    r.script_flush()  # as after a Redis restart: the script must be loaded again
+    assert recorder.record(tx, verdict, ts=1_700_000_000.0)
+    assert recorder.record(tx, verdict, ts=1_700_000_000.0)
+    got = hash_of(r, StatsKeys(key_prefix).hour(hour_bucket(1_700_000_000.0)))
+    assert got == {"received": 2, "accepted": 2}
+    assert r.llen(StatsKeys(key_prefix).history) == 2
+
+
 def test_outcomes_greylisting_apart_from_other_tempfails() -> None:
     def verdict(action: Action, decision: Any = None) -> Verdict:
         return Verdict(0.0, 5.0, action, [], decision)
 
-    assert (
-        stats.outcome_of(verdict(Action.TEMPFAIL, TempFail(R451_GREYLIST_DEFERRED, "new triplet")))
-        == "greylisted"
-    )
+    greylisted = TempFail(R451_GREYLIST_DEFERRED, "greylisted (new triplet): 192.0.2.0/24, <a@b>, <c@d>, new")
+    assert stats.outcome_of(verdict(Action.TEMPFAIL, greylisted)) == "greylisted"
+    other = TempFail(R451_GREYLIST_DEFERRED, "worker busy")
+    assert stats.outcome_of(verdict(Action.TEMPFAIL, other)) == "tempfailed"
     assert stats.outcome_of(verdict(Action.GREYLIST)) == "greylisted"
     assert stats.outcome_of(verdict(Action.TEMPFAIL)) == "tempfailed"
     assert stats.outcome_of(verdict(Action.REWRITE_SUBJECT)) == "tagged"
