@@ -111,6 +111,12 @@ def hash_of(r: redis.Redis, key: str) -> dict[str, int]:
     return {k.decode(): int(v) for k, v in r.hgetall(key).items()}
 
 
+def counted(r: redis.Redis, key_prefix: str, period: str) -> dict[str, int]:
+    """The counters of this hour or day and the one before, added up (a test that ran across
+    the boundary counted in both), without the zeros."""
+    return {name: n for name, n in totals(read_buckets(r, key_prefix, period, 2)).items() if n}
+
+
 # -- counting --------------------------------------------------------------------------------------
 
 
@@ -130,8 +136,8 @@ def test_each_verdict_counts_once_per_hour_and_day_with_top_lists(redis_server: 
 
     r, keys = client(redis_server), StatsKeys(key_prefix)
     expected = {"received": 4, "accepted": 1, "tagged": 1, "rejected": 2}
-    assert hash_of(r, keys.hour(hour_bucket(before))) == expected
-    assert hash_of(r, keys.day(day_bucket(before))) == expected
+    assert counted(r, key_prefix, "hour") == expected
+    assert counted(r, key_prefix, "day") == expected
     assert 0 < r.ttl(keys.hour(hour_bucket(before))) <= 8 * 86400 + 3600
     assert 399 * 86400 < r.ttl(keys.day(day_bucket(before))) <= 401 * 86400
     symbols = dict(r.zrange(keys.symbols(day_bucket(before)), 0, -1, withscores=True))
@@ -211,7 +217,7 @@ def test_a_refusal_at_rcpt_counts_as_a_verdict(redis_server: RedisServer, tmp_pa
     driver.abort()
     pipeline.close()
     r = client(redis_server)
-    assert hash_of(r, StatsKeys(key_prefix).day(day_bucket(time.time()))) == {"received": 1, "rejected": 1}
+    assert counted(r, key_prefix, "day") == {"received": 1, "rejected": 1}
     (entry,) = stats.read_history(r, key_prefix)
     assert (
         entry["action"] == "reject" and entry["rcpts"] == ["blocked@example.net"] and entry["subject"] == ""
@@ -231,7 +237,7 @@ def test_a_greylisted_recipient_counts_as_greylisted(redis_server: RedisServer) 
     driver.abort()
     pipeline.close()
     r = client(redis_server)
-    assert hash_of(r, StatsKeys(key_prefix).day(day_bucket(time.time()))) == {"received": 1, "greylisted": 1}
+    assert counted(r, key_prefix, "day") == {"received": 1, "greylisted": 1}
     assert stats.read_history(r, key_prefix)[0]["action"] == "tempfail"
 
 
