@@ -167,14 +167,13 @@ def test_history_entries_follow_the_contract_newest_first_and_trimmed(redis_serv
     for e in entries:
         assert set(e) == HISTORY_FIELDS
         assert isinstance(e["ts"], float) and abs(e["ts"] - time.time()) < 60
+        assert isinstance(e["score"], float) and isinstance(e["subject"], str)
         assert e["from"] == "a@example.org" and e["rcpts"] == ["b@x.net", "c@x.net"]
         assert e["client"] == "192.0.2.7" and e["direction"] == "inbound"
         assert all(isinstance(n, str) and isinstance(s, float) for n, s in e["symbols"])
     assert entries[0]["subject"] == "x" * 200  # at most 200 characters
     assert entries[1]["action"] == "reject" and entries[1]["score"] >= 15
-    assert ["GTUBE", pytest.approx(entries[1]["score"])] in entries[1]["symbols"] or any(
-        n == "GTUBE" for n, _ in entries[1]["symbols"]
-    )
+    assert dict(entries[1]["symbols"])["GTUBE"] >= 15
     assert entries[2]["action"] == "accept" and entries[2]["subject"] == "three"
     # the decoded Subject of an RFC 2047 word (read from the list as the web console would)
     pipeline = Pipeline.from_config(parse_config(settings_for(redis_server, key_prefix, history=3)))
