@@ -206,6 +206,32 @@ class RedisSettings:
     sentinel_service: str = setting("mymaster", "the master name the sentinels watch")
 
 
+@dataclass(frozen=True)
+class StatsSettings:
+    """Counters of every verdict in Redis, added up across MX hosts (filterd.stats, docs/stats.md).
+
+    Fail-open: a Redis failure never touches the mail; it costs the counts of its messages and a
+    warning at most once a minute."""
+
+    enabled: Literal["auto", "on", "off"] = setting(
+        "auto",
+        'count every verdict in the Redis of [redis]: "auto" counts when this configuration uses '
+        "Redis (a [redis] setting other than its default, or an enabled check that keeps its state "
+        'there), "on" always, "off" never',
+    )
+    hourly_days: int = setting(8, "days the hourly counters are kept", positive)
+    daily_days: int = setting(400, "days the daily counters and top lists are kept", positive)
+    history: int = setting(
+        10_000, "the last verdicts kept for the web console's history page (0: none)", not_negative
+    )
+    top_domains: int = setting(
+        10_000, "rejected sender domains counted per day (past it the least counted are dropped)", positive
+    )
+    retry_after: float = setting(
+        10.0, "after a Redis error, seconds during which verdicts are not counted", not_negative
+    )
+
+
 def check_listen(value: str) -> str | None:
     """HOST:PORT with an IP address for HOST ("[::1]:9143" for IPv6)."""
     host, sep, port = value.rpartition(":")
@@ -268,6 +294,9 @@ class Config:
     )
     quarantine: QuarantineSettings = section(QuarantineSettings, "Where quarantined messages are kept")
     metrics: MetricsSettings = section(MetricsSettings, "The Prometheus endpoint (off by default)")
+    stats: StatsSettings = section(
+        StatsSettings, "Verdict counters and the last verdicts in Redis (`filterctl stats`, the web console)"
+    )
     scores: Mapping[str, float] = setting(
         types.MappingProxyType({}), "score overrides, SYMBOL = score (see `filterctl symbols`)"
     )

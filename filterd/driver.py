@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from filterd import metrics
+from filterd import metrics, stats
 from filterd.pipeline import Pipeline
 from filterd.report import log_verdict, verdict_headers
 from filterd.results import (
@@ -137,6 +137,8 @@ class Driver:
         verdict = self.pipeline.verdict(tx, decision)
         log_verdict(tx, verdict)
         metrics.refused(stage, tx, verdict)
+        if self.learns:  # counted for mail a client sent, not an offline scan
+            stats.record(self.pipeline, tx, verdict)
         return Step(decision, verdict)
 
     @staticmethod
@@ -175,6 +177,7 @@ class Driver:
             log_verdict(tx, verdict)
             metrics.message_done(tx, verdict)
             if self.learns:
+                stats.record(self.pipeline, tx, verdict)
                 self.pipeline.after_verdict(tx, verdict)
         finally:
             self.tx = None

@@ -17,6 +17,7 @@ from filterd.cli import (
     reputation_cmd,
     rules_cmd,
     scan_cmd,
+    stats_cmd,
 )
 from filterd.cli.common import config_path_default
 
@@ -53,6 +54,7 @@ cli.add_command(rules_cmd.rules)
 cli.add_command(bayes_cmd.train)
 cli.add_command(bayes_cmd.eval_)
 cli.add_command(learn_cmd.learn_worker)
+cli.add_command(stats_cmd.stats)
 
 
 def main() -> None:
