@@ -25,6 +25,7 @@ from filterd.check import Check
 from filterd.combination import ScoringSettings
 from filterd.dns import DnsSettings
 from filterd.maillog import LogSettings
+from filterd.policy import PolicyTable, merged_actions, parse_policies
 from filterd.quarantine.store import QuarantineSettings
 from filterd.registry import all_checks, settings_sections
 from filterd.registry import known_symbols as known_symbols
@@ -43,6 +44,7 @@ from filterd.settings import (
     render_table,
     section,
     setting,
+    toml_key,
 )
 
 DEFAULT_CONFIG_PATH = Path("/etc/filterd/filterd.toml")
@@ -273,6 +275,8 @@ class Config:
     )
     # Not read from the file's top level: the registered checks' sections, and where the file was.
     checks: Any = internal(None)  # ChecksSettings, one field per registered check
+    # [policy."example.com"] tables: what one recipient domain or address wants (filterd.policy)
+    policies: PolicyTable = internal(PolicyTable())
     path: str = internal("")  # "" for the built-in defaults
     warnings: tuple[Problem, ...] = internal(())  # allowed, but probably not meant (config_warnings)
 
@@ -291,7 +295,7 @@ def parse_config(data: Mapping[str, Any], path: str = "") -> Config:
     data = dict(data)
     checks_data = data.pop("checks", {})
     collector = Collector()
-    config, problems = build_partial(Config, data)
+    config, problems = build_partial(Config, {k: v for k, v in data.items() if k != "policy"})
     collector.problems.extend(problems)
     checks: Any = checks_settings_class()()
     if isinstance(checks_data, dict):
@@ -300,6 +304,16 @@ def parse_config(data: Mapping[str, Any], path: str = "") -> Config:
     else:
         collector.add("checks", f"{checks_data!r} is not valid: expected a table of [checks.NAME] sections")
     config = dataclasses.replace(config, checks=checks, path=path)
+    if "policy" in data:
+        policies, problems = parse_policies(
+            data["policy"], config.actions, [c.name for c in registered_checks()]
+        )
+        collector.problems.extend(problems)
+        config = dataclasses.replace(config, policies=policies)
+        for policy, actions in merged_actions(policies, config.actions):
+            for key, message in threshold_errors(actions):  # as [actions], named by the policy
+                where = f"policy.{toml_key(policy.name)}"
+                collector.add(key.replace("actions.", f"{where}.", 1), message.replace("actions.", ""))
     scores = data.get("scores")
     if isinstance(scores, dict):  # the names even when a value was wrong
         for key, message in unknown_scores(scores, config):
@@ -490,6 +504,8 @@ def config_table(config: Config) -> Table:
     a [checks.NAME] section per registered check."""
     table = as_table(config)
     table["checks"] = Table({c.name: as_table(config.check_settings(c.name)) for c in registered_checks()})
+    if config.policies:
+        table["policy"] = config.policies.as_table()
     return table
 
 
