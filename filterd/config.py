@@ -531,6 +531,12 @@ def render_defaults() -> str:
     out.append("# Score overrides: SYMBOL = score.  `filterctl symbols` lists every symbol and its default.")
     out.append("[scores]")
     out.append("")
+    out.append("# Policy by recipient domain or address (docs/policy.md): any [actions] key, reject_action,")
+    out.append("# disabled_checks, allow_senders, deny_senders, bayes.  None by default; for example:")
+    out.append('# [policy."example.com"]')
+    out.append("# reject = 25.0")
+    out.append('# disabled_checks = ["greylist"]')
+    out.append("")
     for c in registered_checks():
         out.extend(
             render_section(

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from filterd import metrics
 from filterd.pipeline import Pipeline
-from filterd.policy import POLICY, separate_delivery
+from filterd.policy import POLICY, SITE, separate_delivery
 from filterd.report import log_verdict, verdict_headers
 from filterd.results import (
     Action,
@@ -117,7 +117,9 @@ class Driver:
         tx = self.current()
         tx.rcpts.append(rcpt)
         chosen = tx.facts.get(POLICY)  # the message's policy: its first accepted recipient's
-        policy = self.pipeline.config.policies.lookup(rcpt)
+        # outbound mail is not scored: a recipient's policy has nothing to change, nor to split
+        inbound = tx.direction is Direction.INBOUND
+        policy = self.pipeline.config.policies.lookup(rcpt) if inbound else SITE
         if chosen is not None and policy != chosen and awaits_reply:
             # one message, one policy: this recipient comes again in a transaction of its own
             return self._refuse_rcpt(

@@ -236,6 +236,16 @@ def test_a_refused_first_recipient_does_not_choose_the_policy() -> None:
     assert tx.refused[0][1].reply.code == 550
 
 
+def test_outbound_mail_is_not_split() -> None:
+    config = config_with(STRICT_AND_LAX)
+    context = SmtpContext(
+        mail_from="a@example.org", rcpts=("a@strict.example", "b@lax.example"), auth_user="a"
+    )
+    tx, verdict = scan(Pipeline.from_config(config), NO_DATE, context)
+    assert tx.rcpts == ["a@strict.example", "b@lax.example"] and tx.refused == []
+    assert verdict.action is Action.ACCEPT  # not scored
+
+
 def test_rcpt_replies_are_awaited_when_there_are_policies() -> None:
     quiet = {"checks": {"spf": {"enabled": False}}}
     assert not Pipeline.from_config(parse_config(quiet)).may_decide(Stage.RCPT)
