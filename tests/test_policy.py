@@ -9,6 +9,7 @@ import dataclasses
 import smtplib
 import time
 import tomllib
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from filterd.results import Action, Reject, Stage, TempFail
 from filterd.settings import ConfigError
 from tests.harness.net import wait_for
 from tests.harness.postfix import Postfix
+from tests.harness.redis import RedisServer
 from tests.harness.stack import Stack, make_message, private_dir
 
 GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
@@ -204,6 +206,22 @@ def test_disabled_checks_and_bayes_false_are_not_run() -> None:
     assert "header_sanity" not in tx.check_cpu and "bayes" not in tx.check_cpu
 
 
+def test_greylisting_off_for_a_domain_with_the_real_redis(redis_server: RedisServer) -> None:
+    greylist = {"enabled": True, "delay": 60, "auto_allowlist": 0}
+    config = parse_config(
+        {
+            "checks": dict(QUIET_CHECKS, greylist=greylist),
+            "redis": {"url": redis_server.url, "key_prefix": f"policy{uuid.uuid4().hex[:8]}:"},
+            "policy": {"nogrey.example": {"disabled_checks": ["greylist"]}},
+        }
+    )
+    tx, verdict = scan_to(config, "a@grey.example")
+    assert tx.rcpts == [] and tx.refused[0][1].reply.code == 451  # a new triplet: deferred
+    tx, verdict = scan_to(config, "a@nogrey.example")
+    assert tx.rcpts == ["a@nogrey.example"] and tx.refused == []  # not greylisted
+    assert "greylist" not in tx.check_cpu and not any(s.name.startswith("GREYLIST") for s in verdict.symbols)
+
+
 def test_policy_sender_lists() -> None:
     config = config_with(
         {
@@ -304,15 +322,17 @@ def test_postfix_delivers_each_copy_once_under_its_own_policy(stack: Stack) -> N
         try:
             msg, marker = make_message("split by postfix")
             msg = without_date(msg)
-            rcpts = ("plain@site.example", "c@tagged.example", "d@tagged.example")
+            rcpts = ("plain@site.example", "c@tagged.example", "d@tagged.example", "e@strict.example")
             with smtplib.SMTP("127.0.0.1", outer.port, timeout=60) as smtp:
                 assert smtp.sendmail("alice@example.org", list(rcpts), msg) == {}
             deadline = time.monotonic() + 30
-            while stack.sink.count(marker) < 2 and time.monotonic() < deadline:
-                time.sleep(0.2)
+            while stack.sink.count(marker) < 3 and time.monotonic() < deadline:
+                time.sleep(0.2)  # the two copies, and the bounce of strict's (it quotes the headers)
             wait_for(lambda: outer.queue_count() == 0, 20, "the outer queue to empty")
             time.sleep(2.0)  # a duplicate would come within the retry interval (1-2 s)
-            copies = [m for m in stack.sink.messages if marker.encode() in m.data]
+            with stack.sink.lock:
+                received = [m for m in stack.sink.messages if marker.encode() in m.data]
+            copies = [m for m in received if m.rcpts != ("alice@example.org",)]
             by_rcpts = {m.rcpts: m for m in copies}
             assert len(copies) == 2 and set(by_rcpts) == {
                 ("plain@site.example",),
@@ -325,6 +345,10 @@ def test_postfix_delivers_each_copy_once_under_its_own_policy(stack: Stack) -> N
             assert tagged.header("Subject")[0].startswith("[TAGGED] ")
             log = outer.maillog.read_text()
             assert "recipient needs a separate delivery" in log  # the 452 Postfix met and retried
+            # strict's copy, alone in the third transaction, scored 7 >= its reject 6: refused once
+            bounced = [line for line in log.splitlines() if "status=bounced" in line]
+            assert len(bounced) == 1 and "to=<e@strict.example>" in bounced[0] and "550 5.7.1" in bounced[0]
+            assert [m.rcpts for m in received if m not in copies] == [("alice@example.org",)]
         finally:
             outer.stop()
 
