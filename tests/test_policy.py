@@ -19,6 +19,7 @@ from filterd.config import ActionSettings, config_table, parse_config, render_co
 from filterd.driver import SmtpContext, scan
 from filterd.pipeline import Pipeline
 from filterd.policy import ACTION_KEYS, SITE, normalize_key
+from filterd.report import log_line
 from filterd.results import Action, Reject, Stage, TempFail
 from filterd.settings import ConfigError
 from tests.harness.net import wait_for
@@ -171,6 +172,14 @@ def test_first_recipient_sets_the_policy_and_another_policy_gets_452() -> None:
     tx, verdict = scan_to(config, "b@lax.example", "a@strict.example")  # the other order
     assert verdict.action is Action.ACCEPT and verdict.required == 40.0  # 7 < lax's add_header
     assert [r for r, _ in tx.refused] == ["a@strict.example"]
+
+
+def test_the_log_line_names_the_policy() -> None:
+    config = config_with(STRICT_AND_LAX)
+    tx, verdict = scan_to(config, "a@strict.example")
+    assert log_line(tx, verdict).endswith(", policy=<strict.example>, reason='score 7.0 >= 6.0'")
+    tx, verdict = scan_to(config, "a@site.example")
+    assert "policy=" not in log_line(tx, verdict)
 
 
 def test_site_recipients_share_with_each_other_not_with_a_policy() -> None:
