@@ -29,6 +29,7 @@ from filterd.policy import PolicyTable, merged_actions, parse_policies
 from filterd.quarantine.store import QuarantineSettings
 from filterd.registry import all_checks, settings_sections
 from filterd.registry import known_symbols as known_symbols
+from filterd.results import Stage
 from filterd.settings import (
     Collector,
     ConfigError,
@@ -424,7 +425,25 @@ def config_warnings(config: Config) -> tuple[Problem, ...]:
             )
         )
     warnings.extend(unreadable_files(config, enabled=False))
+    warnings.extend(policy_warnings(config))
     return tuple(warnings)
+
+
+def policy_warnings(config: Config) -> list[Problem]:
+    """A policy turning off a check that runs before any recipient is known (CONNECT, HELO,
+    MAIL FROM): the message has no policy yet there, so the check runs all the same."""
+    early = {c.name: c.stage for c in registered_checks() if c.stage < Stage.RCPT}
+    warnings = []
+    for policy in config.policies.entries.values():
+        for name in sorted(policy.disabled_checks & early.keys()):
+            warnings.append(
+                Problem(
+                    f"policy.{toml_key(policy.name)}.disabled_checks",
+                    f"{name} runs at {early[name].label}, before the recipients are known: "
+                    "a policy cannot turn it off",
+                )
+            )
+    return warnings
 
 
 def unreadable_files(config: Config, enabled: bool) -> list[Problem]:

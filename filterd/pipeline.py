@@ -240,8 +240,11 @@ class Pipeline:
         """Run the finishers on a message that is delivered or held, adding their headers to the
         verdict and their findings to its report, unscored.  Returns a TempFail when a
         fail-closed finisher failed (the only way this phase changes the outcome)."""
+        policy = policy_of(tx)
         for check in self.by_stage[Stage.FINISH]:
             if tx.direction not in check.directions or (tx.oversized and check.needs_body):
+                continue
+            if not policy.runs(check.name):
                 continue
             decision = self._finish_with(check, tx, verdict)
             if decision is not None:

@@ -136,6 +136,13 @@ def test_two_spellings_of_one_recipient_are_an_error() -> None:
     assert errors == {'policy."EXAMPLE.com"': 'the same recipient as policy."example.com"'}
 
 
+def test_turning_off_a_check_that_runs_before_the_recipients_is_a_warning() -> None:
+    config = parse_config({"policy": {"example.com": {"disabled_checks": ["client_lists", "greylist"]}}})
+    [warning] = [w for w in config.warnings if w.key.startswith("policy.")]
+    assert warning.key == 'policy."example.com".disabled_checks'
+    assert "client_lists runs at connect" in warning.message
+
+
 def test_policy_must_be_tables() -> None:
     assert "expected tables" in errors_of({"policy": ["example.com"]})["policy"]
 
@@ -229,6 +236,19 @@ def test_greylisting_off_for_a_domain_with_the_real_redis(redis_server: RedisSer
     tx, verdict = scan_to(config, "a@nogrey.example")
     assert tx.rcpts == ["a@nogrey.example"] and tx.refused == []  # not greylisted
     assert "greylist" not in tx.check_cpu and not any(s.name.startswith("GREYLIST") for s in verdict.symbols)
+
+
+def test_a_disabled_finisher_adds_no_header() -> None:
+    config = parse_config(
+        {
+            "checks": {"bayes": {"enabled": False}},
+            "policy": {"bare.example": {"disabled_checks": ["auth_results"]}},
+        }
+    )
+    _, verdict = scan_to(config, "a@full.example")
+    assert any(h.name == "Authentication-Results" for h in verdict.add_headers)
+    _, verdict = scan_to(config, "a@bare.example")
+    assert not any(h.name == "Authentication-Results" for h in verdict.add_headers)
 
 
 def test_policy_sender_lists() -> None:
