@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from filterd.addrlists import AddressList
+from filterd.replies import R550_SENDER_DENIED
 from filterd.results import Fact, Finding, Reject, Reply, TempFail
 from filterd.settings import Collector, Problem, Table, build_partial, setting, toml_key, unknown_key_message
 
@@ -45,11 +46,10 @@ if TYPE_CHECKING:
 # it and sends it again in another transaction (Postfix's smtp client defers that recipient and
 # its queue manager retries it; it delivers the accepted ones now).
 SEPARATE_DELIVERY = Reply(452, "4.3.0", "recipient needs a separate delivery: try again")
-R550_SENDER_DENIED_BY_POLICY = Reply(550, "5.7.1", "Sender address is on this recipient's deny list")
 
 _NO_ADDRESSES = AddressList(frozenset(), frozenset(), ())
 
-# The [actions] keys a policy may set (ActionSettings' fields; config.py checks the two agree).
+# The [actions] keys a policy may set: ActionSettings' fields (a test checks the two agree).
 ACTION_KEYS = ("reject", "quarantine", "rewrite_subject", "add_header", "greylist", "subject_tag")
 
 
@@ -98,9 +98,7 @@ class Policy:
         where = f"policy {self.name}" if self.name else "policy"
         if (entry := self.deny_senders.match(sender)) is not None:
             return Reject(
-                R550_SENDER_DENIED_BY_POLICY.with_text(
-                    f"Sender address <{sender}> is on this recipient's deny list"
-                ),
+                R550_SENDER_DENIED.with_text(f"Sender address <{sender}> is on this recipient's deny list"),
                 f"sender {sender} in the deny list of {where} ({entry})",
             )
         if (entry := self.allow_senders.match(sender)) is not None:
