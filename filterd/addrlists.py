@@ -12,6 +12,7 @@ Address lists match, per entry:
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,20 +70,27 @@ class AddressList:
 
     @classmethod
     def load(cls, path: str, key: str) -> AddressList:
+        if not path:
+            return cls(frozenset(), frozenset(), ())
+        return cls.of([(f"{path}:{number}: ", entry) for number, entry in _entries(Path(path), key)], key)
+
+    @classmethod
+    def of(cls, entries: Iterable[tuple[str, str]], key: str) -> AddressList:
+        """A list from (where, entry) pairs; `where` prefixes the error of a bad entry (a file's
+        line, or nothing for entries written in the configuration itself)."""
         addresses: set[str] = set()
         domains: set[str] = set()
         parents: list[str] = []
-        if path:
-            for number, entry in _entries(Path(path), key):
-                e = entry.lower()
-                if " " in e or e.count("@") > 1 or e in ("@", "."):
-                    raise ConfigError(key, f"{path}:{number}: {entry!r} is not an address or domain")
-                if e.startswith("."):
-                    parents.append(e)
-                elif "@" in e and not e.startswith("@"):
-                    addresses.add(e)
-                else:
-                    domains.add(e.lstrip("@"))
+        for where, entry in entries:
+            e = entry.strip().lower()
+            if not e or " " in e or e.count("@") > 1 or e in ("@", "."):
+                raise ConfigError(key, f"{where}{entry!r} is not an address or domain")
+            if e.startswith("."):
+                parents.append(e)
+            elif "@" in e and not e.startswith("@"):
+                addresses.add(e)
+            else:
+                domains.add(e.lstrip("@"))
         return cls(frozenset(addresses), frozenset(domains), tuple(parents))
 
     def match(self, address: str | None) -> str | None:

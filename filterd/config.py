@@ -25,9 +25,11 @@ from filterd.check import Check
 from filterd.combination import ScoringSettings
 from filterd.dns import DnsSettings
 from filterd.maillog import LogSettings
+from filterd.policy import PolicyTable, merged_actions, parse_policies
 from filterd.quarantine.store import QuarantineSettings
 from filterd.registry import all_checks, settings_sections
 from filterd.registry import known_symbols as known_symbols
+from filterd.results import Stage
 from filterd.settings import (
     Collector,
     ConfigError,
@@ -43,6 +45,7 @@ from filterd.settings import (
     render_table,
     section,
     setting,
+    toml_key,
 )
 
 DEFAULT_CONFIG_PATH = Path("/etc/filterd/filterd.toml")
@@ -302,6 +305,8 @@ class Config:
     )
     # Not read from the file's top level: the registered checks' sections, and where the file was.
     checks: Any = internal(None)  # ChecksSettings, one field per registered check
+    # [policy."example.com"] tables: what one recipient domain or address wants (filterd.policy)
+    policies: PolicyTable = internal(PolicyTable())
     path: str = internal("")  # "" for the built-in defaults
     warnings: tuple[Problem, ...] = internal(())  # allowed, but probably not meant (config_warnings)
 
@@ -320,7 +325,7 @@ def parse_config(data: Mapping[str, Any], path: str = "") -> Config:
     data = dict(data)
     checks_data = data.pop("checks", {})
     collector = Collector()
-    config, problems = build_partial(Config, data)
+    config, problems = build_partial(Config, {k: v for k, v in data.items() if k != "policy"})
     collector.problems.extend(problems)
     checks: Any = checks_settings_class()()
     if isinstance(checks_data, dict):
@@ -329,6 +334,16 @@ def parse_config(data: Mapping[str, Any], path: str = "") -> Config:
     else:
         collector.add("checks", f"{checks_data!r} is not valid: expected a table of [checks.NAME] sections")
     config = dataclasses.replace(config, checks=checks, path=path)
+    if "policy" in data:
+        policies, problems = parse_policies(
+            data["policy"], config.actions, [c.name for c in registered_checks()]
+        )
+        collector.problems.extend(problems)
+        config = dataclasses.replace(config, policies=policies)
+        for policy, actions in merged_actions(policies, config.actions):
+            for key, message in threshold_errors(actions):  # as [actions], named by the policy
+                where = f"policy.{toml_key(policy.name)}"
+                collector.add(key.replace("actions.", f"{where}.", 1), message.replace("actions.", ""))
     scores = data.get("scores")
     if isinstance(scores, dict):  # the names even when a value was wrong
         for key, message in unknown_scores(scores, config):
@@ -439,7 +454,25 @@ def config_warnings(config: Config) -> tuple[Problem, ...]:
             )
         )
     warnings.extend(unreadable_files(config, enabled=False))
+    warnings.extend(policy_warnings(config))
     return tuple(warnings)
+
+
+def policy_warnings(config: Config) -> list[Problem]:
+    """A policy turning off a check that runs before any recipient is known (CONNECT, HELO,
+    MAIL FROM): the message has no policy yet there, so the check runs all the same."""
+    early = {c.name: c.stage for c in registered_checks() if c.stage < Stage.RCPT}
+    warnings = []
+    for policy in config.policies.entries.values():
+        for name in sorted(policy.disabled_checks & early.keys()):
+            warnings.append(
+                Problem(
+                    f"policy.{toml_key(policy.name)}.disabled_checks",
+                    f"{name} runs at {early[name].label}, before the recipients are known: "
+                    "a policy cannot turn it off",
+                )
+            )
+    return warnings
 
 
 def unreadable_files(config: Config, enabled: bool) -> list[Problem]:
@@ -519,6 +552,8 @@ def config_table(config: Config) -> Table:
     a [checks.NAME] section per registered check."""
     table = as_table(config)
     table["checks"] = Table({c.name: as_table(config.check_settings(c.name)) for c in registered_checks()})
+    if config.policies:
+        table["policy"] = config.policies.as_table()
     return table
 
 
@@ -543,6 +578,12 @@ def render_defaults() -> str:
         out.append("")
     out.append("# Score overrides: SYMBOL = score.  `filterctl symbols` lists every symbol and its default.")
     out.append("[scores]")
+    out.append("")
+    out.append("# Policy by recipient domain or address (docs/policy.md): any [actions] key, reject_action,")
+    out.append("# disabled_checks, allow_senders, deny_senders, bayes.  None by default; for example:")
+    out.append('# [policy."example.com"]')
+    out.append("# reject = 25.0")
+    out.append('# disabled_checks = ["greylist"]')
     out.append("")
     for c in registered_checks():
         out.extend(

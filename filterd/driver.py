@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 from filterd import metrics, stats
 from filterd.pipeline import Pipeline
+from filterd.policy import POLICY, SITE, separate_delivery
 from filterd.report import log_verdict, verdict_headers
 from filterd.results import (
     Action,
@@ -33,6 +34,7 @@ from filterd.results import (
     Decision,
     Direction,
     Discard,
+    Finding,
     Quarantine,
     Reject,
     Stage,
@@ -114,10 +116,35 @@ class Driver:
         """RCPT TO: a refusal here refuses this recipient only."""
         tx = self.current()
         tx.rcpts.append(rcpt)
+        chosen = tx.facts.get(POLICY)  # the message's policy: its first accepted recipient's
+        # outbound mail is not scored: a recipient's policy has nothing to change, nor to split
+        inbound = tx.direction is Direction.INBOUND
+        policy = self.pipeline.config.policies.lookup(rcpt) if inbound else SITE
+        if chosen is not None and policy != chosen and awaits_reply:
+            # one message, one policy: this recipient comes again in a transaction of its own
+            return self._refuse_rcpt(
+                tx,
+                rcpt,
+                self._stage_outcome(tx, Stage.RCPT, separate_delivery(rcpt, policy, chosen), awaits_reply),
+            )
         if self._decided(tx):
             return PROCEED  # decided already (given at the end): no more checks
-        decision = self.pipeline.run_stage(Stage.RCPT, tx)
+        if chosen is None:
+            tx.facts.set(POLICY, policy)  # its checks and lists apply from this recipient on
+        senders = (chosen or policy).sender_outcome(tx.mail_from)  # the policy's sender lists
+        if isinstance(senders, Reject):
+            decision: Decision | None = senders  # a denied sender: this recipient is refused
+        else:
+            decision = self.pipeline.run_stage(Stage.RCPT, tx)
         step = self._stage_outcome(tx, Stage.RCPT, decision, awaits_reply)
+        if step.decision is not None and chosen is None:
+            tx.facts.set(POLICY, None)  # refused: the next recipient's policy becomes the message's
+        elif isinstance(senders, Finding) and senders not in tx.findings:
+            tx.findings.append(senders)  # an allowed sender: scored once per message
+        return self._refuse_rcpt(tx, rcpt, step)
+
+    @staticmethod
+    def _refuse_rcpt(tx: Transaction, rcpt: str, step: Step) -> Step:
         if step.decision is not None:
             # a refusal (a quarantine or discard at RCPT waits for the end instead: `_waits`)
             assert isinstance(step.decision, Reject | TempFail)

@@ -55,6 +55,7 @@ from filterd import maillog, worker
 from filterd.auth.results import our_ids
 from filterd.driver import Driver, Step
 from filterd.pipeline import Pipeline
+from filterd.policy import policy_of
 from filterd.quarantine.store import QuarantineError, QuarantineStore, meta_from
 from filterd.replies import (
     R451_CHECK_FAILED,
@@ -386,7 +387,8 @@ class FilterdMilter(Milter.Base):
             )
         verdict = self.verdict = self.driver.end_of_message(self._limit_decision())
         config = self.pipeline.config
-        action = verdict_action(verdict, config.quarantine.mode, not tx.oversized, config.actions.subject_tag)
+        tag = policy_of(tx).actions_over(config.actions).subject_tag  # the recipients' policy's tag
+        action = verdict_action(verdict, config.quarantine.mode, not tx.oversized, tag)
         rc = self._carry_out(action)  # from here on the verdict is carried out: it stands
         with _logged("logging the verdict"):
             self.driver.message_done(verdict)  # its log line; reputation learns the final verdict

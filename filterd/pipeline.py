@@ -30,8 +30,9 @@ from typing import Any, TypeVar
 
 from filterd.check import Check, CheckContext, CheckSettings, Finisher, ScoreTable, Site
 from filterd.combination import BASE_SYMBOL, Combination
-from filterd.config import Config, registered_checks
+from filterd.config import ActionSettings, Config, registered_checks
 from filterd.failures import R554_CHECK_FAILED, is_dependency_failure
+from filterd.policy import policy_of
 from filterd.registry import known_symbols, run_order
 from filterd.replies import R451_CHECK_FAILED, R451_GREYLISTED, R550_SPAM
 from filterd.results import (
@@ -56,6 +57,14 @@ log = logging.getLogger("filterd.pipeline")
 
 # When two thresholds are equal the more severe action wins.
 _SEVERITY = [Action.ADD_HEADER, Action.GREYLIST, Action.REWRITE_SUBJECT, Action.QUARANTINE, Action.REJECT]
+
+
+def _thresholds(actions: ActionSettings) -> list[tuple[float, int, Action]]:
+    """The score thresholds as (threshold, severity, action)."""
+    return [
+        (threshold, _SEVERITY.index(Action(name)), Action(name))
+        for name, threshold in actions.thresholds().items()
+    ]
 
 
 def site_of(config: Config) -> Site:
@@ -110,10 +119,7 @@ class Pipeline:
         # nothing), and the score thresholds as (threshold, severity, action).
         self.learners = [c for c in self.checks if type(c).after_verdict is not Check.after_verdict]
         self.combination = Combination(config.scoring)  # table or learned scores (filterd.combination)
-        self.thresholds = [
-            (threshold, _SEVERITY.index(Action(name)), Action(name))
-            for name, threshold in config.actions.thresholds().items()
-        ]
+        self.thresholds = _thresholds(config.actions)
 
     @classmethod
     def from_config(cls, config: Config, services: Services | None = None) -> Pipeline:
@@ -140,6 +146,8 @@ class Pipeline:
 
     def may_decide(self, *stages: Stage) -> bool:
         """Could an enabled check at one of these stages refuse or hold the message?"""
+        if Stage.RCPT in stages and self.config.policies:
+            return True  # a recipient under another policy than the message's is refused (filterd.policy)
         return any(check.can_decide() for stage in stages for check in self.by_stage[stage])
 
     def direction_of(self, tx: Transaction) -> Direction:
@@ -154,9 +162,10 @@ class Pipeline:
     def run_stage(self, stage: Stage, tx: Transaction) -> Decision | None:
         """Run the stage's checks on `tx`; return the first decision, if any."""
         started = time.perf_counter()
+        policy = policy_of(tx)  # the recipients' policy may turn checks off (filterd.policy)
         try:
             for check in self.by_stage[stage]:
-                if tx.direction not in check.directions:
+                if tx.direction not in check.directions or not policy.runs(check.name):
                     continue
                 if tx.oversized and check.needs_body:
                     continue  # the body passed max_scan_bytes and was not kept
@@ -231,8 +240,11 @@ class Pipeline:
         """Run the finishers on a message that is delivered or held, adding their headers to the
         verdict and their findings to its report, unscored.  Returns a TempFail when a
         fail-closed finisher failed (the only way this phase changes the outcome)."""
+        policy = policy_of(tx)
         for check in self.by_stage[Stage.FINISH]:
             if tx.direction not in check.directions or (tx.oversized and check.needs_body):
+                continue
+            if not policy.runs(check.name):
                 continue
             decision = self._finish_with(check, tx, verdict)
             if decision is not None:
@@ -277,7 +289,8 @@ class Pipeline:
         if scored.base is not None:
             symbols.insert(0, Symbol(BASE_SYMBOL, scored.base, "where the learned combination starts"))
         total = scored.total
-        actions = self.config.actions
+        policy = policy_of(tx)  # the thresholds of the recipients' policy (filterd.policy)
+        actions = policy.actions_over(self.config.actions)
         verdict = Verdict(
             score=total,
             required=actions.required,
@@ -291,10 +304,13 @@ class Pipeline:
             return verdict
         if tx.direction is Direction.OUTBOUND:
             return verdict
-        reached = [t for t in self.thresholds if total >= t[0]]
+        thresholds = self.thresholds if actions is self.config.actions else _thresholds(actions)
+        reached = [t for t in thresholds if total >= t[0]]
         if reached:
             verdict.action = max(reached)[2]
-        if verdict.action is Action.REJECT:
+        if verdict.action is Action.REJECT and policy.reject_action == "quarantine":
+            verdict.action = Action.QUARANTINE  # held for review instead of the 5xx (filterd.policy)
+        elif verdict.action is Action.REJECT:
             verdict.decision = Reject(R550_SPAM, f"score {total} >= {actions.reject}")
         elif verdict.action is Action.GREYLIST:
             verdict.decision = TempFail(R451_GREYLISTED, f"score {total} >= {actions.greylist}")

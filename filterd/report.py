@@ -27,6 +27,7 @@ import re
 from collections.abc import Collection, Iterable, Sequence
 
 from filterd.auth.results import AR_HEADER, authserv_id_of, normalise_id, receivers_of
+from filterd.policy import policy_of
 from filterd.results import AddHeader, Stage, Verdict
 from filterd.transaction import Transaction
 
@@ -287,6 +288,8 @@ def log_line(tx: Transaction, verdict: Verdict) -> str:
         f"direction={tx.direction.value}",
         f"time={timings or '-'}",
     ]
+    if policy_of(tx).name:  # the recipients' [policy."..."] entry, when one applied
+        parts.append(f"policy=<{_envelope(policy_of(tx).name)}>")
     if verdict.decision is not None:
         parts.append(f"reason={shorten(verdict.decision.reason, LOG_REASON_LIMIT)!r}")
     return f"{tx.queue_id or 'NOQUEUE'}: " + ", ".join(parts)

@@ -228,7 +228,7 @@ def build(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
 def build_partial(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> tuple[T, list[Problem]]:
     """`build`, returning the problems instead of raising them, with each bad value left at its
     default: the checks across sections still run on the rest (one pass names every mistake)."""
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}  # type: ignore[arg-type]
     collector = Collector()
     for name in sorted(set(data) - set(fields)):
@@ -246,6 +246,19 @@ def build_partial(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> tu
                 raise ConfigError(key, f"{value!r} is not valid: {problem}")
             values[name] = converted
     return cls(**values), collector.problems
+
+
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _type_hints(cls: type) -> dict[str, Any]:
+    """A settings class's field types, resolved once: resolving them compiles every annotation
+    (most of the time a table took), and a configuration builds some classes thousands of times
+    (a ``[policy."..."]`` table per domain)."""
+    hints = _HINTS.get(cls)
+    if hints is None:
+        hints = _HINTS[cls] = typing.get_type_hints(cls)
+    return hints
 
 
 def unknown_key_message(name: str, prefix: str, known: Mapping[str, Any]) -> str:
