@@ -120,6 +120,8 @@ def start_drain_watcher(
             on_stop()
         except Exception:  # still drain and exit: a worker told to stop must not linger
             log.exception("stopping to accept connections failed")
+        # what was counted so far is written now: a drain that outlasts the grace is killed
+        metrics.flush()
         deadline = time.monotonic() + grace
         while busy_with_something() and time.monotonic() < deadline:
             time.sleep(0.05)

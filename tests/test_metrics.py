@@ -512,6 +512,15 @@ def test_two_workers_counts_add_up_at_the_parents_endpoint(
             30,
             "the old workers to exit",
         )
+        wait_for(
+            lambda: (
+                sample(scrape(port), "filterd_messages_total", direction="inbound", action="accept")
+                == sent + 3
+            ),
+            10,
+            "the last messages of the replaced workers to be counted:\n"
+            + "\n".join(filterd.log().splitlines()[-40:]),
+        )
         after = scrape(port)
         assert sample(after, "filterd_messages_total", direction="inbound", action="accept") == sent + 3
         assert sample(after, "filterd_worker_restarts_total", reason="crashed") == 1
