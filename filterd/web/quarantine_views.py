@@ -21,7 +21,6 @@ from typing import Any
 from flask import Blueprint, abort, request
 from werkzeug.datastructures import MultiDict
 
-import filterd
 from filterd.quarantine import release as releasing
 from filterd.quarantine.store import Entry, InvalidId, QuarantineError, UnknownId, validate_id
 from filterd.web.access import may_act, may_see, visible_rcpts
@@ -235,7 +234,7 @@ def train(label: str, ids: Sequence[str]) -> tuple[bool, str]:
     command += ["quarantine", "train", label, *ids]
     env = dict(os.environ)
     # the same filterd as the console's, installed or not
-    root = str(Path(filterd.__file__).resolve().parent.parent)
+    root = str(Path(__file__).resolve().parents[2])  # the directory holding filterd/
     env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
     try:
         done = subprocess.run(
