@@ -1,0 +1,183 @@
+"""The web console in a real browser: headless Chromium (Debian's chromium and chromium-driver,
+driven by Selenium) against `filterctl web`, on mail quarantined by filterd behind a real Postfix
+and released through that Postfix to the sink.
+
+Screenshots of each step are saved in the test's tmp dir; their paths are printed (pytest -s).
+Skipped, with the reason, only when the browser cannot start.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from filterd.web.passwords import User, hash_password, write_user
+from tests.harness.net import free_port, port_open, wait_for
+from tests.harness.stack import Stack, make_message
+
+pytestmark = pytest.mark.stack
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+PASSWORD = "a long enough password"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    try:
+        from selenium import webdriver
+        from selenium.common.exceptions import WebDriverException
+        from selenium.webdriver.chrome.service import Service
+    except ImportError as exc:
+        pytest.skip(f"selenium is not installed ({exc}): pip install -e '.[dev]'")
+    for path in (CHROMIUM, CHROMEDRIVER):
+        if not shutil.which(path):
+            pytest.skip(f"{path} not found: scripts/install installs Debian's chromium and chromium-driver")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--window-size=1280,900",
+        "--disable-dev-shm-usage",
+    ):
+        options.add_argument(arg)
+    try:
+        # the Debian driver named outright: Selenium Manager would try to download one
+        driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
+    except WebDriverException as exc:
+        pytest.skip(f"headless chromium did not start: {exc.msg}")
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+
+
+def _without_date(msg: bytes) -> bytes:
+    return b"\r\n".join(line for line in msg.split(b"\r\n") if not line.startswith(b"Date:"))
+
+
+class Shots:
+    def __init__(self, driver: Any, directory: Path) -> None:
+        self.driver, self.dir, self.n = driver, directory, 0
+
+    def take(self, name: str) -> Path:
+        self.n += 1
+        path = self.dir / f"{self.n:02d}-{name}.png"
+        assert self.driver.save_screenshot(str(path)), path
+        assert path.stat().st_size > 5000  # a real picture, not an empty page
+        print(f"screenshot: {path}")
+        return path
+
+
+def unlabelled_fields(driver: Any) -> list[str]:
+    """Form fields the user can reach that have no <label> (WebDriver's own script: our CSP
+    forbids the page's scripts, not the driver's)."""
+    return list(
+        driver.execute_script(
+            "return [...document.querySelectorAll('input:not([type=hidden]), select, textarea')]"
+            ".filter(e => e.labels.length === 0 && !e.getAttribute('aria-label')).map(e => e.outerHTML);"
+        )
+    )
+
+
+def test_review_and_release_in_a_real_browser(browser: Any, stack: Stack, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    shots = Shots(browser, tmp_path)
+    passwd, secret = tmp_path / "passwd", tmp_path / "secret"
+    write_user(passwd, User("reviewer", hash_password(PASSWORD)))
+    config = {
+        "actions": {"add_header": 2.0, "quarantine": 3.0},
+        "scores": {"MISSING_DATE": 4.0},
+        "web": {"password_file": str(passwd), "session_secret_file": str(secret)},
+    }
+    with stack.configured(config) as filterd:
+        msg, marker = make_message("held for review")
+        stack.send(_without_date(msg))  # MISSING_DATE scores 4 >= 3: quarantined
+        wait_for(lambda: any(stack.quarantine_dir.glob("*.json")), 10, "the message quarantined")
+        assert stack.sink.count(marker) == 0
+
+        port = free_port()
+        console = subprocess.Popen(
+            [
+                sys.executable, "-c", "from filterd.cli.filterctl import main; main()",
+                "--config", str(filterd.config_path), "web", "--listen", f"127.0.0.1:{port}",
+            ],
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            wait_for(lambda: port_open(port), 30, "filterctl web listening")
+            base = f"http://127.0.0.1:{port}"
+
+            # no session: every page sends the browser to the login page
+            browser.get(f"{base}/quarantine")
+            assert "/login" in browser.current_url
+            assert browser.find_element(By.TAG_NAME, "h1").text == "Log in to the filterd console"
+            assert unlabelled_fields(browser) == []
+            shots.take("login-page")
+
+            # a wrong password is refused
+            browser.find_element(By.ID, "username").send_keys("reviewer")
+            browser.find_element(By.ID, "password").send_keys("not the password", Keys.ENTER)
+            assert "Wrong user name or password" in browser.find_element(By.CSS_SELECTOR, "[role=alert]").text
+            assert "/login" in browser.current_url
+            shots.take("wrong-password")
+
+            # the right one, with the keyboard only: the user name field has the focus, Tab
+            # moves to the password, Enter submits
+            browser.get(f"{base}/quarantine")
+            assert browser.switch_to.active_element.get_attribute("id") == "username"
+            browser.switch_to.active_element.send_keys("reviewer", Keys.TAB)
+            assert browser.switch_to.active_element.get_attribute("id") == "password"
+            browser.switch_to.active_element.send_keys(PASSWORD, Keys.ENTER)
+            assert browser.current_url.endswith("/quarantine")
+            row = browser.find_element(By.XPATH, f"//tbody/tr[contains(., '{marker}')]")
+            assert "bob@example.net" in row.text and "held" in row.text  # the status in words
+            assert unlabelled_fields(browser) == []
+            shots.take("quarantine-list")
+
+            # the message: symbols with their reasons, the text
+            row.find_element(By.PARTIAL_LINK_TEXT, marker).click()
+            page = browser.find_element(By.TAG_NAME, "main").text
+            assert "MISSING_DATE" in page and "just a test." in page
+            shots.take("message")
+
+            # release it: it goes out through Postfix's re-injection listener to the sink
+            browser.find_element(By.CSS_SELECTOR, "button[value=release]").click()
+            result = browser.find_element(By.CSS_SELECTOR, "tbody tr").text
+            assert "done" in result and "released to bob@example.net" in result, result
+            shots.take("released")
+            got = stack.sink.find(marker)
+            assert got.rcpts == ("bob@example.net",)
+            browser.get(f"{base}/quarantine?status=released")
+            assert marker in browser.find_element(By.TAG_NAME, "tbody").text
+
+            # the scan page works with the keyboard and labels too
+            browser.get(f"{base}/scan")
+            assert unlabelled_fields(browser) == []
+            browser.find_element(By.ID, "message").send_keys(_without_date(msg).decode())
+            browser.find_element(By.CSS_SELECTOR, "form.scan button[type=submit]").click()
+            assert "MISSING_DATE" in browser.find_element(By.ID, "result").find_element(By.XPATH, "..").text
+            shots.take("scan")
+
+            # log out: the pages are closed again
+            browser.find_element(By.CSS_SELECTOR, "form.logout button").click()
+            browser.get(f"{base}/quarantine")
+            assert "/login" in browser.current_url
+        finally:
+            console.terminate()
+            output = console.communicate(timeout=10)[0].decode(errors="replace")
+            print(output[-2000:])
+    assert shots.n == 6
