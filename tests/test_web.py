@@ -193,6 +193,52 @@ def test_logins_are_rate_limited_per_client_address(site: Site) -> None:
     assert log_in(other).status_code == 303
 
 
+def test_behind_a_proxy_the_forwarded_client_address_is_rate_limited(tmp_path: Path) -> None:
+    """With behind_proxy, every request comes from the proxy's address: the limit must count the
+    address the proxy forwards, or one attacker would lock everyone out."""
+    site = make_site(tmp_path, "behind_proxy = true\n")
+    client = site.client("127.0.0.1")  # the proxy
+    attacker = {"X-Forwarded-For": "198.51.100.7", "X-Forwarded-Proto": "https"}
+    for _ in range(site.config.web.login_attempts):
+        page = client.post(
+            "/login",
+            data={"username": "admin", "password": "guess", "csrf_token": token(client)},
+            headers=attacker,
+        )
+        assert page.status_code == 401
+    blocked = client.post(
+        "/login",
+        data={"username": "admin", "password": PASSWORD, "csrf_token": token(client)},
+        headers=attacker,
+    )
+    assert blocked.status_code == 429 and "198.51.100.7" in blocked.text
+    other = client.post(
+        "/login",
+        data={"username": "admin", "password": PASSWORD, "csrf_token": token(client)},
+        headers={"X-Forwarded-For": "203.0.113.9"},
+    )
+    assert other.status_code == 303
+
+
+def test_a_session_ends_after_its_lifetime(tmp_path: Path) -> None:
+    site = make_site(tmp_path, "session_lifetime = 1.0\n")
+    client = site.client()
+    assert log_in(client).status_code == 303
+    assert client.get("/quarantine").status_code == 200
+    time.sleep(1.2)
+    assert client.get("/quarantine").status_code == 302
+
+
+def test_an_unreadable_password_file_is_an_error_page_not_a_traceback(site: Site) -> None:
+    client = site.client()
+    csrf = token(client)
+    (site.tmp / "passwd").write_text("admin:not-a-hash\n")
+    page = client.post("/login", data={"username": "admin", "password": PASSWORD, "csrf_token": csrf})
+    assert page.status_code == 500 and "Password file unreadable" in page.text and "line 1" in page.text
+    (site.tmp / "passwd").unlink()
+    assert "filterctl web passwd USER" in client.get("/login").text
+
+
 def test_a_new_password_or_a_removed_user_ends_the_session(site: Site) -> None:
     client = site.client()
     assert log_in(client).status_code == 303

@@ -74,7 +74,15 @@ def web(ctx: click.Context, listen: str | None, threads: int) -> None:
 
     app = create_app(cfg, secret)
     click.echo(f"filterd web console on http://{address}/ (users: {cfg.web.password_file})", err=True)
-    serve(app, listen=address, threads=threads, ident="filterd", clear_untrusted_proxy_headers=True)
+    # Behind a proxy, its X-Forwarded-* headers are read by the application (werkzeug's ProxyFix,
+    # one hop) and waitress must pass them on; otherwise waitress drops any a client sent.
+    serve(
+        app,
+        listen=address,
+        threads=threads,
+        ident="filterd",
+        clear_untrusted_proxy_headers=not cfg.web.behind_proxy,
+    )
 
 
 @web.command()

@@ -91,6 +91,8 @@ def create_app(config: Config, secret_key: bytes) -> Flask:
     app.register_blueprint(history.blueprint)
     app.register_blueprint(scanning.blueprint)
     app.register_error_handler(PasswordFileError, _password_file_error)
+    app.register_error_handler(404, _not_found)
+    app.register_error_handler(413, _too_large)
     return app
 
 
@@ -150,6 +152,15 @@ def _security_headers(response: Response) -> Response:
 def _password_file_error(exc: PasswordFileError) -> Response:
     current_app.logger.error("%s", exc)
     return page("error.html", 500, title="Password file unreadable", message=str(exc))
+
+
+def _not_found(_exc: Exception) -> Response:
+    return page("error.html", 404, title="Not found", message="There is no such page or message.")
+
+
+def _too_large(_exc: Exception) -> Response:
+    limit = console().config.web.max_upload_bytes
+    return page("error.html", 413, title="Too large", message=f"The form is over the limit ({limit} bytes).")
 
 
 def _safe_next(target: str | None) -> str:
