@@ -294,6 +294,9 @@ def test_list_search_and_filters(site: Site) -> None:
     page = soup(client.get("/quarantine"))
     statuses = [td.get_text(strip=True) for td in page.select("tbody tr td:last-child")]
     assert statuses == ["released", "held"]  # said in words, not only in colour
+    assert page.select("input[name=id][checked]") == []
+    everything = soup(client.get(page.find("a", string="Select all on this page")["href"]))
+    assert [i["value"] for i in everything.select("input[name=id][checked]")] == [spam, virus]
 
 
 def test_show_a_message_with_headers_symbols_and_text(site: Site) -> None:

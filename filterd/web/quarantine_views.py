@@ -118,7 +118,9 @@ def listing() -> Any:
         pages=pages,
         actions=ACTIONS,
         hold_mode=c.config.quarantine.mode == "hold",
-        args={k: v for k, v in request.args.items() if k != "page"},
+        args={k: v for k, v in request.args.items() if k not in ("page", "select")},
+        # no script on these pages (the CSP allows none): "select all" is a link that checks the boxes
+        select_all=request.args.get("select") == "all",
     )
 
 
