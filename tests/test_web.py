@@ -481,6 +481,44 @@ def test_hostile_html_mail_reaches_the_page_inert(site: Site) -> None:
     assert "<img src=x onerror=alert(1)>@evil.test" in text
 
 
+def assert_inert(response: Any) -> None:
+    page = soup(response)
+    assert page.find_all(["script", "iframe", "object", "img", "style", "base", "svg"]) == []
+    assert page.find_all("meta", attrs={"http-equiv": True}) == []
+    for tag in page.find_all(True):
+        assert not any(name.lower().startswith("on") for name in tag.attrs), tag.name
+
+
+def test_hostile_input_on_the_scan_and_history_pages_is_inert(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    site = make_site(tmp_path, redis_extra(redis_server, "web-hostile:"))
+    push(
+        redis_server,
+        "web-hostile:",
+        entry(
+            subject="<script>alert(1)</script>",
+            qid="<img src=x onerror=alert(2)>",
+            rcpts=["<iframe src=//evil.test>@example.test"],
+            symbols=[["<svg onload=alert(3)>", 1.0]],
+        ),
+    )
+    client = site.client()
+    log_in(client)
+    history = client.get("/history")
+    assert_inert(history)
+    assert "<script>alert(1)</script>" in soup(history).get_text()
+    hostile = HOSTILE_HTML.decode() + "</textarea><script>alert('out of the textarea')</script>"
+    scanned = client.post("/scan", data={"message": hostile, "csrf_token": token(client, "/scan")})
+    assert scanned.status_code == 200 and soup(scanned).select_one("#result")
+    assert_inert(scanned)
+    # the pasted message comes back in its field as text, the closing tag included
+    assert (
+        "</textarea><script>alert('out of the textarea')</script>"
+        in soup(scanned).find("textarea").get_text()
+    )
+
+
 def test_bidi_and_control_characters_are_shown_as_escapes(site: Site) -> None:
     raw = "Subject: pay \u202egpj.exe\x1b[2J\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nhi\u202e\r\n".encode()
     qid = site.put(["bob@example.test"], raw)
