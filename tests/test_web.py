@@ -143,7 +143,7 @@ def test_login_with_the_right_password_and_back_to_the_page_asked_for(site: Site
     assert good.status_code == 303 and good.headers["Location"] == "/history?q=x"
     assert client.get("/quarantine").status_code == 200
     # never an open redirect after the login
-    for target in ("//evil.test/x", "https://evil.test/", "javascript:alert(1)"):
+    for target in ("//evil.test/x", "https://evil.test/", "javascript:alert(1)", "/\\evil.test", "/\tevil"):
         client.post("/logout", data={"csrf_token": token(client, "/quarantine")})
         r = client.post(
             "/login",
@@ -713,3 +713,24 @@ def _open(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.2)
         return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_the_login_limiter_counts_an_attempt_before_it_is_checked() -> None:
+    """Parallel guesses: each is counted as it starts, so the sixth is refused even while the
+    first five are still being checked; a success takes its own count back."""
+    from filterd.web.ratelimit import LoginLimiter
+
+    now = [1000.0]
+    limiter = LoginLimiter(attempts=5, window=60.0, clock=lambda: now[0])
+    for _ in range(5):
+        assert limiter.retry_after("a") == 0
+        limiter.failed("a")
+    assert limiter.retry_after("a") == 60.0
+    limiter.forgive("a")
+    assert limiter.retry_after("a") == 0
+    limiter.failed("a")
+    now[0] += 30
+    assert limiter.retry_after("a") == 30.0
+    now[0] += 30.5
+    assert limiter.retry_after("a") == 0
+    assert limiter.retry_after("b") == 0

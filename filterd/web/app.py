@@ -164,11 +164,14 @@ def _too_large(_exc: Exception) -> Response:
 
 
 def _safe_next(target: str | None) -> str:
-    """Where to go after the login: a path on this site only (never //evil.test or https://...)."""
+    """Where to go after the login: a path on this site only -- never //evil.test, https://...,
+    or /\\evil.test (browsers read a backslash as a slash there)."""
     if not target:
         return url_for("index")
     parts = urlsplit(target)
-    if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//"):
+    if parts.scheme or parts.netloc or not target.startswith("/") or target[1:2] in ("/", "\\"):
+        return url_for("index")
+    if any(c == "\\" or ord(c) < 0x20 or ord(c) == 0x7F for c in target):
         return url_for("index")
     return target
 
@@ -192,9 +195,11 @@ def login() -> Any:
         name = request.form.get("username", "")
         password = request.form.get("password", "")
         user = c.users().get(name)
+        c.limiter.failed(address)  # until proven otherwise (filterd.web.ratelimit)
         # an unknown name costs the same scrypt as a known one: the timing tells no names
-        good = verify_password(password, user.hash if user else DUMMY_HASH) and user is not None
-        if good and user is not None:
+        matches = verify_password(password, user.hash if user else DUMMY_HASH)
+        if matches and user is not None:
+            c.limiter.forgive(address)
             session.clear()
             session.permanent = True
             session.update(
@@ -205,7 +210,6 @@ def login() -> Any:
             )
             current_app.logger.info("web login: %s from %s", user.name, address)
             return redirect(_safe_next(request.form.get("next")), code=303)
-        c.limiter.failed(address)
         current_app.logger.warning("web login failed: %r from %s", name[:64], address)
         error, status = "Wrong user name or password.", 401
     return page(

@@ -2,7 +2,9 @@
 
 After `attempts` failures within `window` seconds an address is refused (HTTP 429) until its
 oldest failure leaves the window.  Only failures count: a reviewer who logs in often is never
-locked out.  The counts live in the console's memory (one process: `filterctl web` serves with
+locked out.  An attempt is counted as failed *before* its password is checked (a tenth of a
+second of scrypt) and forgiven if it succeeds, so a burst of parallel guesses cannot all slip in
+under the limit while the first ones are still being checked.  The counts live in the console's memory (one process: `filterctl web` serves with
 threads); a restart forgets them, which costs an attacker a restart the admin would notice.
 """
 
@@ -42,6 +44,13 @@ class LoginLimiter:
             self._failures.move_to_end(address)
             while len(self._failures) > MAX_ADDRESSES:
                 self._failures.popitem(last=False)
+
+    def forgive(self, address: str) -> None:
+        """Take back the latest failure of `address`: the login it was counted for succeeded."""
+        with self._lock:
+            failures = self._failures.get(address)
+            if failures:
+                failures.pop()
 
     def _recent(self, address: str) -> deque[float]:
         failures = self._failures.get(address, deque())
