@@ -591,6 +591,46 @@ def test_history_lists_and_searches_the_verdicts_in_redis(tmp_path: Path, redis_
     assert "BAYES_SPAM(5.5)" in text and "URIBL_BLOCKED(7)" in text and "12.50" in text
 
 
+def test_history_shows_what_filterd_records(tmp_path: Path, redis_server: RedisServer) -> None:
+    """The writer is filterd's own (filterd.stats.StatsRecorder, as the driver calls it): the
+    contract between the two is checked end to end, not only against entries made here."""
+    import redis as redis_py
+
+    from filterd.driver import SmtpContext, scan
+    from filterd.pipeline import Pipeline
+    from filterd.stats import StatsRecorder
+
+    site = make_site(tmp_path, redis_extra(redis_server, "web-rec:"))
+    client = redis_py.Redis.from_url(redis_server.url)
+    client.delete("web-rec:stats:history")
+    pipeline = Pipeline.from_config(site.config)
+    try:
+        raw = avsamples.clean(subject="recorded by filterd \u00e9t\u00e9")
+        context = SmtpContext(
+            client_addr="192.0.2.44", mail_from="sender@shop.test", rcpts=("rcpt@example.test",)
+        )
+        tx, verdict = scan(pipeline, raw, context)
+        tx.queue_id = "4RecQ1d"
+        recorder = StatsRecorder(site.config.stats, site.config.redis.key_prefix, lambda: client)
+        assert recorder.record(tx, verdict)
+    finally:
+        pipeline.close()
+        client.close()
+    console = site.client()
+    log_in(console)
+    rows = soup(console.get("/history?q=4recq1d")).select("tbody tr")
+    assert len(rows) == 1
+    cells = [td.get_text(strip=True) for td in rows[0].select("td")]
+    assert cells[1:3] == ["4RecQ1d", verdict.action.value]
+    assert cells[4:8] == [
+        "sender@shop.test",
+        "rcpt@example.test",
+        "recorded by filterd \u00e9t\u00e9",
+        "192.0.2.44 (inbound)",
+    ]
+    assert all(s.name in cells[8] for s in verdict.symbols)
+
+
 def test_history_without_redis_says_so(tmp_path: Path) -> None:
     site = make_site(tmp_path, f'[redis]\nurl = "redis://127.0.0.1:{free_port()}/0"\ntimeout = 0.2\n')
     client = site.client()

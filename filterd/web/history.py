@@ -1,7 +1,7 @@
 """The history page: the last verdicts filterd gave, read from Redis.
 
-filterd (filterd.stats) pushes one JSON object per verdict to the list ``{key_prefix}stats:history``,
-newest first, capped; each is::
+filterd (filterd.stats, docs/stats.md) pushes one JSON object per verdict to the list
+``{key_prefix}stats:history``, newest first, capped at ``[stats] history``; each is::
 
     {"ts": unix time, "qid": queue id or null, "action": str, "score": float, "from": str,
      "rcpts": [str], "subject": str, "client": str, "direction": str, "symbols": [[name, score], ...]}
@@ -20,13 +20,12 @@ from typing import Any
 from flask import Blueprint, request
 
 from filterd.services import Services
+from filterd.stats import StatsKeys
 from filterd.web.access import may_see, visible_rcpts
 from filterd.web.common import console, current_user, page
 from filterd.web.passwords import User
 
 blueprint = Blueprint("history", __name__, url_prefix="/history")
-
-HISTORY_KEY = "stats:history"
 
 
 @dataclass(frozen=True)
@@ -93,7 +92,7 @@ def listing() -> Any:
     c, user = console(), current_user()
     query = request.args.get("q", "").strip()[:200]
     action = request.args.get("action", "").strip()[:40]
-    key = c.config.redis.key_prefix + HISTORY_KEY
+    key = StatsKeys(c.config.redis.key_prefix).history
     services = Services(c.config)
     error = None
     verdicts: list[Verdict] = []
