@@ -116,7 +116,7 @@ def soup(response: Any) -> BeautifulSoup:
 def test_every_page_without_a_session_redirects_to_the_login(site: Site) -> None:
     client = site.client()
     qid = site.put(["bob@example.test"])
-    for path in ("/", "/quarantine", f"/quarantine/{qid}", "/history", "/scan"):
+    for path in ("/", "/quarantine", f"/quarantine/{qid}", "/history", "/graphs", "/graphs/day.png", "/scan"):
         response = client.get(path)
         assert response.status_code == 302, path
         assert response.headers["Location"].startswith("/login"), path
@@ -256,7 +256,8 @@ def test_every_page_has_a_strict_content_security_policy(site: Site) -> None:
     pages = [client.get("/login")]
     log_in(client)
     pages += [
-        client.get(p) for p in ("/quarantine", f"/quarantine/{qid}", "/history", "/scan", "/quarantine/x")
+        client.get(p)
+        for p in ("/quarantine", f"/quarantine/{qid}", "/history", "/graphs", "/scan", "/quarantine/x")
     ]
     for response in pages:
         assert response.headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY
@@ -631,12 +632,59 @@ def test_history_shows_what_filterd_records(tmp_path: Path, redis_server: RedisS
     assert all(s.name in cells[8] for s in verdict.symbols)
 
 
+def test_graphs_draw_the_counters_filterd_keeps(tmp_path: Path, redis_server: RedisServer) -> None:
+    """Verdicts counted by filterd's own recorder: the page's totals are those counts, and the
+    picture is a PNG drawn by `filterctl stats graph`'s code; a domain admin is not shown them."""
+    import redis as redis_py
+
+    from filterd.driver import SmtpContext, scan
+    from filterd.pipeline import Pipeline
+    from filterd.stats import StatsRecorder
+
+    prefix = f"web-graph-{time.time_ns()}:"
+    site = make_site(tmp_path, redis_extra(redis_server, prefix))
+    client = redis_py.Redis.from_url(redis_server.url)
+    pipeline = Pipeline.from_config(site.config)
+    try:
+        recorder = StatsRecorder(site.config.stats, prefix, lambda: client)
+        actions = []
+        for i in range(3):
+            tx, verdict = scan(
+                pipeline, avsamples.clean(subject=f"n{i}"), SmtpContext(rcpts=("a@example.test",))
+            )
+            assert recorder.record(tx, verdict)
+            actions.append(verdict.action.value)
+    finally:
+        pipeline.close()
+        client.close()
+    console = site.client()
+    log_in(console)
+    page = soup(console.get("/graphs?period=day"))
+    table = page.select_one("table.totals")
+    names = [th.get_text() for th in table.select("th")]
+    totals = dict(zip(names, (int(td.get_text()) for td in table.select("td")), strict=True))
+    assert totals["received"] == 3 and totals["accepted"] == actions.count("accept")
+    image = page.select_one("img.graph")
+    assert image["src"] == "/graphs/day.png" and "3 received" in image["alt"]
+    png = console.get("/graphs/day.png")
+    assert png.status_code == 200 and png.mimetype == "image/png"
+    assert png.data.startswith(b"\x89PNG\r\n") and len(png.data) > 10_000
+    assert console.get("/graphs/decade.png").status_code == 404
+    domain_admin = site.client()
+    log_in(domain_admin, user="dom")
+    assert domain_admin.get("/graphs").status_code == 403
+    assert domain_admin.get("/graphs/day.png").status_code == 404
+    assert "/graphs" not in domain_admin.get("/quarantine").text
+
+
 def test_history_without_redis_says_so(tmp_path: Path) -> None:
     site = make_site(tmp_path, f'[redis]\nurl = "redis://127.0.0.1:{free_port()}/0"\ntimeout = 0.2\n')
     client = site.client()
     log_in(client)
     page = client.get("/history")
     assert page.status_code == 200 and "No history:" in page.text and "cannot be read" in page.text
+    graphs = client.get("/graphs")
+    assert graphs.status_code == 200 and "No counters:" in graphs.text
 
 
 # -- scan ---------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import pytest
 
 from filterd.web.passwords import User, hash_password, write_user
 from tests.harness.net import free_port, port_open, wait_for
+from tests.harness.redis import RedisServer
 from tests.harness.stack import Stack, make_message
 
 pytestmark = pytest.mark.stack
@@ -101,7 +103,9 @@ def heading(driver: Any, text: str, timeout: float = 60, element: tuple[str, str
     )
 
 
-def test_review_and_release_in_a_real_browser(browser: Any, stack: Stack, tmp_path: Path) -> None:
+def test_review_and_release_in_a_real_browser(
+    browser: Any, stack: Stack, redis_server: RedisServer, tmp_path: Path
+) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
@@ -116,6 +120,9 @@ def test_review_and_release_in_a_real_browser(browser: Any, stack: Stack, tmp_pa
         "web": {"password_file": str(passwd), "session_secret_file": str(secret)},
         # off for filterd (as in every stack test); where the console's training goes
         "checks": {"bayes": {"enabled": False, "storage": "file", "model": str(model)}},
+        # filterd counts its verdicts and keeps the last ones there: the history and graph pages
+        "redis": {"url": redis_server.url, "key_prefix": f"web-e2e-{uuid.uuid4().hex[:8]}:"},
+        "stats": {"enabled": "on"},
     }
     with stack.configured(config) as filterd:
         msg, marker = make_message("held for review")
@@ -194,6 +201,27 @@ def test_review_and_release_in_a_real_browser(browser: Any, stack: Stack, tmp_pa
             shots.take("trained")
             assert (Model.load(model).nspam, Model.load(model).nham) == (0, 1)
 
+            # the history: filterd's verdict for it, found by its subject
+            browser.get(f"{base}/history?q={marker}")
+            verdict = browser.find_element(By.CSS_SELECTOR, "tbody tr").text
+            assert "quarantine" in verdict and "MISSING_DATE(4)" in verdict, verdict
+            shots.take("history")
+
+            # the graphs: the counters filterd kept, as a table and as a picture that loaded
+            browser.get(f"{base}/graphs?period=day")
+            table = browser.find_element(By.CSS_SELECTOR, "table.totals")
+            names = [th.text for th in table.find_elements(By.TAG_NAME, "th")]
+            counts = dict(
+                zip(names, (int(td.text) for td in table.find_elements(By.TAG_NAME, "td")), strict=True)
+            )
+            assert counts["received"] >= 1 and counts["quarantined"] >= 1, counts
+            image = browser.find_element(By.CSS_SELECTOR, "img.graph")
+            assert (
+                browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", image)
+                == 900
+            )
+            shots.take("graphs")
+
             # the scan page works with the keyboard and labels too
             browser.get(f"{base}/scan")
             assert unlabelled_fields(browser) == []
@@ -212,4 +240,4 @@ def test_review_and_release_in_a_real_browser(browser: Any, stack: Stack, tmp_pa
             console.terminate()
             output = console.communicate(timeout=10)[0].decode(errors="replace")
             print(output[-2000:])
-    assert shots.n == 7
+    assert shots.n == 9

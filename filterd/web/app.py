@@ -85,11 +85,12 @@ def create_app(config: Config, secret_key: bytes) -> Flask:
     app.add_url_rule("/logout", "logout", logout, methods=["POST"])
     app.add_url_rule("/", "index", lambda: redirect(url_for("quarantine.listing")))
 
-    from filterd.web import history, quarantine_views, scanning
+    from filterd.web import graphs, history, quarantine_views, scanning
 
     app.register_blueprint(quarantine_views.blueprint)
     app.register_blueprint(history.blueprint)
     app.register_blueprint(scanning.blueprint)
+    app.register_blueprint(graphs.blueprint)
     app.register_error_handler(PasswordFileError, _password_file_error)
     app.register_error_handler(404, _not_found)
     app.register_error_handler(413, _too_large)
