@@ -268,6 +268,46 @@ class MetricsSettings:
     )
 
 
+@dataclass(frozen=True)
+class WebSettings:
+    """The web console (`filterctl web`, docs/web.md): quarantine review, history, scan."""
+
+    # loopback by default: put a TLS reverse proxy in front to reach it from elsewhere (docs/web.md)
+    listen: str = setting("127.0.0.1:8143", "IP:PORT `filterctl web` serves on", check_listen)
+    password_file: str = setting(
+        "/etc/filterd/web-passwd",
+        "who may log in: USER:HASH[:DOMAIN,...] lines written by `filterctl web passwd USER`; a "
+        "user with domains sees only mail for recipients in those domains",
+        check_absolute,
+    )
+    session_secret_file: str = setting(
+        "/var/lib/filterd/web-secret",
+        "the key that signs session cookies; created (random, mode 0600) when missing; replacing "
+        "it logs everyone out",
+        check_absolute,
+    )
+    session_lifetime: float = setting(
+        8 * 3600.0, "seconds a login lasts; the cookie is refused after that", positive
+    )
+    secure_cookies: bool = setting(
+        False, "mark cookies Secure (sent over HTTPS only): set it when a TLS reverse proxy is in front"
+    )
+    behind_proxy: bool = setting(
+        False,
+        "trust X-Forwarded-For and X-Forwarded-Proto from one reverse proxy (the login rate limit then "
+        "counts the real client address); only with a proxy in front, or clients can forge them",
+    )
+    login_attempts: int = setting(
+        5, "failed logins one client address may make per login_window before it is refused", positive
+    )
+    login_window: float = setting(300.0, "seconds over which failed logins are counted", positive)
+    history_size: int = setting(500, "verdicts of the history page read from Redis (newest first)", positive)
+    page_size: int = setting(100, "quarantined messages listed per page", positive)
+    max_upload_bytes: int = setting(
+        10 * 1024 * 1024, "largest message the scan page accepts (pasted or uploaded)", positive
+    )
+
+
 def registered_checks() -> tuple[type[Check], ...]:
     """Every check (`filterd.registry` finds them), whose sections ``[checks.<name>]`` are read here."""
     return all_checks()
@@ -300,6 +340,7 @@ class Config:
     stats: StatsSettings = section(
         StatsSettings, "Verdict counters and the last verdicts in Redis (`filterctl stats`, the web console)"
     )
+    web: WebSettings = section(WebSettings, "The web console for reviewing quarantined mail (filterctl web)")
     scores: Mapping[str, float] = setting(
         types.MappingProxyType({}), "score overrides, SYMBOL = score (see `filterctl symbols`)"
     )

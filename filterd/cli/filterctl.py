@@ -18,6 +18,7 @@ from filterd.cli import (
     rules_cmd,
     scan_cmd,
     stats_cmd,
+    web_cmd,
 )
 from filterd.cli.common import config_path_default
 
@@ -55,6 +56,7 @@ cli.add_command(bayes_cmd.train)
 cli.add_command(bayes_cmd.eval_)
 cli.add_command(learn_cmd.learn_worker)
 cli.add_command(stats_cmd.stats)
+cli.add_command(web_cmd.web)
 
 
 def main() -> None:
