@@ -436,8 +436,10 @@ def threshold_errors(actions: ActionSettings) -> list[tuple[str, str]]:
 
 def sql_errors(config: Config) -> list[tuple[str, str]]:
     """[sql] settings that cannot do what they say."""
-    sql = config.sql
-    if sql.enabled and sql.on_error == "tempfail" and not config.check_settings("recipient_exists").enabled:
+    sql, checking = config.sql, config.check_settings("recipient_exists").enabled
+    if checking and not sql.enabled:
+        return [("checks.recipient_exists.enabled", "needs [sql] enabled = true: it reads those tables")]
+    if sql.enabled and sql.on_error == "tempfail" and not checking:
         return [
             (
                 "sql.on_error",

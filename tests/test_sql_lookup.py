@@ -292,8 +292,8 @@ def test_database_down_at_start_uses_static_values(tmp_path: Path) -> None:
 
 
 def test_recipient_exists_config_rules(running: MariaDb) -> None:
-    with pytest.raises(ConfigError, match="needs \\[sql\\]"):
-        Pipeline.from_config(parse_config({"checks": {"recipient_exists": {"enabled": True}}}))
+    with pytest.raises(ConfigError, match=r"checks\.recipient_exists\.enabled: needs \[sql\]"):
+        parse_config({"checks": {"recipient_exists": {"enabled": True}}})
     with pytest.raises(ConfigError, match=r"sql\.on_error"):
         sql_config(running, {"on_error": "tempfail"})
     assert parse_config({}).check_settings("recipient_exists").enabled is False

@@ -44,10 +44,11 @@ class RecipientExists(Check):
     description = "550 5.1.1 for an unknown recipient of a PostfixAdmin domain ([sql] tables)"
     symbols = {}
     Settings = RecipientExistsSettings
+    after = ("recipient_lists",)  # a deny-listed recipient is refused with the deny list's reason
 
     def __init__(self, ctx: CheckContext[RecipientExistsSettings]) -> None:
         super().__init__(ctx)
-        if ctx.site.sql is None:
+        if ctx.site.sql is None:  # parse_config refuses this; a check built by hand may not
             raise ConfigError(
                 "checks.recipient_exists.enabled", "needs [sql] enabled = true: it reads those tables"
             )
