@@ -12,10 +12,12 @@ import dataclasses
 import logging
 import smtplib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import dkim
+import dns.resolver
 import pytest
 
 from filterd.check import Site
@@ -351,6 +353,18 @@ def send(stack: Stack, data: bytes, mail_from: str, rcpts: list[str], source: st
         return smtp.sendmail(mail_from, rcpts, data)
 
 
+def txt_lookup(local_dns: LocalDns) -> Callable[..., bytes]:
+    """dkimpy's dnsfunc, asking the tests' DNS server."""
+    resolver = dns.resolver.Resolver(configure=False)
+    resolver.nameservers, resolver.port = ["127.0.0.1"], local_dns.port
+
+    def txt(name: bytes, timeout: float = 5) -> bytes:
+        answer = resolver.resolve(name.decode().rstrip("."), "TXT", lifetime=timeout)
+        return b"".join(b"".join(r.strings) for r in answer)
+
+    return txt
+
+
 def test_e2e_domain_and_dkim_row_added_in_sql_are_signed_without_filterd_edit(
     stack: Stack, running: MariaDb, local_dns: LocalDns, e2e: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -371,8 +385,10 @@ def test_e2e_domain_and_dkim_row_added_in_sql_are_signed_without_filterd_edit(
         for _ in range(4):  # every worker (one per core) has refreshed by its next message
             msg, marker = make_message("after", sender=f"alice@{d}")
             assert send(stack, msg, f"alice@{d}", ["bob@example.net"], OUTBOUND) == {}
-            signed.append(stack.sink.find(marker).header("DKIM-Signature"))
+            got = stack.sink.find(marker)
+            signed.append(got.header("DKIM-Signature"))
     assert all(len(s) == 1 and f"d={d}" in s[0] and "s=sql1" in s[0] for s in signed)
+    assert dkim.verify(got.data, dnsfunc=txt_lookup(local_dns))  # the key of the SQL row signed it
 
 
 def test_e2e_database_stopped_stale_mail_keeps_flowing(
