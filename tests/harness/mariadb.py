@@ -13,6 +13,7 @@ them for MySQL (the columns filterd reads and the ones beside them), plus filter
 
 from __future__ import annotations
 
+import getpass
 import os
 import shutil
 import subprocess
@@ -115,7 +116,7 @@ class MariaDb:
                 exe,
                 f"--datadir={self.datadir}",
                 "--auth-root-authentication-method=normal",
-                "--user=root" if os.geteuid() == 0 else f"--user={os.getlogin()}",
+                "--user=root" if os.geteuid() == 0 else f"--user={getpass.getuser()}",
                 "--skip-test-db",
             ],
             check=True,
