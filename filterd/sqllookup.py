@@ -29,6 +29,7 @@ per period, not one per message.  The outage is logged once when it starts and o
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import threading
@@ -137,6 +138,8 @@ class SqlLookup:
     """The cached answers of one process (see the module docstring)."""
 
     def __init__(self, settings: SqlSettings, static_domains: tuple[str, ...] = ()) -> None:
+        if importlib.util.find_spec("pymysql") is None:  # a missing driver is not a database outage
+            raise ConfigError("sql.enabled", "needs the PyMySQL driver: pip install 'filterd[sql]'")
         self.settings = settings
         self.connect_args = ConnectArgs.from_settings(settings)
         self.static_domains = tuple(d.lower().strip().rstrip(".") for d in static_domains)
