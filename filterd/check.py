@@ -43,6 +43,7 @@ from filterd.settings import setting
 if TYPE_CHECKING:
     from filterd.dns import DnsSettings
     from filterd.services import Services
+    from filterd.sqllookup import SqlLookup
     from filterd.transaction import Transaction
 
 
@@ -89,12 +90,21 @@ class Site:
     ``[actions]``: a check is handed these, not the whole configuration."""
 
     hostname: str = ""  # [network] hostname; "" means the name Postfix announces, else the FQDN
-    local_domains: tuple[str, ...] = ()
+    static_local_domains: tuple[str, ...] = ()  # [network] local_domains
     internal_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     key_prefix: str = "filterd:"  # of every Redis key
     max_scan_bytes: int = 10 * 1024 * 1024
     oversize_action: str = "reject"
     reject_score: float = 15.0  # [actions] reject
+    sql: SqlLookup | None = None  # [sql]: PostfixAdmin's domains join the static ones
+
+    @property
+    def local_domains(self) -> tuple[str, ...]:
+        """Our mail domains: [network] local_domains, and with [sql] PostfixAdmin's (cached, so
+        reading this per message costs no query; see filterd.sqllookup)."""
+        if self.sql is None:
+            return self.static_local_domains
+        return self.sql.local_domains()
 
 
 class ScoreTable:

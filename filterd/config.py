@@ -308,6 +308,57 @@ class WebSettings:
     )
 
 
+_DSN = re.compile(r"^(?:mysql|mariadb)://[^/?#]*/[^/?#]+(?:\?.*)?$")
+
+
+def check_dsn(value: str) -> str | None:
+    if not value or _DSN.match(value):
+        return None
+    return 'expected "mysql://USER@HOST:PORT/DATABASE" (or ?unix_socket=/path); empty: host/port/... below'
+
+
+@dataclass(frozen=True)
+class SqlSettings:
+    """PostfixAdmin's MySQL/MariaDB tables as a lookup source (filterd.sqllookup, docs/sql.md).
+
+    Off by default.  Each worker keeps the last answer of each table in memory and asks again at
+    most every cache_seconds, so the mail path never waits on the database while that answer is
+    fresh; on_error says what a lookup gives while the database cannot be reached."""
+
+    enabled: bool = setting(False, "read local domains, recipients, DKIM keys and domain policy from SQL")
+    dsn: str = setting(
+        "",
+        'the database as one URL, "mysql://USER@HOST:PORT/DATABASE" or "mysql://USER@/DATABASE?'
+        'unix_socket=/run/mysqld/mysqld.sock"; when set, host/port/unix_socket/user/database are ignored '
+        "(keep the password in password_file, not here)",
+        check_dsn,
+    )
+    host: str = setting("127.0.0.1", "the database server's address")
+    port: int = setting(3306, "its TCP port", positive)
+    unix_socket: str = setting("", "a unix socket to connect to instead of host:port (empty: TCP)")
+    user: str = setting("filterd", "the database user; it needs SELECT on the tables, nothing more")
+    password_file: str = setting(
+        "", "file holding the user's password on its first line, readable by filterd only (empty: none)"
+    )
+    database: str = setting("postfix", "the database PostfixAdmin uses")
+    table_prefix: str = setting(
+        "", 'prefix of PostfixAdmin\'s table names (its database_prefix setting), e.g. "pfa_"'
+    )
+    timeout: float = setting(
+        2.0, "seconds to connect or to read one answer; past it the refresh fails (see on_error)", positive
+    )
+    cache_seconds: float = setting(
+        60.0, "seconds an answer is used before the tables are read again (one query per table)", positive
+    )
+    on_error: Literal["stale", "tempfail", "static"] = setting(
+        "stale",
+        'while the database cannot be read: "stale" keeps the last good answer (before the first one, '
+        'the static TOML values); "tempfail" answers 451 4.3.0 at RCPT through checks.recipient_exists '
+        '(other lookups keep the last good answer); "static" uses only the TOML values ([network] '
+        "local_domains, [checks.dkim_sign] keys) until it is back",
+    )
+
+
 def registered_checks() -> tuple[type[Check], ...]:
     """Every check (`filterd.registry` finds them), whose sections ``[checks.<name>]`` are read here."""
     return all_checks()
@@ -341,6 +392,9 @@ class Config:
         StatsSettings, "Verdict counters and the last verdicts in Redis (`filterctl stats`, the web console)"
     )
     web: WebSettings = section(WebSettings, "The web console for reviewing quarantined mail (filterctl web)")
+    sql: SqlSettings = section(
+        SqlSettings, "PostfixAdmin's SQL tables: local domains, recipients, DKIM keys, domain policy"
+    )
     scores: Mapping[str, float] = setting(
         types.MappingProxyType({}), "score overrides, SYMBOL = score (see `filterctl symbols`)"
     )
@@ -392,6 +446,8 @@ def parse_config(data: Mapping[str, Any], path: str = "") -> Config:
     if "actions" in data:
         for key, message in threshold_errors(config.actions):
             collector.add(key, message)
+    for key, message in sql_errors(config):
+        collector.add(key, message)
     if collector.problems:  # the checks will not be built to find these: look now
         collector.problems.extend(unreadable_files(config, enabled=True))
     collector.raise_if_any()
@@ -461,6 +517,22 @@ def threshold_errors(actions: ActionSettings) -> list[tuple[str, str]]:
                     )
                 )
     return problems
+
+
+def sql_errors(config: Config) -> list[tuple[str, str]]:
+    """[sql] settings that cannot do what they say."""
+    sql, checking = config.sql, config.check_settings("recipient_exists").enabled
+    if checking and not sql.enabled:
+        return [("checks.recipient_exists.enabled", "needs [sql] enabled = true: it reads those tables")]
+    if sql.enabled and sql.on_error == "tempfail" and not checking:
+        return [
+            (
+                "sql.on_error",
+                '"tempfail" is not valid without checks.recipient_exists: the 451 is given at RCPT by that '
+                "check (enable it, or choose stale or static)",
+            )
+        ]
+    return []
 
 
 def config_warnings(config: Config) -> tuple[Problem, ...]:

@@ -67,11 +67,12 @@ def _thresholds(actions: ActionSettings) -> list[tuple[float, int, Action]]:
     ]
 
 
-def site_of(config: Config) -> Site:
-    """The site facts a check may read, from the configuration."""
+def site_of(config: Config, services: Services | None = None) -> Site:
+    """The site facts a check may read, from the configuration (and the SQL tables, with [sql])."""
     return Site(
         hostname=config.network.hostname,
-        local_domains=config.network.local_domains,
+        static_local_domains=config.network.local_domains,
+        sql=services.sql if services is not None else None,
         internal_networks=tuple(
             ipaddress.ip_network(n, strict=False) for n in config.network.internal_networks
         ),
@@ -89,7 +90,7 @@ def context_for(
     given), the site, the score table and the services."""
     return CheckContext(
         settings=settings if settings is not None else config.check_settings(name),
-        site=site_of(config),
+        site=site_of(config, services),
         scores=ScoreTable(known_symbols(), config.scores),
         services=services,
         dns=config.dns,

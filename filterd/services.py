@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from filterd.clamd import ClamdPool
     from filterd.config import Config
     from filterd.dns import Resolver
+    from filterd.sqllookup import SqlLookup
 
 
 class Services:
@@ -81,6 +82,13 @@ class Services:
         resolver = Resolver(self.config.dns, self.config.breaker)
         resolver.install_as_default()
         return resolver
+
+    @cached_property
+    def sql(self) -> SqlLookup | None:
+        """PostfixAdmin's tables (``[sql]``), first read now; None when [sql] is off."""
+        from filterd.sqllookup import open_lookup
+
+        return open_lookup(self.config.sql, self.config.network.local_domains)
 
     def close(self) -> None:
         client = self.__dict__.get("redis")

@@ -15,7 +15,12 @@ refolding and trailing-space changes MTAs make on the way.  The headers in ``ove
 signed once more than they occur, so nobody can add one (a second From) without breaking the
 signature.
 
-Every key is read and checked when the pipeline is built: a missing, unparsable, too short or
+With ``[sql]`` on, the rows of the ``filterd_dkim`` table (domain, selector, key_path) join the
+table (docs/sql.md): adding a domain in SQL needs no filterd edit, and signing for it starts
+within ``[sql] cache_seconds``.  A domain in both keeps its TOML keys; a row whose key cannot be
+used is logged and skipped (a row added at run time must not stop the mail).
+
+Every key of the TOML table is read and checked when the pipeline is built: a missing, unparsable, too short or
 world-readable key stops filterd from starting, with the key table entry named.
 
 The signature goes on with `AddHeader`: libmilter appends it at the end of the header block.
@@ -25,6 +30,7 @@ headers), and relaxed header canonicalisation ignores how Postfix refolds it.
 
 from __future__ import annotations
 
+import logging
 import re
 import types
 from collections.abc import Iterable, Mapping
@@ -38,6 +44,7 @@ from filterd.auth.keys import SigningKey, load_signing_key
 from filterd.check import AddHeader, CheckContext, CheckSettings, Direction, Finding, Finisher
 from filterd.results import Verdict
 from filterd.settings import Collector, ConfigError, setting
+from filterd.sqllookup import DkimRow
 from filterd.transaction import Transaction
 
 DEFAULT_HEADERS = (
@@ -73,6 +80,7 @@ DEFAULT_HEADERS = (
 _SELECTOR = re.compile(
     r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
 )
+log = logging.getLogger("filterd.checks.dkim_sign")
 _NEVER_SIGN = frozenset(h.decode() for h in dkim.DKIM.SHOULD_NOT)
 
 
@@ -121,13 +129,19 @@ class DkimSign(Finisher):
         super().__init__(ctx)
         settings = ctx.settings
         self.sign_settings = settings
-        self.table = load_key_table(settings)
+        self.static_table = load_key_table(settings)
+        self.table = self.static_table
+        # [sql]: the filterd_dkim rows join the table (filterd.sqllookup); keys read once per row
+        self.sql = ctx.site.sql
+        self.sql_keys = SqlKeys()
         self.headers = tuple(dict.fromkeys(["from", *(h.lower() for h in settings.headers)]))
         self.oversign = frozenset(h.lower() for h in settings.oversign)
 
     def keys_for(self, from_domain: str) -> list[SigningKey]:
         """The keys that sign mail from `from_domain` (empty: it is not signed)."""
         domain = from_domain.lower().rstrip(".")
+        if self.sql is not None:
+            self.table = self.sql_keys.merged(self.static_table, self.sql.dkim_rows())
         if domain in self.table:
             return self.table[domain]
         if self.sign_settings.subdomains:
@@ -139,7 +153,7 @@ class DkimSign(Finisher):
         return self.table.get(self.sign_settings.default_domain.lower(), [])
 
     def finish(self, tx: Transaction, verdict: Verdict) -> Iterable[AddHeader | Finding]:
-        if not self.table:
+        if not self.table and self.sql is None:
             return
         addresses = [a for _, a in getaddresses(tx.header_values("From")) if "@" in a]
         domains = {a.rpartition("@")[2].lower().rstrip(".") for a in addresses}
@@ -185,6 +199,44 @@ def signature_value(header: bytes) -> str:
     """The value of a DKIM-Signature line dkimpy made, folded with "\\n\\t" as a milter adds headers."""
     value = header.split(b":", 1)[1].strip()
     return value.decode("ascii").replace("\r\n", "\n")
+
+
+class SqlKeys:
+    """The signer's table with the SQL rows added: TOML keys first (a domain in both keeps its
+    TOML keys), each SQL row's key file read once and kept while its row stays.  A row whose key
+    cannot be used is logged once and skipped: a row added at run time must not stop the mail."""
+
+    def __init__(self) -> None:
+        self.rows: tuple[DkimRow, ...] | None = None
+        self.table: dict[str, list[SigningKey]] = {}
+        self.loaded: dict[DkimRow, SigningKey | None] = {}
+        self.warned: set[DkimRow] = set()
+
+    def merged(
+        self, static: dict[str, list[SigningKey]], rows: tuple[DkimRow, ...]
+    ) -> dict[str, list[SigningKey]]:
+        if rows is self.rows:
+            return self.table  # unchanged since the last refresh: no work per message
+        # a row whose key failed is tried again at each refresh (the admin may have fixed the file)
+        loaded = {row: self.loaded.get(row) or self._load(row) for row in rows}
+        table = dict(static)
+        for row, key in loaded.items():
+            if key is not None and row.domain not in static:
+                table.setdefault(row.domain, []).append(key)
+        self.rows, self.table, self.loaded = rows, table, loaded
+        return table
+
+    def _load(self, row: DkimRow) -> SigningKey | None:
+        where = f"filterd_dkim row ({row.domain}, {row.selector})"
+        try:
+            if not _SELECTOR.match(row.selector) or "." not in row.domain:
+                raise ConfigError(where, "not a valid domain and selector")
+            return load_signing_key(row.domain, row.selector, row.key_path, where)
+        except ConfigError as exc:
+            if row not in self.warned:  # once per row, not at every refresh
+                self.warned.add(row)
+                log.warning("DKIM signing: %s; the row is skipped", exc)
+            return None
 
 
 def load_key_table(settings: DkimSignSettings) -> dict[str, list[SigningKey]]:

@@ -9,7 +9,6 @@ import email.utils
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import cached_property
 
 from filterd.addresses import getaddresses
 from filterd.auth.results import DKIM
@@ -62,7 +61,7 @@ class HeaderHeuristics(Check):
     }
     Settings = HeaderHeuristicsSettings
 
-    @cached_property
+    @property  # read per message: with [sql] the local domains change while filterd runs
     def domains(self) -> frozenset[str]:
         return our_names(self)[1]
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
-from functools import cached_property
 
 from filterd.check import Check, Finding, Output, Stage
 from filterd.checks.smtp_common import HOSTNAME, in_domains, is_internal, our_names
@@ -25,7 +24,7 @@ class HeloHeuristics(Check):
         "HELO_IS_OURS": 3.0,
     }
 
-    @cached_property
+    @property  # read per message: with [sql] the local domains change while filterd runs
     def ours(self) -> tuple[str, frozenset[str]]:
         return our_names(self)
 

@@ -56,7 +56,21 @@ def our_names(check: Check) -> tuple[str, frozenset[str]]:
     """This host's name, and our mail domains (``[network] local_domains``), lower-cased."""
     # gethostname(), not getfqdn(): no DNS lookup on the mail path
     host = (check.site.hostname or socket.gethostname()).lower().rstrip(".")
-    return host, frozenset(d.lower().strip().rstrip(".") for d in check.site.local_domains)
+    return host, _normalized(check.site.local_domains)
+
+
+# The last list normalized, and its set.  Read per message (with [sql] the list changes while
+# filterd runs), but the same tuple object comes back until it changes: normalize it once then.
+_last_domains: tuple[tuple[str, ...], frozenset[str]] = ((), frozenset())
+
+
+def _normalized(domains: tuple[str, ...]) -> frozenset[str]:
+    global _last_domains
+    seen, normalized = _last_domains
+    if seen is not domains:
+        normalized = frozenset(d.lower().strip().rstrip(".") for d in domains)
+        _last_domains = (domains, normalized)
+    return normalized
 
 
 def in_domains(name: str, domains: Iterable[str]) -> str | None:
