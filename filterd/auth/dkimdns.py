@@ -4,9 +4,14 @@ dkimpy's `verify` returns False alike for a bad signature, a missing key and a D
 catches its own `DnsTimeoutError` inside `verify_sig`).  To report temperror and "no key" apart
 from fail, each verification gets a fresh `KeyLookup`; after the call, `temp_error` and
 `missing` say what the key lookup met.
+
+Our own verifier (filterd.auth.dkim_verify) asks through `fetch_key` instead, which returns what
+it found rather than raising dkimpy's exceptions; `KeyLookup` stays for dkimpy's ARC verification.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import dkim
 
@@ -41,3 +46,28 @@ class KeyLookup:
             if "p=" in record:
                 return record.encode("utf-8", "replace")
         return records[0].encode("utf-8", "replace")
+
+
+@dataclass(frozen=True)
+class KeyAnswer:
+    """What the lookup of one key record found: its text, or why there is none."""
+
+    record: bytes | None = None
+    temp_error: str = ""  # the lookup failed in a way that may go away (temperror)
+    missing: str = ""  # the name has no TXT record, or is not a DNS name (permerror)
+
+
+def fetch_key(resolver: Resolver, name: bytes, budget: DnsBudget | None = None) -> KeyAnswer:
+    """The key record at `name` (``selector._domainkey.domain``), as `KeyLookup` finds it for
+    dkimpy: the TXT strings joined, the record that holds ``p=`` when several are published."""
+    qname = name.decode("utf-8", "replace").rstrip(".")
+    try:
+        records = resolver.txt(qname, budget)
+    except DnsTempError as exc:
+        return KeyAnswer(temp_error=str(exc))
+    except ValueError:  # a malformed name (8-bit bytes in d= or s=) or answer: no usable key
+        records = []
+    if not records:
+        return KeyAnswer(missing=qname)
+    chosen = next((r for r in records if "p=" in r), records[0])
+    return KeyAnswer(record=chosen.encode("utf-8", "replace"))
