@@ -96,7 +96,9 @@ def _parse_record(text: bytes) -> KeyRecord:
     allowed = _colon_list(tags[b"h"]) if b"h" in tags else None
     flags = _colon_list(tags.get(b"t", b""))
     # dkimpy reads a k=ed25519 record with no p= as an RSA one (and finds no RSA key in it).
-    key_type = b"ed25519" if tags.get(b"k") == b"ed25519" and b"p" in tags else tags.get(b"k", b"rsa")
+    key_type = tags.get(b"k", b"rsa")
+    if key_type == b"ed25519" and b"p" not in tags:
+        key_type = b"rsa"
     if key_type == b"ed25519":
         raw = _lenient_base64(tags[b"p"])
         if len(raw) != 32:
