@@ -28,12 +28,24 @@ class UnreadableMessage(ValueError):
     """The header block cannot be split into fields: no signature of the message can be verified."""
 
 
-# The first empty line: a line end right at the start, or one straight after another line end.
-_BLANK_LINE = re.compile(rb"(?:\A|\n)(\r?\n)")
 _LINE_END = re.compile(rb"\r?\n")
-# A field name is printable US-ASCII without the colon (RFC 5322 2.2), up to the first colon.
-_FIELD_NAME = re.compile(rb"[\x21-\x7e]+?:")
+# What a field name is made of (RFC 5322 2.2: printable US-ASCII; it ends at the first colon).
+_NAME_CHARACTERS = bytes(range(0x21, 0x7F))
 _WSP_RUN = re.compile(rb"[\t ]+")
+
+
+def _first_empty_line(raw: bytes) -> tuple[int, int] | None:
+    """Where the first empty line starts and ends (after its line end), None without one: a
+    line end right at the start, or one straight after another line end."""
+    for start in (b"\n", b"\r\n"):
+        if raw.startswith(start):
+            return 0, len(start)
+    after_crlf, after_lf = raw.find(b"\n\r\n"), raw.find(b"\n\n")
+    if after_crlf >= 0 and (after_lf < 0 or after_crlf < after_lf):
+        return after_crlf + 1, after_crlf + 3
+    if after_lf >= 0:
+        return after_lf + 1, after_lf + 2
+    return None
 
 
 def split_message(raw: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:
@@ -42,12 +54,12 @@ def split_message(raw: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:
     A value keeps what follows the colon, its continuation lines, and a final CRLF, so `simple`
     header canonicalisation is the value itself.  UnreadableMessage for a header block that is
     not one (a line that is not a field, a continuation before any field)."""
-    found = _BLANK_LINE.search(raw)
-    if found is None:
+    blank = _first_empty_line(raw)
+    if blank is None:
         block, body = raw, b""
     else:
-        block, body = raw[: found.start(1)], raw[found.end(1) :]
-    lines = _LINE_END.split(block)
+        block, body = raw[: blank[0]], raw[blank[1] :]
+    lines = block.split(CRLF) if block.count(b"\n") == block.count(CRLF) else _LINE_END.split(block)
     if lines and not lines[-1]:
         lines.pop()  # the line end that closed the last field
     fields: list[list[bytes]] = []
@@ -57,9 +69,10 @@ def split_message(raw: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:
                 raise UnreadableMessage("a continuation line before any header field")
             fields[-1][1] += line + CRLF
             continue
-        name = _FIELD_NAME.match(line)
-        if name is not None:
-            fields.append([name.group()[:-1], line[name.end() :] + CRLF])
+        colon = line.find(b":")
+        # A field name: printable US-ASCII up to the first colon, at least one character.
+        if colon > 0 and not line[:colon].translate(None, _NAME_CHARACTERS):
+            fields.append([line[:colon], line[colon + 1 :] + CRLF])
         elif not line.startswith(b"From "):  # an mbox separator line is skipped
             raise UnreadableMessage(f"not a header field: {line[:60]!r}")
     if body.count(b"\n") != body.count(CRLF):  # some bare LF: make every line end CRLF
@@ -90,8 +103,8 @@ def relaxed_body(body: bytes) -> bytes:
     removed; a body of nothing but line ends is empty."""
     if b"\t" in body:
         body = body.replace(b"\t", b" ")
-    if b"  " in body:
-        body = _WSP_RUN.sub(b" ", body)
+    while b"  " in body:  # each pass halves every run of spaces: twice the speed of re.sub here
+        body = body.replace(b"  ", b" ")
     if b" \r\n" in body:  # after compressing, WSP before a line end is exactly one space
         body = body.replace(b" \r\n", CRLF)
     stripped = _without_trailing_line_ends(body)
@@ -106,9 +119,13 @@ BODY_CANONICALISATION = {b"simple": simple_body, b"relaxed": relaxed_body}
 
 def relaxed_header(name: bytes, value: bytes) -> tuple[bytes, bytes]:
     """RFC 6376 3.4.2: lower-case name; value unfolded, WSP runs one space, trimmed; CRLF added."""
-    if b"\n" in value:
-        value = _LINE_END.sub(b"", value)
-    return name.lower().rstrip(), _WSP_RUN.sub(b" ", value).strip() + CRLF
+    # Unfolding removes every CRLF, then every LF left alone (a CR not before an LF stays).
+    value = value.replace(CRLF, b"").replace(b"\n", b"")
+    if b"\t" in value:
+        value = value.replace(b"\t", b" ")
+    if b"  " in value:
+        value = _WSP_RUN.sub(b" ", value)
+    return name.lower().rstrip(), value.strip() + CRLF
 
 
 def parse_tag_list(value: bytes) -> dict[bytes, bytes] | None:

@@ -7,8 +7,8 @@ on hostile signatures and compares them).  What makes it faster:
 - the message is split once, and each canonical body is made once by whole-body byte passes
   (filterd.auth.dkim_canon) and hashed in one call: a message signed with RSA and Ed25519 by the
   same signer hashes its body once;
-- each header field is canonicalised once per message, and h= is resolved through an index of
-  field names rather than a scan of the header list per name;
+- a header field is canonicalised only when a signature covers it, once per message, and h= is
+  resolved through an index of field names rather than a scan of the header list per name;
 - a key record is parsed once per distinct record (filterd.auth.dkim_key) and verified with
   `cryptography` (OpenSSL) instead of Python big-number arithmetic and PyNaCl.
 
@@ -100,7 +100,7 @@ class SignedMessage:
         self.headers, self.body = split_message(raw)
         self._bodies: dict[bytes, bytes] = {}
         self._body_hashes: dict[tuple[bytes, str, int | None], bytes] = {}
-        self._relaxed: list[tuple[bytes, bytes]] | None = None
+        self._relaxed: dict[int, tuple[bytes, bytes]] = {}
         positions: dict[bytes, list[int]] = {}
         for i, (name, _) in enumerate(self.headers):
             positions.setdefault(name.lower(), []).append(i)
@@ -121,12 +121,14 @@ class SignedMessage:
             self._body_hashes[key] = digest
         return digest
 
-    def canonical_headers(self, canon: bytes) -> list[tuple[bytes, bytes]]:
+    def canonical_field(self, canon: bytes, i: int) -> tuple[bytes, bytes]:
+        """Header field `i` in canonical form; relaxed ones made when first signed, then kept."""
         if canon == b"simple":
-            return self.headers
-        if self._relaxed is None:
-            self._relaxed = [relaxed_header(n, v) for n, v in self.headers]
-        return self._relaxed
+            return self.headers[i]
+        field = self._relaxed.get(i)
+        if field is None:
+            field = self._relaxed[i] = relaxed_header(*self.headers[i])
+        return field
 
     def select(self, names: list[bytes]) -> list[int]:
         """The positions of the fields h= names, each name taking the next instance from the
@@ -334,10 +336,9 @@ def _header_hash(
     # field that the signer did not see makes the signature fail.
     if b"from" in signed_names:
         signed_names = [*signed_names, b"from"]
-    fields = message.canonical_headers(canon)
     parts: list[bytes] = []
     for i in message.select(signed_names):
-        name, field_value = fields[i]
+        name, field_value = message.canonical_field(canon, i)
         parts += (name, b":", field_value)
     name, own = field[0], _B_VALUE.sub(rb"\1", field[1])
     if canon == b"relaxed":

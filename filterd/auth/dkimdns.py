@@ -11,6 +11,8 @@ it found rather than raising dkimpy's exceptions; `KeyLookup` stays for dkimpy's
 
 from __future__ import annotations
 
+import time
+import weakref
 from dataclasses import dataclass
 
 import dkim
@@ -57,17 +59,39 @@ class KeyAnswer:
     missing: str = ""  # the name has no TXT record, or is not a DNS name (permerror)
 
 
+# Key records found, per resolver (a new configuration's resolver starts empty, as its DNS
+# cache does): name -> (answer, time.time() until which the record's TTL allows its use).
+_FOUND: weakref.WeakKeyDictionary[Resolver, dict[bytes, tuple[KeyAnswer, float]]] = (
+    weakref.WeakKeyDictionary()
+)
+KEYS_KEPT = 4096  # key names per resolver; a busy server sees a few thousand signing keys
+
+
 def fetch_key(resolver: Resolver, name: bytes, budget: DnsBudget | None = None) -> KeyAnswer:
     """The key record at `name` (``selector._domainkey.domain``), as `KeyLookup` finds it for
-    dkimpy: the TXT strings joined, the record that holds ``p=`` when several are published."""
+    dkimpy: the TXT strings joined, the record that holds ``p=`` when several are published.
+
+    A record found is kept for its TTL and given again without asking the resolver (or spending
+    the message's DNS budget: a kept record costs no lookup); a missing key or a failed lookup is
+    asked again every time (the resolver caches what DNS lets it)."""
+    found = _FOUND.get(resolver)
+    if found is None:
+        found = _FOUND[resolver] = {}
+    kept = found.get(name)
+    if kept is not None and time.time() < kept[1]:
+        return kept[0]
     qname = name.decode("utf-8", "replace").rstrip(".")
     try:
-        records = resolver.txt(qname, budget)
+        records, until = resolver.query_until(qname, "TXT", budget)
     except DnsTempError as exc:
         return KeyAnswer(temp_error=str(exc))
     except ValueError:  # a malformed name (8-bit bytes in d= or s=) or answer: no usable key
-        records = []
+        records, until = [], 0.0
     if not records:
         return KeyAnswer(missing=qname)
     chosen = next((r for r in records if "p=" in r), records[0])
-    return KeyAnswer(record=chosen.encode("utf-8", "replace"))
+    answer = KeyAnswer(record=chosen.encode("utf-8", "replace"))
+    if len(found) >= KEYS_KEPT:
+        del found[next(iter(found))]  # the oldest name
+    found[name] = (answer, until)
+    return answer
