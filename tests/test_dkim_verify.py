@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from filterd.auth import dkim_canon, dkim_key, dkim_verify
-from filterd.dns import Resolver
+from filterd.dns import DnsBudget, Resolver
 from filterd.services import Services
 from tests import dkimpy_reference
 from tests.harness.auth import auth_config, message, publish_txt, unique
@@ -468,6 +468,33 @@ def test_key_record_parsed_once_per_text() -> None:
         dkim_key.key_record(b"v=DKIM1; p=A===")
     with pytest.raises(dkim_key.KeyRecordError):  # errors are remembered too, and raised again
         dkim_key.key_record(b"v=DKIM1; p=A===")
+
+
+def test_key_record_kept_for_its_ttl(local_dns: LocalDns, resolver: Resolver) -> None:
+    """A key found is used again without DNS (nor the message's DNS budget) until its TTL runs out."""
+    domain = unique("dkimttl")
+    key = Key(local_dns, domain, "real", "ed25519")
+    publish_txt(local_dns, f"short._domainkey.{domain}", key.record, ttl=1)
+    key.selector = "short"
+    raw = key.sign(message())
+    budget = DnsBudget(max_lookups=10, max_seconds=5)
+    for _ in range(3):
+        assert [r.result for r in dkim_verify.verify_all(raw, resolver, budget=budget)] == ["pass"]
+    assert (local_dns.queries_under(f"short._domainkey.{domain}"), budget.lookups) == (1, 1)
+    time.sleep(1.1)
+    assert [r.result for r in dkim_verify.verify_all(raw, resolver, budget=budget)] == ["pass"]
+    assert (local_dns.queries_under(f"short._domainkey.{domain}"), budget.lookups) == (2, 2)
+
+
+def test_a_new_resolver_starts_without_kept_keys(local_dns: LocalDns, keys: dict[str, Key]) -> None:
+    """A reloaded configuration builds a new resolver: it asks DNS afresh, as its cache is empty."""
+    raw = keys["ed"].sign(message())
+    name = f"ed._domainkey.{keys['ed'].domain}"
+    for _ in range(2):
+        fresh = Services(auth_config(local_dns)).resolver
+        before = local_dns.queries_under(name)
+        assert [r.result for r in dkim_verify.verify_all(raw, fresh)] == ["pass"]
+        assert local_dns.queries_under(name) == before + 1
 
 
 def test_hostile_signature_on_a_large_body_is_quick(resolver: Resolver, keys: dict[str, Key]) -> None:
