@@ -69,8 +69,9 @@ def split_message(raw: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:
                 raise UnreadableMessage("a continuation line before any header field")
             fields[-1][1] += line + CRLF
             continue
-        colon = line.find(b":")
-        # A field name: printable US-ASCII up to the first colon, at least one character.
+        # A field name: one or more printable US-ASCII characters, up to the first colon after
+        # the first character (so dkimpy, and here, read "::" as the field ":" with no value).
+        colon = line.find(b":", 1)
         if colon > 0 and not line[:colon].translate(None, _NAME_CHARACTERS):
             fields.append([line[:colon], line[colon + 1 :] + CRLF])
         elif not line.startswith(b"From "):  # an mbox separator line is skipped
