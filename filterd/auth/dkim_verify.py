@@ -9,8 +9,9 @@ on hostile signatures and compares them).  What makes it faster:
   same signer hashes its body once;
 - a header field is canonicalised only when a signature covers it, once per message, and h= is
   resolved through an index of field names rather than a scan of the header list per name;
-- a key record is parsed once per distinct record (filterd.auth.dkim_key) and verified with
-  `cryptography` (OpenSSL) instead of Python big-number arithmetic and PyNaCl.
+- a key record found is kept for its TTL, per resolver (filterd.auth.dkimdns), and parsed once
+  per distinct text (filterd.auth.dkim_key); RSA is verified by `cryptography` (OpenSSL) instead
+  of Python big-number arithmetic, Ed25519 by libsodium as before.
 
 The order of the steps is dkimpy's, because it decides which result a signature that is wrong in
 several ways gets: the signature's tags (permerror), the key lookup (temperror, or permerror when
