@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections import OrderedDict
+import threading
 from dataclasses import dataclass, field
 
 import nacl.bindings
@@ -62,7 +62,10 @@ class KeyRecord:
         return max(1, (n.bit_length() + 7) // 8)
 
 
-_MEMO: OrderedDict[bytes, KeyRecord | KeyRecordError] = OrderedDict()
+# libmilter calls the checks from one thread per connection: the memo is changed under a lock
+# (parsing happens outside it; two threads parsing one new record both get the same result).
+_MEMO: dict[bytes, KeyRecord | KeyRecordError] = {}
+_MEMO_LOCK = threading.Lock()
 MEMO_SIZE = 2048  # distinct key records kept parsed; a server sees a few hundred signing keys
 
 
@@ -76,11 +79,10 @@ def key_record(text: bytes) -> KeyRecord:
             found = exc
         except (ValueError, IndexError, TypeError) as exc:  # any other way the record is broken
             found = KeyRecordError(f"unusable key record: {type(exc).__name__}: {exc}"[:120])
-        _MEMO[text] = found
-        if len(_MEMO) > MEMO_SIZE:
-            _MEMO.popitem(last=False)
-    else:
-        _MEMO.move_to_end(text)
+        with _MEMO_LOCK:
+            if len(_MEMO) >= MEMO_SIZE:
+                del _MEMO[next(iter(_MEMO))]  # the oldest: records change rarely, FIFO will do
+            _MEMO[text] = found
     if isinstance(found, KeyRecordError):
         raise found
     return found

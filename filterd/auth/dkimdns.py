@@ -11,6 +11,7 @@ it found rather than raising dkimpy's exceptions; `KeyLookup` stays for dkimpy's
 
 from __future__ import annotations
 
+import threading
 import time
 import weakref
 from dataclasses import dataclass
@@ -64,6 +65,7 @@ class KeyAnswer:
 _FOUND: weakref.WeakKeyDictionary[Resolver, dict[bytes, tuple[KeyAnswer, float]]] = (
     weakref.WeakKeyDictionary()
 )
+_FOUND_LOCK = threading.Lock()
 KEYS_KEPT = 4096  # key names per resolver; a busy server sees a few thousand signing keys
 
 
@@ -74,9 +76,10 @@ def fetch_key(resolver: Resolver, name: bytes, budget: DnsBudget | None = None) 
     A record found is kept for its TTL and given again without asking the resolver (or spending
     the message's DNS budget: a kept record costs no lookup); a missing key or a failed lookup is
     asked again every time (the resolver caches what DNS lets it)."""
-    found = _FOUND.get(resolver)
-    if found is None:
-        found = _FOUND[resolver] = {}
+    with _FOUND_LOCK:  # libmilter calls the checks from one thread per connection
+        found = _FOUND.get(resolver)
+        if found is None:
+            found = _FOUND[resolver] = {}
     kept = found.get(name)
     if kept is not None and time.time() < kept[1]:
         return kept[0]
@@ -91,7 +94,8 @@ def fetch_key(resolver: Resolver, name: bytes, budget: DnsBudget | None = None) 
         return KeyAnswer(missing=qname)
     chosen = next((r for r in records if "p=" in r), records[0])
     answer = KeyAnswer(record=chosen.encode("utf-8", "replace"))
-    if len(found) >= KEYS_KEPT:
-        del found[next(iter(found))]  # the oldest name
-    found[name] = (answer, until)
+    with _FOUND_LOCK:
+        if len(found) >= KEYS_KEPT:
+            del found[next(iter(found))]  # the oldest name
+        found[name] = (answer, until)
     return answer
