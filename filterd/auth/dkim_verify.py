@@ -153,6 +153,8 @@ class SignedMessage:
 
 @dataclass(frozen=True)
 class Policy:
+    """What the [checks.dkim] settings accept of a signature that verifies."""
+
     min_rsa_bits: int = 1024
     accept_rsa_sha1: bool = False
 
