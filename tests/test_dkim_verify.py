@@ -379,6 +379,8 @@ SIGNATURE_EDITS = {
     "empty b=": (rb" b=[A-Za-z0-9+/=\s]+", b" b="),
     "tag name not a letter": (rb"; q=", b"; 1x=2; q="),
     "name in lower case": (rb"^DKIM-Signature", b"dkim-signature"),
+    "z= copied headers added": (rb"; q=", b"; z=From:a@b.example|To:=20x|Subject:=3B; q="),
+    "unknown tag added": (rb"; q=", b"; future=value; q="),
 }
 
 
