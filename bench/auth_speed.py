@@ -42,6 +42,8 @@ from tests.harness.dns import LocalDns  # noqa: E402
 
 CORPUS = Path(os.environ.get("FILTERD_CORPUS", ROOT.parent / "shared" / "corpus"))
 AUTH_CHECKS = ("spf", "dkim", "arc", "dmarc", "auth_results")
+# auth_results is a finisher (the driver calls its finish(), not run()): timed only inside scans.
+TIMED = AUTH_CHECKS[:-1]
 CLIENT = "192.0.2.10"
 
 
@@ -117,12 +119,12 @@ def config(dns: LocalDns, auth: bool) -> Any:
 def time_checks(pipeline: Pipeline, messages: list[tuple[str, bytes]]) -> dict[str, list[float]]:
     """Seconds per message of each authentication check's run(), in pipeline order."""
     by_name = {c.name: c for c in pipeline.checks}
-    times: dict[str, list[float]] = {name: [] for name in AUTH_CHECKS}
+    times: dict[str, list[float]] = {name: [] for name in TIMED}
     for sender, raw in messages:
         tx = Transaction.start(Session(client_addr=CLIENT, helo="mta.example.org"))
         tx.mail_from, tx.raw_message, tx.size = sender, raw, len(raw)
         tx.direction = pipeline.direction_of(tx)
-        for name in AUTH_CHECKS:
+        for name in TIMED:
             check = by_name[name]
             started = time.perf_counter()
             outputs = list(check.run(tx))
@@ -211,12 +213,12 @@ def main() -> int:
     print(f"{args.messages} messages (warm cache), {cold_count} from distinct domains (cold cache)")
     print("each message: SPF pass, two DKIM signatures (RSA 2048 + Ed25519, relaxed), DMARC pass")
     print(f"{'check':<14}{'warm mean':>11}{'warm p99':>10}{'cold mean':>11}{'cold p99':>10}   (ms/message)")
-    for name in AUTH_CHECKS:
+    for name in TIMED:
         w, c = report["warm_ms"][name], report["cold_ms"][name]
         print(f"{name:<14}{w['mean']:>11.3f}{w['p99']:>10.3f}{c['mean']:>11.3f}{c['p99']:>10.3f}")
-    total_w = sum(report["warm_ms"][n]["mean"] for n in AUTH_CHECKS)
-    total_c = sum(report["cold_ms"][n]["mean"] for n in AUTH_CHECKS)
-    print(f"{'all five':<14}{total_w:>11.3f}{'':>10}{total_c:>11.3f}")
+    total_w = sum(report["warm_ms"][n]["mean"] for n in TIMED)
+    total_c = sum(report["cold_ms"][n]["mean"] for n in TIMED)
+    print(f"{'all four':<14}{total_w:>11.3f}{'':>10}{total_c:>11.3f}")
     b, a = report["scan_without_auth_ms"], report["scan_with_auth_ms"]
     print(f"offline pipeline, auth checks off: {b['mean']:.3f} ms/message (p99 {b['p99']:.3f})")
     print(f"offline pipeline, auth checks on:  {a['mean']:.3f} ms/message (p99 {a['p99']:.3f})")

@@ -207,6 +207,14 @@ class Resolver:
         self, name: str, rdtype: str, budget: DnsBudget | None = None, reserved: bool = False
     ) -> list[str]:
         """The records of `rdtype` at `name` as text; [] when the name or the type does not exist.
+        See `query_until`."""
+        return self.query_until(name, rdtype, budget, reserved)[0]
+
+    def query_until(
+        self, name: str, rdtype: str, budget: DnsBudget | None = None, reserved: bool = False
+    ) -> tuple[list[str], float]:
+        """The records of `rdtype` at `name` as text, and until when (``time.time()``) their TTL
+        lets them be used (0 with no records); [] when the name or the type does not exist.
 
         With a `budget`, the lookup is counted against it and waits no longer than it allows
         (`reserved`: DMARC's share may be used); `DnsBudgetSpent` when it is used up.  A name that
@@ -223,7 +231,7 @@ class Resolver:
                 try:
                     answer = self.dnspython.resolve(qname, rdtype, search=False, lifetime=lifetime)
                 except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
-                    return []
+                    return [], 0.0
                 except DnsBreakerOpen as exc:  # another attempt would be refused the same way
                     raise DnsTempError(f"DNS lookup of {name} {rdtype} not made: {exc}") from exc
                 except (dns.exception.Timeout, dns.resolver.NoNameservers) as exc:
@@ -231,7 +239,7 @@ class Resolver:
                     continue
                 except dns.exception.DNSException as exc:  # a malformed name or answer: permanent
                     raise ValueError(f"DNS lookup of {name} {rdtype} failed: {exc}") from exc
-                return [_text(rdata) for rdata in answer]
+                return [_text(rdata) for rdata in answer], answer.expiration
         finally:
             if budget is not None:
                 budget.charge(time.monotonic() - started)

@@ -6,6 +6,7 @@ decision that depends on the bytes (not on a crash)."""
 
 from __future__ import annotations
 
+import base64
 import time
 
 import pytest
@@ -13,7 +14,7 @@ import pytest
 from filterd.auth.results import ARC, DKIM, DMARC, SPF
 from filterd.checks.dkim import MAX_SIGNATURE_BYTES
 from filterd.pipeline import Pipeline
-from tests.harness.auth import milter_run, pipeline, publish_txt, run, unique
+from tests.harness.auth import PublishedKey, milter_run, pipeline, publish_txt, run, unique
 from tests.harness.dns import LocalDns
 
 IP = "198.51.100.40"
@@ -69,6 +70,23 @@ SIGNATURES = {
     "l= huge": b"v=1; a=rsa-sha256; d={d}; s=s; l=99999999999999999999; h=from; bh=AAAA; b=AAAA",
     "huge h=": b"v=1; a=rsa-sha256; d={d}; s=s; h=" + b"from:" * 3000 + b"from; bh=AAAA; b=AAAA",
     "long h=": b"v=1; a=rsa-sha256; d={d}; s=s; h=" + b"x-a:" * 1500 + b"from; bh=AAAA; b=AAAA",
+    "b= only spaces": b"v=1; a=rsa-sha256; d={d}; s=s; h=from; bh=AAAA; b=   ",
+    "bh= odd length": b"v=1; a=rsa-sha256; d={d}; s=s; h=from; bh=AAA; b=AAAA",
+    "bh= padding only": b"v=1; a=rsa-sha256; d={d}; s=s; h=from; bh=====; b=AAAA",
+    "c= bogus": b"v=1; a=rsa-sha256; c=relaxed/odd/x; d={d}; s=s; h=from; bh=AAAA; b=AAAA",
+    "l= empty": b"v=1; a=rsa-sha256; d={d}; s=s; l=; h=from; bh=AAAA; b=AAAA",
+    "l= negative": b"v=1; a=rsa-sha256; d={d}; s=s; l=-5; h=from; bh=AAAA; b=AAAA",
+    "x= letters": b"v=1; a=rsa-sha256; d={d}; s=s; x=tomorrow; h=from; bh=AAAA; b=AAAA",
+    "x= before t=": b"v=1; a=rsa-sha256; d={d}; s=s; t=1800000000; x=1799999999; h=from; bh=AAAA; b=AAAA",
+    "i= other domain": b"v=1; a=rsa-sha256; d={d}; i=@evil.example; s=s; h=from; bh=AAAA; b=AAAA",
+    "i= equals d=": b"v=1; a=rsa-sha256; d={d}; i={d}; s=s; h=from; bh=AAAA; b=AAAA",
+    "h= without from": b"v=1; a=rsa-sha256; d={d}; s=s; h=subject:to; bh=AAAA; b=AAAA",
+    "h= empty": b"v=1; a=rsa-sha256; d={d}; s=s; h=; bh=AAAA; b=AAAA",
+    "a= upper case": b"v=1; a=RSA-SHA256; d={d}; s=s; h=from; bh=AAAA; b=AAAA",
+    "no v=": b"a=rsa-sha256; d={d}; s=s; h=from; bh=AAAA; b=AAAA",
+    "empty d=": b"v=1; a=rsa-sha256; d=; s=s; h=from; bh=AAAA; b=AAAA",
+    "tag without value": b"v=1; a=rsa-sha256; d={d}; s=s; h=from; bh=AAAA; b=AAAA; z",
+    "folded everywhere": b"v=1;\r\n a=rsa-sha256;\r\n\td={d}; s=s;\r\n h=from\r\n :to; bh=\r\n AAAA; b=AA\r\n AA",
 }
 
 
@@ -80,8 +98,64 @@ def test_hostile_dkim_signature_is_permerror_and_dmarc_still_applies(
     for tx, verdict in both(p, raw_message(f"From: ceo@{victim}".encode(), sig)):
         results = {r.result for r in tx.facts.get(DKIM)}
         assert results <= {"permerror", "fail", "temperror"}, (case, tx.facts.get(DKIM))
+        assert not any("internal error" in r.reason for r in tx.facts.get(DKIM)), tx.facts.get(DKIM)
         assert tx.facts.get(DMARC).result == "fail"
         assert verdict.decision is not None and verdict.decision.reply.code == 550
+
+
+def _der_rsa_public_key(n: int, e: int) -> str:
+    """A bare RSAPublicKey (PKCS#1) in DER, base64: any numbers, sensible or not."""
+
+    def element(tag: int, content: bytes) -> bytes:
+        size = len(content)
+        length = (
+            bytes([size])
+            if size < 0x80
+            else bytes([0x80 | ((size.bit_length() + 7) // 8)])
+            + size.to_bytes((size.bit_length() + 7) // 8, "big")
+        )
+        return bytes([tag]) + length + content
+
+    def integer(value: int) -> bytes:
+        return element(0x02, value.to_bytes(value.bit_length() // 8 + 1, "big"))
+
+    return base64.b64encode(element(0x30, integer(n) + integer(e))).decode()
+
+
+KEY_RECORDS = {
+    "not a tag list": "no tags here",
+    "p= not base64": "v=DKIM1; p=!!!!",
+    "p= bad padding": "v=DKIM1; p=A===",
+    "p= not DER": "v=DKIM1; p=" + base64.b64encode(b"\x30\x82\xff\xff" + b"\x00" * 40).decode(),
+    "p= empty (revoked)": "v=DKIM1; p=",
+    "ed25519 of 31 bytes": "v=DKIM1; k=ed25519; p=" + base64.b64encode(bytes(31)).decode(),
+    "ed25519 all zero": "v=DKIM1; k=ed25519; p=" + base64.b64encode(bytes(32)).decode(),
+    "RSA modulus of 17000 bits": "v=DKIM1; p=" + _der_rsa_public_key((1 << 17000) - 1, 65537),
+    "RSA with an even huge exponent": "v=DKIM1; p=" + _der_rsa_public_key((1 << 2048) - 1, 1 << 100),
+    "RSA with e=1": "v=DKIM1; p=" + _der_rsa_public_key((1 << 2048) - 1, 1),
+    "RSA modulus 0": "v=DKIM1; p=" + _der_rsa_public_key(0, 3),
+    "unknown k=": "v=DKIM1; k=ec; p=AAAA",
+    "v=DKIM2": "v=DKIM2; p=AAAA",
+    "duplicate p=": "v=DKIM1; p=AAAA; p=BBBB",
+    "h= without sha256": "v=DKIM1; h=md5; p=AAAA",
+    "s=tlsrpt": "v=DKIM1; s=tlsrpt; p=AAAA",
+}
+
+
+@pytest.mark.parametrize("case", sorted(KEY_RECORDS))
+def test_hostile_key_record_gives_fail_or_permerror(
+    p: Pipeline, local_dns: LocalDns, victim: str, case: str
+) -> None:
+    """A real signature, made with a real key, checked against a broken key record."""
+    selector = f"k{sorted(KEY_RECORDS).index(case)}"
+    publish_txt(local_dns, f"{selector}._domainkey.{victim}", KEY_RECORDS[case])
+    key = PublishedKey(local_dns, victim, selector, publish=False)
+    raw = key.sign(raw_message(f"From: ceo@{victim}".encode()))
+    for tx, _ in both(p, raw):
+        [r] = tx.facts.get(DKIM)
+        assert r.result in ("permerror", "fail", "policy"), (case, r)
+        assert "internal error" not in r.reason, (case, r)
+        assert tx.facts.get(DMARC).result == "fail"
 
 
 def test_huge_h_list_is_permerror_without_verifying(p: Pipeline, victim: str) -> None:
