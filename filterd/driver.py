@@ -119,7 +119,7 @@ class Driver:
         chosen = tx.facts.get(POLICY)  # the message's policy: its first accepted recipient's
         # outbound mail is not scored: a recipient's policy has nothing to change, nor to split
         inbound = tx.direction is Direction.INBOUND
-        policy = self.pipeline.config.policies.lookup(rcpt) if inbound else SITE
+        policy = self.pipeline.policy_for(rcpt) if inbound else SITE
         if chosen is not None and policy != chosen and awaits_reply:
             # one message, one policy: this recipient comes again in a transaction of its own
             return self._refuse_rcpt(

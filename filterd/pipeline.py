@@ -32,7 +32,7 @@ from filterd.check import Check, CheckContext, CheckSettings, Finisher, ScoreTab
 from filterd.combination import BASE_SYMBOL, Combination
 from filterd.config import ActionSettings, Config, registered_checks
 from filterd.failures import R554_CHECK_FAILED, is_dependency_failure
-from filterd.policy import policy_of
+from filterd.policy import Policy, PolicyTable, parse_policies, policy_of
 from filterd.registry import known_symbols, run_order
 from filterd.replies import R451_CHECK_FAILED, R451_GREYLISTED, R550_SPAM
 from filterd.results import (
@@ -112,6 +112,8 @@ class Pipeline:
     def __init__(self, config: Config, checks: Iterable[Check], services: Services) -> None:
         self.config = config
         self.services = services
+        # the last [sql] policy rows seen and the table made of them with the file's (policy_for)
+        self._sql_policies: tuple[Any, PolicyTable] | None = None
         self.checks = list(checks)
         self.by_stage = run_order(self.checks)
         self.scores = ScoreTable(known_symbols(), config.scores)
@@ -145,9 +147,37 @@ class Pipeline:
             check.close()
         self.services.close()
 
+    def policy_for(self, rcpt: str) -> Policy:
+        """The recipient's policy: the ``[policy."..."]`` tables, and with [sql] the rows of
+        ``filterd_policy`` under them (a key in the file wins over the same key in SQL; the most
+        specific key wins across both).  SQL rows are validated as the file's tables are; a bad
+        row is logged once per refresh and left out, never a reason to refuse mail."""
+        sql = self.services.sql if self.config.sql.enabled else None
+        if sql is None:
+            return self.config.policies.lookup(rcpt)
+        rows = sql.policy_rows()
+        merged = self._sql_policies
+        if merged is None or merged[0] is not rows:
+            merged = (rows, self._merge_sql_policies(rows))
+            self._sql_policies = merged  # one reference swap: a racing thread at worst parses twice
+        return merged[1].lookup(rcpt)
+
+    def _merge_sql_policies(self, rows: Any) -> PolicyTable:
+        check_names = [c.name for c in registered_checks()]
+        entries: dict[str, Policy] = {}
+        for domain, row in rows.items():  # one row at a time: a bad one costs only itself
+            table, problems = parse_policies({domain: dict(row)}, self.config.actions, check_names)
+            for problem in problems:
+                log.warning(
+                    "sql: filterd_policy row of %s left out: %s: %s", domain, problem.key, problem.message
+                )
+            if not problems:
+                entries.update(table.entries)
+        return PolicyTable({**entries, **self.config.policies.entries})
+
     def may_decide(self, *stages: Stage) -> bool:
         """Could an enabled check at one of these stages refuse or hold the message?"""
-        if Stage.RCPT in stages and self.config.policies:
+        if Stage.RCPT in stages and (self.config.policies or self.config.sql.enabled):
             return True  # a recipient under another policy than the message's is refused (filterd.policy)
         return any(check.can_decide() for stage in stages for check in self.by_stage[stage])
 

@@ -207,6 +207,12 @@ class SqlLookup:
             return {}
         return {d: dict(p) for d, p in snap.policies.items()}
 
+    def policy_rows(self) -> Mapping[str, Mapping[str, object]]:
+        """The same as `domain_policies`, uncopied: the one mapping of the current answer, so a
+        caller can tell by identity whether it changed (the pipeline parses it only then)."""
+        snap = self._usable()
+        return {} if snap is None else snap.policies
+
     @property
     def down(self) -> bool:
         """Did the last refresh fail?"""

@@ -479,3 +479,40 @@ def test_settings_render_in_the_reference_config() -> None:
     text = render_defaults()
     assert "[sql]" in text and 'on_error = "stale"' in text and "[checks.recipient_exists]" in text
     assert dataclasses.asdict(parse_config({}).sql)["enabled"] is False
+
+
+GTUBE = (
+    b"From: a@example.org\r\nTo: x@example.net\r\nSubject: test\r\nDate: Thu, 03 Dec 2026 10:00:00 +0000\r\n"
+    b"Message-ID: <gtube@example.org>\r\n\r\n"
+    b"XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X\r\n"
+)
+
+
+def test_policy_rows_apply_under_the_files_tables(running: MariaDb, caplog: pytest.LogCaptureFixture) -> None:
+    """filterd_policy rows are recipients' policies like [policy."..."] tables: validated the same
+    way (a bad row is left out with a warning, never a refusal), and the file wins on the same key."""
+    held, bad, both = unique("held"), unique("bad"), unique("both")
+    for domain, key, value in (
+        (held, "reject_action", '"quarantine"'),
+        (held, "add_header", "1"),
+        (bad, "reject_action", '"quarantine"'),
+        (bad, "reject", '"soon"'),  # not a number: this domain's row is left out
+        (both, "reject_action", '"quarantine"'),
+    ):
+        running.execute(
+            "INSERT INTO filterd_policy (domain, `key`, value) VALUES (%s, %s, %s)", (domain, key, value)
+        )
+    config = sql_config(running, policy={both: {"add_header": 2.0}})
+    p = Pipeline.from_config(config, Services(config))
+    try:
+        with caplog.at_level(logging.WARNING, logger="filterd.pipeline"):
+            outcomes = {
+                d: run(p, GTUBE, mail_from="a@example.org", rcpts=(f"u@{d}",))[1].action.value
+                for d in (held, bad, both)
+            }
+    finally:
+        p.close()
+    assert outcomes == {held: "quarantine", bad: "reject", both: "reject"}
+    assert any(
+        f"row of {bad} left out" in r.getMessage() and "reject" in r.getMessage() for r in caplog.records
+    )
