@@ -12,6 +12,7 @@ import logging
 import smtplib
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -132,6 +133,7 @@ def test_each_verdict_counts_once_per_hour_and_day_with_top_lists(redis_server: 
     )
     # an offline scan (filterctl scan) is not mail a client sent: not counted
     scan(pipeline, message("offline", GTUBE + "\r\n"), SmtpContext(mail_from="z@other.example"))
+    assert stats.flush()
     pipeline.close()
 
     r, keys = client(redis_server), StatsKeys(key_prefix)
@@ -157,6 +159,7 @@ def test_history_entries_follow_the_contract_newest_first_and_trimmed(redis_serv
             queue_id=f"QID{i}",
             rcpts=("b@x.net", "c@x.net"),
         )
+    assert stats.flush()
     pipeline.close()
 
     r = client(redis_server)
@@ -178,6 +181,7 @@ def test_history_entries_follow_the_contract_newest_first_and_trimmed(redis_serv
     # the decoded Subject of an RFC 2047 word (read from the list as the web console would)
     pipeline = Pipeline.from_config(parse_config(settings_for(redis_server, key_prefix, history=3)))
     deliver(pipeline, message(subjects[1]))
+    assert stats.flush()
     pipeline.close()
     assert stats.read_history(r, key_prefix, 1)[0]["subject"] == "écho déjà vu"
 
@@ -214,6 +218,7 @@ def test_a_refusal_at_rcpt_counts_as_a_verdict(redis_server: RedisServer, tmp_pa
     driver.mail("a@example.org")
     assert driver.rcpt("blocked@example.net").decision is not None
     driver.abort()
+    assert stats.flush()
     pipeline.close()
     r = client(redis_server)
     assert counted(r, key_prefix, "day") == {"received": 1, "rejected": 1}
@@ -234,6 +239,7 @@ def test_a_greylisted_recipient_counts_as_greylisted(redis_server: RedisServer) 
     refusal = driver.rcpt("b@example.net").decision
     assert isinstance(refusal, TempFail) and refusal.reply.code == 451 and "Greylisted" in refusal.reply.text
     driver.abort()
+    assert stats.flush()
     pipeline.close()
     r = client(redis_server)
     assert counted(r, key_prefix, "day") == {"received": 1, "greylisted": 1}
@@ -249,7 +255,11 @@ def test_counting_survives_a_flushed_script_cache_without_a_second_history_entry
     tx, verdict = Transaction(Session(), queue_id="Q1"), Verdict(0.0, 5.0, Action.ACCEPT, [])
     r.script_flush()  # as after a Redis restart: the script must be loaded again
     assert recorder.record(tx, verdict, ts=1_700_000_000.0)
+    assert recorder.flush()
+    r.script_flush()
     assert recorder.record(tx, verdict, ts=1_700_000_000.0)
+    assert recorder.flush()
+    assert (recorder.counted_total, recorder.lost_total) == (2, 0)
     got = hash_of(r, StatsKeys(key_prefix).hour(hour_bucket(1_700_000_000.0)))
     assert got == {"received": 2, "accepted": 2}
     assert r.llen(StatsKeys(key_prefix).history) == 2
@@ -277,8 +287,137 @@ def test_a_virus_counts_beside_its_outcome(redis_server: RedisServer) -> None:
     tx = Transaction(Session(), mail_from="v@virus.example", rcpts=["b@example.net"])
     virus = Verdict(20.0, 5.0, Action.REJECT, [Symbol("CLAM_VIRUS", 20.0, "Eicar-Test")])
     assert recorder.record(tx, virus, ts=1_700_000_000.0)
+    assert recorder.flush()
     got = hash_of(client(redis_server), StatsKeys(key_prefix).hour(hour_bucket(1_700_000_000.0)))
     assert got == {"received": 1, "rejected": 1, "virus": 1}
+
+
+# -- the queue and its sender thread ------------------------------------------------------------
+
+
+def test_verdicts_from_many_threads_are_counted_exactly_once(redis_server: RedisServer) -> None:
+    """Eight threads record 500 verdicts each, as a worker's milter threads would: after flush
+    every verdict is in the counters once and in the history once, in batches of at most 200."""
+    key_prefix, r = prefix(), client(redis_server)
+    recorder = StatsRecorder(parse_config({}).stats, key_prefix, lambda: r)
+    ts = 1_700_000_000.0
+    sent_batches: list[int] = []
+    send = recorder._send
+
+    def counting_send(batch: Any) -> None:
+        sent_batches.append(len(batch))
+        send(batch)
+
+    recorder._send = counting_send  # type: ignore[method-assign]
+
+    def worker(n: int) -> None:
+        for i in range(500):
+            tx = Transaction(Session(), queue_id=f"T{n}N{i}", mail_from=f"s@d{n}.example")
+            action = Action.REJECT if i % 5 == 0 else Action.ACCEPT
+            assert recorder.record(tx, Verdict(0.0, 5.0, action, [Symbol(f"SYM{n}", 1.0, "")]), ts=ts)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert recorder.flush()
+    assert (recorder.counted_total, recorder.lost_total) == (4000, 0)
+    assert sum(sent_batches) == 4000 and max(sent_batches) <= 10_000 and len(sent_batches) >= 2
+    keys = StatsKeys(key_prefix)
+    assert hash_of(r, keys.hour(hour_bucket(ts))) == {"received": 4000, "accepted": 3200, "rejected": 800}
+    assert hash_of(r, keys.day(day_bucket(ts))) == {"received": 4000, "accepted": 3200, "rejected": 800}
+    symbols = dict(r.zrange(keys.symbols(day_bucket(ts)), 0, -1, withscores=True))
+    assert symbols == {f"SYM{n}".encode(): 500.0 for n in range(8)}
+    domains = dict(r.zrange(keys.rejected_from(day_bucket(ts)), 0, -1, withscores=True))
+    assert domains == {f"d{n}.example".encode(): 100.0 for n in range(8)}
+    qids = [e["qid"] for e in stats.read_history(r, key_prefix, 10_000)]
+    assert sorted(qids) == sorted(f"T{n}N{i}" for n in range(8) for i in range(500))
+    # each thread's verdicts newest first, as each thread recorded them
+    for n in range(8):
+        mine = [q for q in qids if q.startswith(f"T{n}N")]
+        assert mine == [f"T{n}N{i}" for i in range(499, -1, -1)]
+
+
+def test_the_hook_only_queues_and_the_sender_writes_within_its_interval(redis_server: RedisServer) -> None:
+    key_prefix, r = prefix(), client(redis_server)
+    recorder = StatsRecorder(parse_config({}).stats, key_prefix, lambda: r, interval=0.3)
+    tx, verdict = Transaction(Session(), queue_id="Q1"), Verdict(0.0, 5.0, Action.ACCEPT, [])
+    assert recorder.record(tx, verdict, ts=1_700_000_000.0)
+    key = StatsKeys(key_prefix).hour(hour_bucket(1_700_000_000.0))
+    assert hash_of(r, key) == {}  # nothing written on the mail path
+    deadline = time.monotonic() + 5
+    while not hash_of(r, key) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert hash_of(r, key) == {"received": 1, "accepted": 1}  # written by the thread, no flush
+
+
+def test_a_batch_across_midnight_counts_each_day_in_its_own_keys(redis_server: RedisServer) -> None:
+    key_prefix, r = prefix(), client(redis_server)
+    recorder = StatsRecorder(parse_config({}).stats, key_prefix, lambda: r, interval=60)
+    midnight = 1_700_006_400.0  # 2023-11-15 00:00 UTC
+    tx = Transaction(Session(), mail_from="x@late.example")
+    for ts in (midnight - 2, midnight - 1, midnight + 1):
+        recorder.record(tx, Verdict(20.0, 5.0, Action.REJECT, [Symbol("GTUBE", 20.0, "")]), ts=ts)
+    assert recorder.flush()
+    keys = StatsKeys(key_prefix)
+    before, after = day_bucket(midnight - 1), day_bucket(midnight)
+    assert before != after
+    assert hash_of(r, keys.day(before)) == {"received": 2, "rejected": 2}
+    assert hash_of(r, keys.hour(hour_bucket(midnight - 1))) == {"received": 2, "rejected": 2}
+    assert hash_of(r, keys.day(after)) == {"received": 1, "rejected": 1}
+    assert (
+        r.zscore(keys.symbols(before), "GTUBE") == 2
+        and r.zscore(keys.rejected_from(after), "late.example") == 1
+    )
+    assert 399 * 86400 < r.ttl(keys.rejected_from(before)) <= 401 * 86400
+    assert [e["ts"] for e in stats.read_history(r, key_prefix)] == [midnight + 1, midnight - 1, midnight - 2]
+
+
+def test_a_full_queue_drops_and_counts_and_warns_once_a_minute(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis slower than the mail: past the queue's bound verdicts are not counted (the mail
+    path never waits), and that is said at most once a minute."""
+    key_prefix, r = prefix(), client(redis_server)
+    clock = Clock()
+    recorder = StatsRecorder(
+        parse_config({}).stats, key_prefix, lambda: r, clock, queue_limit=5, batch_size=100, interval=60
+    )
+    tx, verdict = Transaction(Session()), Verdict(0.0, 5.0, Action.ACCEPT, [])
+    with caplog.at_level(logging.WARNING, logger="filterd.stats"):
+        queued = [recorder.record(tx, verdict, ts=1_700_000_000.0) for _ in range(8)]
+        clock.now += 30
+        queued.append(recorder.record(tx, verdict, ts=1_700_000_000.0))
+        clock.now += 31
+        queued.append(recorder.record(tx, verdict, ts=1_700_000_000.0))
+    assert queued == [True] * 5 + [False] * 5
+    warnings = [rec.getMessage() for rec in caplog.records if rec.name == "filterd.stats"]
+    assert len(warnings) == 2 and "5 verdicts queued" in warnings[0]
+    assert "(1 since the last warning" in warnings[0] and "(4 since the last warning" in warnings[1]
+    assert recorder.flush()
+    assert (recorder.counted_total, recorder.lost_total) == (5, 5)
+    assert hash_of(r, StatsKeys(key_prefix).hour(hour_bucket(1_700_000_000.0))) == {
+        "received": 5,
+        "accepted": 5,
+    }
+    assert recorder.record(tx, verdict)  # room again
+
+
+def test_flush_gives_up_on_a_hung_redis_within_its_timeout() -> None:
+    release = threading.Event()
+
+    def hung() -> Any:
+        release.wait(10)
+        raise redis.TimeoutError("hung")
+
+    recorder = StatsRecorder(parse_config({}).stats, "x:", hung)
+    recorder.record(Transaction(Session()), Verdict(0.0, 5.0, Action.ACCEPT, []))
+    started = time.monotonic()
+    assert not recorder.flush(timeout=0.3)
+    assert time.monotonic() - started < 1.0
+    release.set()
+    assert recorder.flush(timeout=5) and recorder.lost_total == 1
 
 
 def test_auto_counts_only_where_redis_is_used(redis_server: RedisServer) -> None:
@@ -311,6 +450,7 @@ def test_redis_down_loses_counts_never_mail_and_warns_once_a_minute(caplog: pyte
         for step in range(10):  # ten messages, 10 s apart: 100 s
             verdict = deliver(pipeline, message("still delivered", GTUBE if step % 2 else "hi"))
             assert verdict.action is (Action.REJECT if step % 2 else Action.ACCEPT)  # as without stats
+            assert recorder.flush()
             clock.now += 10
     pipeline.close()
     warnings = [r.getMessage() for r in caplog.records if r.name == "filterd.stats"]
@@ -330,13 +470,53 @@ def test_a_stalled_redis_is_backed_off(redis_server: RedisServer) -> None:
 
     recorder = StatsRecorder(parse_config({"stats": {"retry_after": 10.0}}).stats, "x:", broken, clock)
     tx, verdict = Transaction(Session()), Verdict(0.0, 5.0, Action.ACCEPT, [])
-    assert not recorder.record(tx, verdict)
+    assert recorder.record(tx, verdict)  # queued; the sender's round trip fails
+    assert recorder.flush()
     clock.now += 5
-    assert not recorder.record(tx, verdict)
-    assert len(calls) == 1
+    assert not recorder.record(tx, verdict)  # backed off: not even queued
+    assert recorder.flush()
+    assert len(calls) == 1 and recorder.lost_total == 2
     clock.now += 6
     recorder.client = lambda: client(redis_server)
     assert recorder.record(tx, verdict)
+    assert recorder.flush()
+    assert len(calls) == 1 and recorder.counted_total == 1
+
+
+def test_redis_down_then_up_counts_again_after_the_back_off(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    own = RedisServer(tmp_path / "redis")
+    own.start()
+    try:
+        key_prefix, clock = prefix(), Clock()
+        config = parse_config({"redis": {"url": own.url, "timeout": 0.5}, "stats": {"retry_after": 5.0}})
+        pipeline = Pipeline.from_config(config)
+        recorder = StatsRecorder(config.stats, key_prefix, lambda: pipeline.services.redis, clock)
+        tx, verdict = Transaction(Session()), Verdict(0.0, 5.0, Action.ACCEPT, [])
+        ts = 1_700_000_000.0
+        for _ in range(3):
+            assert recorder.record(tx, verdict, ts=ts)
+        assert recorder.flush() and recorder.counted_total == 3
+        own.stop()
+        with caplog.at_level(logging.WARNING, logger="filterd.stats"):
+            for _ in range(4):  # one batch: lost, and Redis backed off
+                assert recorder.record(tx, verdict, ts=ts)
+            assert recorder.flush()
+            assert not recorder.record(tx, verdict, ts=ts)  # within retry_after
+        assert recorder.lost_total == 5
+        assert any("Redis unavailable" in rec.getMessage() for rec in caplog.records)
+        own.start()
+        clock.now += 6
+        for _ in range(2):
+            assert recorder.record(tx, verdict, ts=ts)
+        assert recorder.flush()
+        assert (recorder.counted_total, recorder.lost_total) == (5, 5)
+        got = hash_of(redis.Redis.from_url(own.url), StatsKeys(key_prefix).hour(hour_bucket(ts)))
+        assert got == {"received": 2, "accepted": 2}  # the last two (this Redis keeps nothing on disk)
+        pipeline.close()
+    finally:
+        own.stop()
 
 
 # -- filterctl stats ---------------------------------------------------------------------------
@@ -357,6 +537,7 @@ def seed(server: RedisServer, key_prefix: str, now: float) -> dict[str, int]:
         recorded["received"] += 1
         recorded[stats.outcome_of(Verdict(0.0, 5.0, action, []))] += 1
         recorded["virus"] += 1 if i % 10 == 0 else 0
+    assert recorder.flush() and recorder.counted_total == 60
     return recorded
 
 
