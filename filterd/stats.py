@@ -28,8 +28,8 @@ P stats:history               list          JSON of the last verdicts, newest fi
 ============================  ============  =========================================  ============
 
 A batch's counters go in one Lua script call (`_COUNT`) with the batch's sums (one call per day
-the batch spans), its history entries in one LPUSH, oldest first, and one LTRIM; all in one
-pipeline.  A script call is one command for redis-py to encode and parse where the counters as
+the batch spans), its history entries in another (`_HISTORY`: LPUSH, merged by time with
+newer entries other workers wrote meanwhile, and LTRIM); all in one pipeline.  A script call is one command for redis-py to encode and parse where the counters as
 plain commands were some fifteen per verdict (measured: bench/stats_cost.py).
 
 Counting never touches the mail (fail-open, deliberately): a Redis error or timeout loses the
@@ -169,6 +169,55 @@ end
 return 1
 """
 )
+
+
+# The history entries of a batch, oldest first, into the list kept newest first by "ts": the
+# other workers' and hosts' batches written meanwhile may hold newer entries than this batch's
+# oldest, so those are taken off the head (a few, found from the head: usually none) and put
+# back merged with the batch.  KEYS: the list.  ARGV: its bound, how deep to look, the entries
+# (each our JSON, "ts" its first field).  One call, so no reader sees the list half merged.
+_HISTORY = LuaScript(
+    """
+local key, bound, depth = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2])
+local function ts_of(entry) return tonumber(string.match(entry, '^{"ts":([^,}]+)')) or 0 end
+local oldest = ts_of(ARGV[3])
+local newer = {}
+local from = 0
+while from < depth do
+  local chunk = redis.call('LRANGE', key, from, from + 63)
+  local stop = #chunk < 64
+  for _, entry in ipairs(chunk) do
+    if ts_of(entry) <= oldest then stop = true break end
+    newer[#newer + 1] = entry
+  end
+  if stop then break end
+  from = from + 64
+end
+local merged = {}
+if #newer == 0 then
+  for i = 3, #ARGV do merged[#merged + 1] = ARGV[i] end
+else
+  redis.call('LTRIM', key, #newer, -1)
+  -- both oldest first; on a tie what was there first stays older
+  local a, b = 3, #newer
+  while a <= #ARGV or b >= 1 do
+    if b < 1 or (a <= #ARGV and ts_of(ARGV[a]) < ts_of(newer[b])) then
+      merged[#merged + 1] = ARGV[a]
+      a = a + 1
+    else
+      merged[#merged + 1] = newer[b]
+      b = b - 1
+    end
+  end
+end
+for i = 1, #merged, 1000 do
+  redis.call('LPUSH', key, unpack(merged, i, math.min(i + 999, #merged)))
+end
+redis.call('LTRIM', key, 0, bound - 1)
+return #newer
+"""
+)
+HISTORY_DEPTH = 2048  # entries of the list looked at for newer ones (several workers' batches)
 
 
 # -- what is recorded --------------------------------------------------------------------------
@@ -349,7 +398,7 @@ class StatsRecorder:
 
     def _send(self, batch: Sequence[Pending]) -> None:
         """Write one batch: the counting script once per day the batch spans (one, but at
-        midnight), the history entries in one LPUSH and one LTRIM; one round trip."""
+        midnight), the history entries in one more (`_HISTORY`); one round trip."""
         if self.clock() < self.down_until:
             with self._cond:
                 self.uncounted += len(batch)
@@ -357,24 +406,26 @@ class StatsRecorder:
             return
         calls = self._counting(batch)
         history = self.settings.history
-        entries = [_json(p.entry) for p in batch[-history:] if p.entry is not None] if history else []
+        entries = []
+        if history:
+            # oldest first by time (a worker's verdicts are, but for a clock stepped back)
+            latest = sorted((p for p in batch if p.entry is not None), key=lambda p: p.ts)[-history:]
+            entries = [_json(p.entry) for p in latest if p.entry is not None]
         try:
             client = self.client()
             pipe = client.pipeline(transaction=False)
-            for keys, args in calls:
-                pipe.evalsha(_COUNT.sha, len(keys), *keys, *args)
+            scripts = [(_COUNT, keys, args) for keys, args in calls]
             if entries:
-                # oldest first: LPUSH puts each argument at the head in turn, the newest last
-                pipe.lpush(self.keys.history, *entries)
-                pipe.ltrim(self.keys.history, 0, history - 1)
+                scripts.append((_HISTORY, [self.keys.history], [history, HISTORY_DEPTH, *entries]))
+            for script, keys, args in scripts:
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
             results = pipe.execute(raise_on_error=False)
-            for (keys, args), result in zip(calls, results, strict=False):
-                if isinstance(result, redis.exceptions.NoScriptError):  # first use, or Redis restarted
-                    _COUNT(client, keys, args)  # the history went in already: only the counters
+            for (script, keys, args), result in zip(scripts, results, strict=True):
+                # NOSCRIPT (first use, or Redis restarted): that script did nothing, so running
+                # it again (loading it) counts nothing twice, nor adds an entry twice
+                if isinstance(result, redis.exceptions.NoScriptError):
+                    script(client, keys, args)
                 elif isinstance(result, Exception):
-                    raise result
-            for result in results[len(calls) :]:
-                if isinstance(result, Exception):
                     raise result
         except redis_errors() as exc:
             self._failed(exc, len(batch))

@@ -33,7 +33,7 @@ from filterd.results import Action, Symbol, TempFail, Verdict
 from filterd.stats import COUNTERS, StatsKeys, StatsRecorder, day_bucket, hour_bucket, read_buckets, totals
 from filterd.transaction import Session, Transaction
 from tests.harness.filterd import write_toml
-from tests.harness.net import free_port
+from tests.harness.net import free_port, wait_for
 from tests.harness.redis import RedisServer
 from tests.harness.stack import Stack, make_message
 
@@ -374,6 +374,28 @@ def test_a_batch_across_midnight_counts_each_day_in_its_own_keys(redis_server: R
     assert [e["ts"] for e in stats.read_history(r, key_prefix)] == [midnight + 1, midnight - 1, midnight - 2]
 
 
+def test_batches_of_two_workers_keep_the_history_newest_first(redis_server: RedisServer) -> None:
+    """Two workers' batches overlap in time; the one written second is merged into the list by
+    "ts", so the list stays newest first as the contract says."""
+    key_prefix, r = prefix(), client(redis_server)
+    settings = parse_config({"stats": {"history": 7}}).stats
+    first, second = (
+        StatsRecorder(settings, key_prefix, lambda: r, interval=60),
+        StatsRecorder(settings, key_prefix, lambda: r, interval=60),
+    )
+    verdict, ts = Verdict(0.0, 5.0, Action.ACCEPT, []), 1_700_000_000.0
+    for i in (1, 3, 5, 7):  # the worker whose batch is written first has the newest verdict
+        first.record(Transaction(Session(), queue_id=f"Q{i}"), verdict, ts=ts + i)
+    for i in (0, 2, 4, 6):
+        second.record(Transaction(Session(), queue_id=f"Q{i}"), verdict, ts=ts + i)
+    assert first.flush() and second.flush()
+    assert [e["qid"] for e in stats.read_history(r, key_prefix, 100)] == [f"Q{i}" for i in range(7, 0, -1)]
+    # a batch all newer than the list is pushed as it is
+    second.record(Transaction(Session(), queue_id="Q8"), verdict, ts=ts + 8)
+    assert second.flush()
+    assert [e["qid"] for e in stats.read_history(r, key_prefix, 3)] == ["Q8", "Q7", "Q6"]
+
+
 def test_a_full_queue_drops_and_counts_and_warns_once_a_minute(
     redis_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -659,3 +681,52 @@ def test_e2e_redis_down_loses_no_mail(stack: Stack, tmp_path: Path) -> None:
             assert "stats: Redis unavailable, verdicts not counted" in filterd.log()
     finally:
         own.stop()
+
+
+@pytest.mark.stack
+def test_e2e_a_reload_while_mail_flows_loses_no_counts(stack: Stack, redis_server: RedisServer) -> None:
+    """The replaced workers write their queued verdicts before they exit (stats.flush in the
+    drain watcher): every message Postfix took while filterd reloaded is counted exactly once."""
+    key_prefix, r = prefix(), client(redis_server)
+    with stack.configured(settings_for(redis_server, key_prefix)) as filterd:
+        delivered: list[str] = []
+        failed: list[BaseException] = []
+        stop = threading.Event()
+
+        def flow() -> None:
+            while not stop.is_set():
+                msg, marker = make_message("flowing")
+                try:
+                    stack.send(msg)
+                except (smtplib.SMTPException, OSError) as exc:
+                    failed.append(exc)
+                else:
+                    delivered.append(marker)
+
+        senders = [threading.Thread(target=flow) for _ in range(3)]
+        for t in senders:
+            t.start()
+        try:
+            wait_for(lambda: len(delivered) >= 10, 30, "mail to flow")
+            filterd.reload()
+            wait_for(
+                lambda: filterd.log().count("replaced by the reload, finished") >= 2,
+                30,
+                "the old workers to exit",
+            )
+        finally:
+            stop.set()
+            for t in senders:
+                t.join()
+        assert failed == [] and len(delivered) >= 10
+        # the new workers write within their interval; the old ones wrote before exiting
+        wait_for(
+            lambda: counted(r, key_prefix, "day").get("received", 0) >= len(delivered),
+            10,
+            "the verdicts to be written",
+        )
+        time.sleep(0.5)  # and nothing more comes
+        assert counted(r, key_prefix, "day") == {"received": len(delivered), "accepted": len(delivered)}
+        markers = [e["subject"] for e in stats.read_history(r, key_prefix, 10_000)]
+        assert len(markers) == len(delivered)
+        assert sorted(m.split()[-1] for m in markers) == sorted(delivered)
