@@ -182,7 +182,9 @@ local key, bound, depth = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2])
 local function ts_of(entry) return tonumber(string.match(entry, '^{"ts":([^,}]+)')) or 0 end
 local oldest = ts_of(ARGV[3])
 local newer = {}
-local from = 0
+local head = redis.call('LINDEX', key, 0)
+local from = depth
+if head and ts_of(head) > oldest then from = 0 end  -- else nothing newer: the usual case
 while from < depth do
   local chunk = redis.call('LRANGE', key, from, from + 63)
   local stop = #chunk < 64
@@ -228,9 +230,11 @@ def decoded_subject(tx: Transaction) -> str:
     SUBJECT_LIMIT characters; "" before the headers are known (a refusal at RCPT).  Undecodable
     words stay as they were: hostile bytes give a readable string, never an exception."""
     values = tx.header_values("subject")
-    if not values:
-        return ""
-    text = values[0]
+    return readable_subject(values[0]) if values else ""
+
+
+def readable_subject(text: str) -> str:
+    """A Subject header's value as `decoded_subject` shows it."""
     if "=?" in text:
         try:
             text = str(email.header.make_header(email.header.decode_header(text)))
@@ -260,31 +264,56 @@ def _clean(text: str | None) -> str:
 
 
 class Pending(NamedTuple):
-    """One verdict waiting in the queue: what its counts and its history entry are made of."""
+    """One verdict waiting in the queue: the verdict, and what its history entry needs of the
+    transaction, taken on the mail path (the transaction goes on changing once the hook has
+    returned: more recipients after a refusal at RCPT, the next message of the session).  The
+    rest -- cleaning, decoding, JSON -- is the sender's work, off the mail path."""
 
     ts: float
-    outcome: str
-    virus: bool
-    domain: str  # the sender domain of a rejected message, else ""
-    names: tuple[str, ...]  # its symbols, each once
-    entry: dict[str, Any] | None  # its history entry (None: [stats] history = 0)
+    verdict: Verdict
+    qid: str | None
+    mail_from: str | None
+    rcpts: list[str]  # the first RCPTS_LIMIT
+    subject: str | None  # the Subject header's value as it came; None when absent or not yet known
+    client: str | None
+    direction: str
+
+
+def pending(tx: Transaction, verdict: Verdict, ts: float) -> Pending:
+    """What the queue keeps of one verdict (`Pending`)."""
+    subjects = tx.header_values("subject")
+    return Pending(
+        ts,
+        verdict,
+        tx.queue_id,
+        tx.mail_from,
+        tx.rcpts[:RCPTS_LIMIT],
+        subjects[0] if subjects else None,
+        tx.session.client_addr,
+        tx.direction.value,
+    )
+
+
+def entry_of(p: Pending) -> dict[str, Any]:
+    """One verdict in the history list's format (docs/stats.md: a stable contract)."""
+    verdict = p.verdict
+    return {
+        "ts": round(p.ts, 3),
+        "qid": p.qid or None,
+        "action": verdict.action.value,
+        "score": round(float(verdict.score), 2),
+        "from": _clean(p.mail_from),
+        "rcpts": [_clean(r) for r in p.rcpts],
+        "subject": "" if p.subject is None else readable_subject(p.subject),
+        "client": _clean(p.client),
+        "direction": p.direction,
+        "symbols": [[s.name, round(float(s.score), 3)] for s in verdict.symbols],
+    }
 
 
 def history_entry(tx: Transaction, verdict: Verdict, ts: float) -> dict[str, Any]:
-    """One verdict in the history list's format (docs/stats.md: a stable contract)."""
-    session = tx.session
-    return {
-        "ts": round(ts, 3),
-        "qid": tx.queue_id or None,
-        "action": verdict.action.value,
-        "score": round(float(verdict.score), 2),
-        "from": _clean(tx.mail_from),
-        "rcpts": [_clean(r) for r in tx.rcpts[:RCPTS_LIMIT]],
-        "subject": decoded_subject(tx),
-        "client": _clean(session.client_addr),
-        "direction": tx.direction.value,
-        "symbols": [[s.name, round(float(s.score), 3)] for s in verdict.symbols],
-    }
+    """One verdict in the history list's format, at once."""
+    return entry_of(pending(tx, verdict, ts))
 
 
 class StatsRecorder:
@@ -336,19 +365,19 @@ class StatsRecorder:
 
     def record(self, tx: Transaction, verdict: Verdict, ts: float | None = None) -> bool:
         """Queue one verdict to be counted; False when it will not be (Redis backed off, or the
-        queue full).  Takes a few microseconds: no I/O, the JSON is made by the sender."""
+        queue full).  A few microseconds: no I/O; the entry and its JSON are the sender's work."""
         now = time.time() if ts is None else ts
         if self.clock() < self.down_until:
             with self._cond:
                 self.uncounted += 1
                 self.lost_total += 1
             return False
-        pending = self._pending(tx, verdict, now)
+        waiting = pending(tx, verdict, now)
         with self._cond:
             if len(self._queue) >= self.queue_limit:
                 self._overflowed()
                 return False
-            self._queue.append(pending)
+            self._queue.append(waiting)
             self._queued += 1
             # wake the sender for a first verdict (its interval starts) or a full batch
             if len(self._queue) == 1 or len(self._queue) >= self.batch_size:
@@ -409,8 +438,7 @@ class StatsRecorder:
         entries = []
         if history:
             # oldest first by time (a worker's verdicts are, but for a clock stepped back)
-            latest = sorted((p for p in batch if p.entry is not None), key=lambda p: p.ts)[-history:]
-            entries = [_json(p.entry) for p in latest if p.entry is not None]
+            entries = [_json(entry_of(p)) for p in sorted(batch, key=lambda p: p.ts)[-history:]]
         try:
             client = self.client()
             pipe = client.pipeline(transaction=False)
@@ -433,33 +461,25 @@ class StatsRecorder:
         with self._cond:
             self.counted_total += len(batch)
 
-    def _pending(self, tx: Transaction, verdict: Verdict, ts: float) -> Pending:
-        """What the sender needs of one verdict, taken now: the transaction goes on changing
-        (more recipients after a refusal at RCPT) once the hook has returned."""
-        outcome = outcome_of(verdict)
-        virus = any(s.name in VIRUS_SYMBOLS for s in verdict.symbols)
-        domain = (_clean(domain_of(tx.mail_from)) or "<>") if outcome == "rejected" else ""
-        names = tuple(dict.fromkeys(s.name for s in verdict.symbols))  # once per verdict, in order
-        entry = history_entry(tx, verdict, ts) if self.settings.history else None
-        return Pending(ts, outcome, virus, domain, names, entry)
-
     def _counting(self, batch: Iterable[Pending]) -> list[tuple[list[str], list[Any]]]:
         """The counting script's keys and arguments for a batch: one call per day, each
         counter, symbol and domain once with the batch's sum (see `_COUNT`)."""
         days: dict[str, _DayCounts] = {}
         for p in batch:
+            outcome = outcome_of(p.verdict)
             hour = hour_bucket(p.ts)
             day = days.get(hour[:8])
             if day is None:
                 day = days[hour[:8]] = _DayCounts()
             counters = day.hours.setdefault(hour, Counter())
             counters["received"] += 1
-            counters[p.outcome] += 1
-            if p.virus:
+            counters[outcome] += 1
+            symbols = p.verdict.symbols
+            if any(s.name in VIRUS_SYMBOLS for s in symbols):
                 counters["virus"] += 1
-            day.symbols.update(p.names)
-            if p.domain:
-                day.rejected_from[p.domain] += 1
+            day.symbols.update({s.name for s in symbols})  # each once per verdict
+            if outcome == "rejected":
+                day.rejected_from[_clean(domain_of(p.mail_from)) or "<>"] += 1
         calls = []
         for name, day in days.items():
             total: Counter[str] = Counter()

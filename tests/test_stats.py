@@ -217,6 +217,7 @@ def test_a_refusal_at_rcpt_counts_as_a_verdict(redis_server: RedisServer, tmp_pa
     driver.connect()
     driver.mail("a@example.org")
     assert driver.rcpt("blocked@example.net").decision is not None
+    assert driver.rcpt("next@example.net").decision is None  # the entry keeps the recipients as they were
     driver.abort()
     assert stats.flush()
     pipeline.close()
