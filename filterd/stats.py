@@ -616,7 +616,7 @@ def flush(timeout: float = FLUSH_TIMEOUT) -> bool:
     deadline = time.monotonic() + timeout
     done = True
     try:
-        for recorder in list(_recorders.values()):
+        for recorder in _all_recorders():
             if recorder is not None:
                 done = recorder.flush(max(0.0, deadline - time.monotonic())) and done
     except Exception:
@@ -625,10 +625,21 @@ def flush(timeout: float = FLUSH_TIMEOUT) -> bool:
     return done
 
 
+def _all_recorders() -> list[StatsRecorder | None]:
+    # a weak dictionary another thread adds to (a pipeline's first verdict) may fail to be read
+    # ("changed size during iteration"): read it again
+    for _ in range(10):
+        try:
+            return list(_recorders.values())
+        except RuntimeError:
+            continue
+    return list(_recorders.values())
+
+
 def _after_fork_in_child() -> None:
     # a recorder made before a fork (the parent records nothing, but a test or a tool might):
     # the child starts its own sender, with its own locks and an empty queue
-    for recorder in list(_recorders.values()):
+    for recorder in _all_recorders():
         if recorder is not None:
             recorder._reset()
 

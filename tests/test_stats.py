@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import smtplib
 import subprocess
 import sys
@@ -395,6 +396,45 @@ def test_batches_of_two_workers_keep_the_history_newest_first(redis_server: Redi
     second.record(Transaction(Session(), queue_id="Q8"), verdict, ts=ts + 8)
     assert second.flush()
     assert [e["qid"] for e in stats.read_history(r, key_prefix, 3)] == ["Q8", "Q7", "Q6"]
+
+
+def senders() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "stats-sender"]
+
+
+def in_child(work: Any) -> int:
+    """Run `work` in a forked child, as a worker runs after the parent forked it; its exit code."""
+    pid = os.fork()
+    if pid == 0:  # the child: never back into pytest
+        code = 1
+        try:
+            code = 0 if work() else 2
+        finally:
+            os._exit(code)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+def test_the_sender_thread_starts_in_the_forked_worker_never_in_the_parent(redis_server: RedisServer) -> None:
+    key_prefix, r = prefix(), client(redis_server)
+    pipeline = Pipeline.from_config(parse_config(settings_for(redis_server, key_prefix)))
+    assert stats.recorder_for(pipeline) is not None  # made, as the parent may: no thread yet
+    before = len(senders())
+
+    def worker() -> bool:
+        for _ in range(3):
+            deliver(pipeline, message("from a worker"))
+        return stats.flush() and len(senders()) == 1
+
+    assert in_child(worker) == 0
+    assert len(senders()) == before  # none started in the parent
+    assert counted(r, key_prefix, "day") == {"received": 3, "accepted": 3}
+    # a process that recorded before forking: its child starts its own sender, queue empty
+    deliver(pipeline, message("from the parent"))
+    assert len(senders()) == before + 1
+    assert in_child(worker) == 0
+    assert stats.flush()
+    assert counted(r, key_prefix, "day") == {"received": 7, "accepted": 7}
+    pipeline.close()
 
 
 def test_a_full_queue_drops_and_counts_and_warns_once_a_minute(
