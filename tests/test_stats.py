@@ -325,7 +325,7 @@ def test_verdicts_from_many_threads_are_counted_exactly_once(redis_server: Redis
         t.join()
     assert recorder.flush()
     assert (recorder.counted_total, recorder.lost_total) == (4000, 0)
-    assert sum(sent_batches) == 4000 and max(sent_batches) <= 10_000 and len(sent_batches) >= 2
+    assert sum(sent_batches) == 4000 and len(sent_batches) >= 2  # in several batches
     keys = StatsKeys(key_prefix)
     assert hash_of(r, keys.hour(hour_bucket(ts))) == {"received": 4000, "accepted": 3200, "rejected": 800}
     assert hash_of(r, keys.day(day_bucket(ts))) == {"received": 4000, "accepted": 3200, "rejected": 800}
