@@ -1,14 +1,23 @@
-"""What the Redis verdict counters cost on the mail path: filterd's time per message, stats on vs off.
+"""What the Redis verdict counters cost on the mail path: filterd's time per message, stats off,
+written synchronously (one round trip per verdict, as before the queue), and queued (as now).
 
     python bench/stats_cost.py [--config foundation|content|FILE] [--messages 2000] [--repeat 3]
 
 Drives the milter path in-process as bench/milter_path.py does (its `drive`), with [stats] counting
 into a private redis-server on a free loopback port (TCP, as a Redis on another host would be
-reached), or with --unix over a unix socket.  Passes alternate off, on, off, on... in one process, and the
-best pass of each side is compared, in CPU time (filterd's own work: building the commands and the
-JSON history entry, redis-py's encoding and parsing) and in wall time (that plus waiting for the
-one round trip).  Then the hook alone is timed on the very transactions and verdicts of a pass,
-and Redis's own CPU per message is read from its INFO.
+reached), or with --unix over a unix socket.  Passes alternate off, sync, queued, off, sync,
+queued... in one process, and the best pass of each is compared:
+
+- mail-path CPU: the CPU time of the thread that runs the milter callbacks (`time.thread_time`),
+  what delays the replies to Postfix;
+- process CPU: the whole process, the queued mode's sender thread included (its writes are
+  awaited at the end of the pass), what the worker's core spends;
+- wall time of the pass (before the queued mode's last write).
+
+"sync" is the queue's own writing called on the mail path for each verdict on its own: one
+round trip per message, as filterd did before the queue.  Then the hook alone is timed on the very
+transactions and verdicts of a pass (sync and queued), and Redis's own CPU per message is read from
+its INFO.
 
 "foundation" (bench/configs/foundation.toml) has the fewest checks: the cheapest messages, so the
 largest share for the counters.  "content" is the default configuration without the checks that
@@ -86,34 +95,58 @@ def main() -> int:
         _lean_log_records()
         pipeline = Pipeline.from_config(load(args.config, server.url))
         filterd_worker.holder = filterd_worker.PipelineHolder(pipeline)
-        recorder = stats.recorder_for(pipeline)
-        assert recorder is not None
+        queued = stats.recorder_for(pipeline)
+        assert queued is not None
         direct = redis.Redis.from_url(server.url)
 
-        def run(on: bool) -> tuple[float, float]:
-            stats._recorders[pipeline] = recorder if on else None
-            gc.collect()
-            cpu, wall = time.process_time(), time.perf_counter()
-            drive(filterd_milter.FilterdMilter, messages, args.per_session)
-            n = len(messages)
-            return 1000 * (time.process_time() - cpu) / n, 1000 * (time.perf_counter() - wall) / n
+        class Synchronous(stats.StatsRecorder):
+            """Each verdict written at once, on the mail path: the cost before the queue."""
 
-        run(True)  # warm up both sides (and connect to Redis)
-        run(False)
-        passes: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
+            def record(self, tx: Any, verdict: Any, ts: float | None = None) -> bool:
+                now = time.time() if ts is None else ts
+                self._send([stats.pending(tx, verdict, now)])
+                return True
+
+        sync = Synchronous(pipeline.config.stats, "bench:", lambda: pipeline.services.redis)
+        modes: dict[str, Any] = {"off": None, "sync": sync, "queued": queued}
+
+        def run(mode: str) -> tuple[float, float, float]:
+            """Mail-path CPU, process CPU and wall time per message, in ms, of one pass."""
+            stats._recorders[pipeline] = modes[mode]
+            gc.collect()
+            thread_cpu, cpu, wall = time.thread_time(), time.process_time(), time.perf_counter()
+            drive(filterd_milter.FilterdMilter, messages, args.per_session)
+            thread_cpu, wall = time.thread_time() - thread_cpu, time.perf_counter() - wall
+            assert stats.flush(60)
+            n = len(messages)
+            return 1000 * thread_cpu / n, 1000 * (time.process_time() - cpu) / n, 1000 * wall / n
+
+        for mode in modes:  # warm up every mode (and connect to Redis)
+            run(mode)
+        passes: dict[str, list[tuple[float, float, float]]] = {mode: [] for mode in modes}
         for _ in range(args.repeat):
-            for on in (False, True):
-                passes[on].append(run(on))
-                cpu, wall = passes[on][-1]
-                print(f"stats {'on ' if on else 'off'}: {cpu:.4f} ms CPU, {wall:.4f} ms wall per message")
-        off_cpu, on_cpu = min(p[0] for p in passes[False]), min(p[0] for p in passes[True])
-        off_wall, on_wall = min(p[1] for p in passes[False]), min(p[1] for p in passes[True])
+            for mode in modes:
+                passes[mode].append(run(mode))
+                path, cpu, wall = passes[mode][-1]
+                print(
+                    f"stats {mode:6}: {path:.4f} ms mail-path CPU, {cpu:.4f} ms process CPU, "
+                    f"{wall:.4f} ms wall per message"
+                )
+        best = {mode: tuple(min(p[i] for p in passes[mode]) for i in range(3)) for mode in modes}
+        off = best["off"]
         print(
-            f"{args.config} ({len(pipeline.checks)} checks), {len(messages)} messages, best of {args.repeat}: "
-            f"CPU off {off_cpu:.4f} ms, on {on_cpu:.4f} ms ({1000 * (on_cpu - off_cpu):+.1f} us, "
-            f"{100 * (on_cpu - off_cpu) / off_cpu:+.1f}%); wall off {off_wall:.4f} ms, on {on_wall:.4f} ms "
-            f"({1000 * (on_wall - off_wall):+.1f} us, {100 * (on_wall - off_wall) / off_wall:+.1f}%)"
+            f"{args.config} ({len(pipeline.checks)} checks), {len(messages)} messages, best of {args.repeat}:"
         )
+        for mode in ("sync", "queued"):
+            print(
+                f"  {mode:6}: "
+                + "; ".join(
+                    f"{what} {best[mode][i]:.4f} ms ({1000 * (best[mode][i] - off[i]):+.1f} us, "
+                    f"{100 * (best[mode][i] - off[i]) / off[i]:+.1f}%)"
+                    for i, what in enumerate(("mail-path CPU", "process CPU", "wall"))
+                )
+            )
+        print(f"  off   : mail-path CPU {off[0]:.4f} ms; process CPU {off[1]:.4f} ms; wall {off[2]:.4f} ms")
 
         # The hook alone, on the transactions and verdicts of one pass (less noisy than a difference).
         seen: list[tuple[Any, Any]] = []
@@ -125,24 +158,35 @@ def main() -> int:
 
         stats._recorders[pipeline] = Keeping(pipeline.config.stats, "bench:", lambda: None)
         drive(filterd_milter.FilterdMilter, messages, args.per_session)
-        stats._recorders[pipeline] = recorder
 
-        def replay() -> tuple[float, float, float]:
+        def replay(mode: str) -> tuple[float, float, float]:
+            stats._recorders[pipeline] = modes[mode]
             before = redis_cpu(direct)
-            cpu, wall = time.process_time(), time.perf_counter()
+            thread_cpu, cpu = time.thread_time(), time.process_time()
             for tx, verdict in seen:
                 stats.record(pipeline, tx, verdict)
+            thread_cpu = time.thread_time() - thread_cpu
+            assert stats.flush(60)
             n = len(seen)
-            cpu_us, wall_us = 1e6 * (time.process_time() - cpu) / n, 1e6 * (time.perf_counter() - wall) / n
-            return cpu_us, wall_us, 1e6 * (redis_cpu(direct) - before) / n
+            return (
+                1e6 * thread_cpu / n,
+                1e6 * (time.process_time() - cpu) / n,
+                1e6 * (redis_cpu(direct) - before) / n,
+            )
 
-        timings = [replay() for _ in range(5)]
-        cpu_us, wall_us, redis_us = (min(t[i] for t in timings) for i in range(3))
-        print(
-            f"the hook alone, best of 5: {cpu_us:.1f} us CPU, {wall_us:.1f} us wall per message "
-            f"(one pipelined round trip); Redis's own CPU {redis_us:.1f} us per message; "
-            f"= {100 * cpu_us / (1000 * off_cpu):.1f}% of the {off_cpu:.4f} ms CPU filterd spends per message"
-        )
+        for mode in ("sync", "queued"):
+            timings = [replay(mode) for _ in range(5)]
+            path_us, cpu_us, redis_us = (min(t[i] for t in timings) for i in range(3))
+            print(
+                f"the hook alone, {mode}, best of 5: {path_us:.1f} us mail-path CPU, {cpu_us:.1f} us "
+                f"process CPU per message (= {100 * path_us / (1000 * off[0]):.1f}% / "
+                f"{100 * cpu_us / (1000 * off[1]):.1f}% of the CPU filterd spends per message); "
+                f"Redis's own CPU {redis_us:.1f} us per message"
+            )
+        stats._recorders[pipeline] = queued
+        for mode in ("sync", "queued"):  # every verdict written: the numbers are of real work
+            recorder = modes[mode]
+            assert recorder.lost_total == 0 and recorder.counted_total > 0, (mode, recorder.lost_total)
         keys = direct.dbsize()
         history = direct.llen("bench:stats:history")
         print(f"Redis holds {keys} keys; the history list {history} entries")

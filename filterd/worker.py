@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from filterd import metrics
+from filterd import metrics, stats
 from filterd.pipeline import Pipeline
 
 log = logging.getLogger("filterd")
@@ -125,6 +125,7 @@ def start_drain_watcher(
         deadline = time.monotonic() + grace
         while busy_with_something() and time.monotonic() < deadline:
             time.sleep(0.05)
+        stats.flush()  # the verdicts still queued for Redis, within stats.FLUSH_TIMEOUT
         metrics.flush()  # the counts of the last messages, first: closing the checks may be slow
         if holder is not None:
             holder.close()  # what the checks still hold to send (queued Bayes signatures) goes now
