@@ -125,8 +125,9 @@ def start_drain_watcher(
         deadline = time.monotonic() + grace
         while busy_with_something() and time.monotonic() < deadline:
             time.sleep(0.05)
+        # the counts of the last messages first, before closing the checks, which may be slow
+        metrics.flush()
         stats.flush()  # the verdicts still queued for Redis, within stats.FLUSH_TIMEOUT
-        metrics.flush()  # the counts of the last messages, first: closing the checks may be slow
         if holder is not None:
             holder.close()  # what the checks still hold to send (queued Bayes signatures) goes now
         logging.shutdown()
