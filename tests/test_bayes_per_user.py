@@ -111,6 +111,10 @@ def test_too_little_training_means_the_global_model_alone(redis_server, client, 
     for_alice, reason, _ = score(pipeline, probe(), ALICE)
     assert for_alice == pytest.approx(score(pipeline, probe(), BOB)[0])
     assert "dictionary" not in reason
+    train_user(client, prefix, ALICE, 10, 10)  # the tenth ham: the next look-up uses the dictionary
+    assert "dictionary" not in score(pipeline, probe(), ALICE)[1]  # not looked up again for a while
+    pipeline.checks[-1]._untrained_users.clear()  # as UNTRAINED_RECHECK seconds later
+    assert "dictionary" in score(pipeline, probe(), ALICE)[1]
     pipeline.close()
     lower = pipeline_for(redis_server.url, prefix, model_file, min_user_learned=9)
     assert score(lower, probe(), ALICE)[0] > 0.9

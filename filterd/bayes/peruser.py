@@ -74,27 +74,27 @@ return old
 """
 
 # KEYS[1] the user's hash; ARGV[1] the message's buckets (uint32 little-endian), ARGV[2] the fewest
-# spam and ham for the dictionary to be used.  Returns {nspam, nham, hits}: hits packs, for every
-# bucket the user has, its position in ARGV[1] and its spam and ham counts (3 x uint32); empty when
-# the user trained too little.  A script rather than HMGET: the client then sends and parses a few
-# KB of bytes instead of ~1,000 arguments and replies (measured: 0.69 ms of the client's CPU a
-# message for an HMGET of 420 buckets with redis-py).
+# spam and ham for the dictionary to be used.  Returns {nspam, nham, counts}: counts is one string,
+# each bucket's field value (spam << 32 | ham, "0" where the user has none) separated by spaces; ""
+# when the user trained too little (nothing looked up).  A script around HMGET rather than HMGET:
+# redis-py then sends one argument and parses one reply instead of ~450 of each.  Measured on a
+# 500-message dictionary, per lookup: HMGET 0.75 ms of filterd's CPU (0.16 ms of Redis's), this
+# script 0.21 ms (0.41 ms of Redis's).
 _LOOKUP = """
 local nspam = tonumber(redis.call('HGET', KEYS[1], 'nspam') or '0')
 local nham = tonumber(redis.call('HGET', KEYS[1], 'nham') or '0')
 local least = tonumber(ARGV[2])
 if nspam < least or nham < least then return {nspam, nham, ''} end
 local b = ARGV[1]
-local hits = {}
-for i = 0, #b / 4 - 1 do
-  local v = redis.call('HGET', KEYS[1], tostring(struct.unpack('<I4', b, i * 4 + 1)))
-  if v then
-    local x = tonumber(v)
-    local spam = math.floor(x / 4294967296)
-    hits[#hits + 1] = struct.pack('<I4I4I4', i, spam, x - spam * 4294967296)
-  end
+local fields = {}
+for i = 0, #b / 4 - 1 do fields[i + 1] = tostring(struct.unpack('<I4', b, i * 4 + 1)) end
+local out = {}
+for first = 1, #fields, 4000 do  -- HMGETs of at most 4,000 fields: unpack's limit is Lua's C stack
+  local last = math.min(first + 3999, #fields)
+  local values = redis.call('HMGET', KEYS[1], unpack(fields, first, last))
+  for j = 1, last - first + 1 do out[#out + 1] = values[j] or '0' end
 end
-return {nspam, nham, table.concat(hits)}
+return {nspam, nham, table.concat(out, ' ')}
 """
 
 
@@ -163,11 +163,11 @@ class UserDictionaries:
         nspam, nham, hits = self._lookup(
             keys=[self.key(user)], args=[buckets.astype("<u4").tobytes(), min_learned]
         )
-        found = np.frombuffer(hits, dtype="<u4").reshape(-1, 3).astype(np.int64)
-        spam = np.zeros(len(buckets), dtype=np.int64)
-        ham = np.zeros(len(buckets), dtype=np.int64)
-        spam[found[:, 0]], ham[found[:, 0]] = found[:, 1], found[:, 2]
-        return UserCounts(spam, ham, int(nspam), int(nham))
+        if not hits:  # the user trained too little: not looked up
+            zeros = np.zeros(len(buckets), dtype=np.int64)
+            return UserCounts(zeros, zeros, int(nspam), int(nham))
+        packed = np.array(hits.split(), dtype=np.int64)
+        return UserCounts(packed >> 32, packed & 0xFFFFFFFF, int(nspam), int(nham))
 
     def totals(self, user: str) -> tuple[int, int]:
         nspam, nham = self.redis.hmget(self.key(user), ["nspam", "nham"])

@@ -33,6 +33,7 @@ logged once.  With on_error = "closed" the message is tempfailed.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, TypeVar
@@ -66,6 +67,8 @@ log = logging.getLogger("filterd.bayes")
 T = TypeVar("T")
 
 SIGNATURE_HEADER = "X-Filterd-Signature"
+UNTRAINED_RECHECK = 60.0  # per_user: seconds a user found with too little training is not looked up
+UNTRAINED_USERS_KEPT = 10_000
 
 
 def check_bands(bands: tuple[tuple[float, ...], ...]) -> str | None:
@@ -239,6 +242,7 @@ class Bayes(Check):
         self.signatures = SignatureWriter(lambda: self.holder.client().redis, self._redis_failed)
         self.pending: PerMessage[PendingSignature] = PerMessage()
         self._user_dictionaries: UserDictionaries | None = None  # per_user: made at first use
+        self._untrained_users: dict[str, float] = {}  # user -> until when not to look them up
 
     # -- the check ---------------------------------------------------------------------------
 
@@ -249,13 +253,14 @@ class Bayes(Check):
         model = self.holder.model
         msg = tx.message
         tokens, buckets = model.features(msg)
-        result = model.classify_tokens(tokens, buckets, self.params)
         untrained = min(model.nspam, model.nham) < s.min_learned
-        note = ""
+        layered = None
         if s.per_user and not untrained and self._redis_usable():
             layered = self._guarded(lambda: self._per_user(tx, model, tokens, buckets))
-            if layered is not None:
-                result, note = layered
+        if layered is not None:
+            result, note = layered  # scored once: with the user's dictionary
+        else:
+            result, note = model.classify_tokens(tokens, buckets, self.params), ""
         if untrained:
             yield Finding(
                 "BAYES_UNTRAINED",
@@ -293,8 +298,15 @@ class Bayes(Check):
         if user is None:
             return None
         s = self.settings
+        now = time.monotonic()
+        if self._untrained_users.get(user, 0.0) > now:
+            return None
         counts = self._users().lookup(user, buckets, s.min_user_learned)
         if min(counts.nspam, counts.nham) < s.min_user_learned:
+            # most users never train: remember it a while rather than ask Redis for every message
+            if len(self._untrained_users) >= UNTRAINED_USERS_KEPT:
+                self._untrained_users.clear()
+            self._untrained_users[user] = now + UNTRAINED_RECHECK
             return None
         result = classify_layered(model.counts, buckets, tokens, counts, s.per_user_weight, self.params)
         return result, (
