@@ -167,7 +167,7 @@ class BayesSettings(CheckSettings):
         180.0, "per_user: a user's dictionary is deleted this many days after they last trained", positive
     )
     per_user_max_messages: int = setting(
-        2000, "per_user: messages a user's dictionary holds at most (new ones beyond are not added)", positive
+        1000, "per_user: messages a user's dictionary holds at most (new ones beyond are not added)", positive
     )
     robs: float = setting(Params.robs, "Robinson's s: how many messages the prior is worth", positive)
     robx: float = setting(Params.robx, "Robinson's x: the probability of a token never seen", check_unit)
