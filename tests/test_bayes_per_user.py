@@ -231,3 +231,32 @@ def test_redis_down_scores_with_the_global_model_and_delivers(model_file, prefix
     assert any(s.name == "BAYES_REDIS_ERROR" for s in verdict.symbols)
     assert any("redis unavailable" in r.getMessage() for r in caplog.records)
     pipeline.close()
+
+
+@pytest.mark.stack
+def test_through_postfix_one_users_mail_uses_their_dictionary(stack, redis_server, client, prefix) -> None:
+    """The milter path: Postfix's RCPT TO is the user; alice's dictionary applies to mail to her alone."""
+    from tests.harness.stack import make_message as stack_message
+
+    train_user(client, prefix, ALICE, 10, 10)
+    config = {
+        "redis": {"url": redis_server.url, "key_prefix": prefix},
+        "checks": {"bayes": {"enabled": True, "per_user": True}},  # the shipped model: the global one
+    }
+    body = (
+        "Hi Bob,\r\nI rebuilt the kernel with your patch and the tests pass; the release notes are in the "
+        "wiki. Thanks for the review.\r\nzorblax quintessa blorvane\r\n"
+    )
+    reports = {}
+    with stack.configured(config):
+        for name, rcpts in (("alice", [ALICE]), ("bob", [BOB]), ("both", [ALICE, BOB])):
+            msg, marker = stack_message("Re: the kernel patch", body, to=rcpts[0])
+            assert stack.send(msg, rcpts=rcpts) == {}
+            reports[name] = " ".join(stack.sink.find(marker).header("X-Spam-Report"))
+    assert f"with {ALICE}'s dictionary (10 spam, 10 ham, weight 10)" in reports["alice"]
+    assert "dictionary" not in reports["bob"] and "dictionary" not in reports["both"]
+
+    def spamicity(report: str) -> float:
+        return float(report.split("spamicity ", 1)[1].split()[0])
+
+    assert spamicity(reports["alice"]) > 0.2 > spamicity(reports["bob"])  # measured: 0.50 and 0.005
