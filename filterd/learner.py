@@ -33,7 +33,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from filterd.bayes.model import Model, message_digest
+from filterd.bayes.peruser import UserDictionaries
 from filterd.bayes.store import ModelHolder, load_or_empty
 from filterd.bayes.training import Tally, Trainer
 from filterd.learnclient import QUEUE_KEY
@@ -131,6 +134,16 @@ class Learner:
         )
         self._file_stat: tuple[int, int] | None = self._stat()
         self._group_ready = False
+        # [checks.bayes] per_user: each report also trains its user's dictionary (filterd.bayes.peruser)
+        self.users: UserDictionaries | None = None
+        if self.settings.per_user:
+            self.users = UserDictionaries(
+                redis,
+                prefix,
+                int(self.settings.per_user_days * 86400),
+                self.settings.per_user_max_messages,
+            )
+        self._user_items: list[tuple[str, bytes, np.ndarray, str | None]] = []
 
     # -- reading the queue -----------------------------------------------------------------
 
@@ -174,6 +187,7 @@ class Learner:
         ends as ham), with one model write per batch when the model is a file."""
         if not reports:
             return []
+        self._user_items = []
         if self.storage == "file":
             with model_folder_lock(self.path):
                 model = self._file_model()
@@ -181,10 +195,25 @@ class Learner:
                 if any(o.result in ("learned", "moved") for o in outcomes):
                     model.save(self.path)
                     self._file_stat = self._stat()
-            return outcomes
-        shared = self.holder.connect()
-        shared.sync()
-        return [self._guarded(shared.model, shared, r) for r in reports]
+        else:
+            shared = self.holder.connect()
+            shared.sync()
+            outcomes = [self._guarded(shared.model, shared, r) for r in reports]
+        self._train_users()
+        return outcomes
+
+    def _train_users(self) -> None:
+        """The reporting users' own dictionaries (per_user), every report, in report order, in one
+        round trip.  After the global model: a Redis error here leaves the batch queued, and training
+        it again changes neither (both are idempotent)."""
+        if self.users is None or not self._user_items:
+            return
+        for (user, _digest, _buckets, label), change in zip(
+            self._user_items, self.users.train(self._user_items), strict=True
+        ):
+            if change is None:
+                log.warning("learn: %s's bayes dictionary is full: not learned as %s there", user, label)
+        self._user_items = []
 
     def _guarded(self, model: Model, shared: Any, report: Report) -> Outcome:
         """One report trained; an exception its bytes cause is a bug, logged with the report and
@@ -227,8 +256,12 @@ class Learner:
             mature_after=s.mature_after,
             min_learned=s.min_learned,
         )
+        if self.users is not None and report.user:
+            trainer.seen = []
         trainer.add_message(report.raw)
         trainer.flush()
+        for digest_bytes, buckets in trainer.seen or ():
+            self._user_items.append((report.user, digest_bytes, buckets, report.label))
         digest = message_digest(Message(report.raw)).hex()
         return Outcome(report, outcome_of(trainer.tally), digest)
 

@@ -164,7 +164,17 @@ if TYPE_CHECKING:  # scipy.sparse costs ~0.1 s to import: only batch training ne
 from filterd.bayes.params import Params
 from filterd.bayes.tokenizer import Tokens
 
-__all__ = ["DEFAULT_N_FEATURES", "Clue", "Features", "Hasher", "Params", "Result", "TokenCounts", "classify"]
+__all__ = [
+    "DEFAULT_N_FEATURES",
+    "Clue",
+    "Features",
+    "Hasher",
+    "Params",
+    "Result",
+    "TokenCounts",
+    "classify",
+    "classify_counts",
+]
 
 DEFAULT_N_FEATURES = 2**23
 _MIX1 = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit constants of splitmix64
@@ -427,8 +437,15 @@ def _tie_broken(indicator: float, log_ratio: float) -> float:
 def classify(counts: TokenCounts, buckets: np.ndarray, tokens: Sequence[str], params: Params) -> Result:
     """Score one message given its tokens and their buckets (aligned)."""
     found = counts.both_flat[buckets].view(np.int32)  # one 8-byte read per bucket
-    spam, ham = found[0::2], found[1::2]
-    f = token_probabilities(spam, ham, counts.nspam, counts.nham, params)
+    return classify_counts(found[0::2], found[1::2], counts.nspam, counts.nham, tokens, params)
+
+
+def classify_counts(
+    spam: np.ndarray, ham: np.ndarray, nspam: int, nham: int, tokens: Sequence[str], params: Params
+) -> Result:
+    """Score one message given each of its tokens' counts (aligned with `tokens`) and the class
+    totals: `classify` reads them from one model; a per-user layer (filterd.bayes.peruser) sums two."""
+    f = token_probabilities(spam, ham, nspam, nham, params)
     strength = np.abs(f - 0.5)
     chosen = np.flatnonzero(strength >= params.min_dev)
     if len(chosen) > params.max_clues:

@@ -105,6 +105,9 @@ class Trainer:
         self.signatures = signatures or shared
         self.tally = Tally()
         self._pending: list[tuple[bytes, np.ndarray, str | None]] = []
+        # every message given (digest, buckets), whatever the mode did with it, when a caller also
+        # trains a user's dictionary (filterd.bayes.peruser): a list to fill, or None
+        self.seen: list[tuple[bytes, np.ndarray]] | None = None
 
     @property
     def current(self) -> Model:
@@ -128,6 +131,8 @@ class Trainer:
         self._add(sig.digest, sig.buckets, None)
 
     def _add(self, digest: bytes, buckets: np.ndarray, tokens: Sequence[str] | None) -> None:
+        if self.seen is not None:
+            self.seen.append((digest, buckets))
         before = self.current.records.get(digest)
         if self.unlearn:
             if before != self.label:

@@ -33,7 +33,8 @@ logged once.  With on_error = "closed" the message is tempfailed.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, TypeVar
 
@@ -60,11 +61,14 @@ if TYPE_CHECKING:  # numpy and scikit-learn load when the check is built, not wh
 
     from filterd.bayes.classifier import Result
     from filterd.bayes.model import Model
+    from filterd.bayes.peruser import UserDictionaries
 
 log = logging.getLogger("filterd.bayes")
 T = TypeVar("T")
 
 SIGNATURE_HEADER = "X-Filterd-Signature"
+UNTRAINED_RECHECK = 60.0  # per_user: seconds a user found with too little training is not looked up
+UNTRAINED_USERS_KEPT = 10_000
 
 
 def check_bands(bands: tuple[tuple[float, ...], ...]) -> str | None:
@@ -148,6 +152,23 @@ class BayesSettings(CheckSettings):
         "balance guard: never autolearn a class that already has this many times the other's messages",
         positive,
     )
+    per_user: bool = setting(
+        False,
+        "layer each user's own dictionary (trained by their reports and `filterctl train --user`) on the "
+        "global model for mail to that one user (needs [redis]; docs/bayes.md)",
+    )
+    per_user_weight: float = setting(
+        10.0, "per_user: how many of the global model's messages one of the user's own counts as", positive
+    )
+    min_user_learned: int = setting(
+        10, "per_user: the user's dictionary is used once it has this many spam and ham", not_negative
+    )
+    per_user_days: float = setting(
+        180.0, "per_user: a user's dictionary is deleted this many days after they last trained", positive
+    )
+    per_user_max_messages: int = setting(
+        1000, "per_user: messages a user's dictionary holds at most (new ones beyond are not added)", positive
+    )
     robs: float = setting(Params.robs, "Robinson's s: how many messages the prior is worth", positive)
     robx: float = setting(Params.robx, "Robinson's x: the probability of a token never seen", check_unit)
     min_dev: float = setting(Params.min_dev, "tokens with |f - 0.5| below this are not evidence", check_unit)
@@ -220,6 +241,8 @@ class Bayes(Check):
         self._failures = 0  # Redis failures so far: a message that saw one says so, whatever the back-off
         self.signatures = SignatureWriter(lambda: self.holder.client().redis, self._redis_failed)
         self.pending: PerMessage[PendingSignature] = PerMessage()
+        self._user_dictionaries: UserDictionaries | None = None  # per_user: made at first use
+        self._untrained_users: dict[str, float] = {}  # user -> until when not to look them up
 
     # -- the check ---------------------------------------------------------------------------
 
@@ -230,8 +253,14 @@ class Bayes(Check):
         model = self.holder.model
         msg = tx.message
         tokens, buckets = model.features(msg)
-        result = model.classify_tokens(tokens, buckets, self.params)
         untrained = min(model.nspam, model.nham) < s.min_learned
+        layered = None
+        if s.per_user and not untrained and self._redis_usable():
+            layered = self._guarded(lambda: self._per_user(tx, model, tokens, buckets))
+        if layered is not None:
+            result, note = layered  # scored once: with the user's dictionary
+        else:
+            result, note = model.classify_tokens(tokens, buckets, self.params), ""
         if untrained:
             yield Finding(
                 "BAYES_UNTRAINED",
@@ -239,7 +268,7 @@ class Bayes(Check):
                 f"(spamicity {result.spamicity:.4f} not scored)",
             )
         else:
-            yield self._finding(result)
+            yield self._finding(result, note)
         needs_redis = s.signature or self.learns
         if needs_redis and self._redis_usable():
             from filterd.bayes.model import message_digest
@@ -249,13 +278,55 @@ class Bayes(Check):
             )
             if stored is not None:
                 yield from stored
-        if (needs_redis or s.storage == "redis") and (not self._redis_usable() or self._failures != failures):
+        if (needs_redis or s.per_user or s.storage == "redis") and (
+            not self._redis_usable() or self._failures != failures
+        ):
             yield Finding(
                 "BAYES_REDIS_ERROR",
                 f"redis unavailable ({self.guard.last_error}): classified with the model in memory, nothing stored",
             )
 
-    def _finding(self, result: Result) -> Finding:
+    def _per_user(
+        self, tx: Transaction, model: Model, tokens: Sequence[str], buckets: np.ndarray
+    ) -> tuple[Result, str] | None:
+        """The message scored with its one user's dictionary layered on the global model, and a
+        note for the reason; None (the global score stands) for several users or a user who has not
+        trained enough."""
+        from filterd.bayes.peruser import classify_layered, single_user
+
+        user = single_user(tx.rcpts)
+        if user is None:
+            return None
+        s = self.settings
+        now = time.monotonic()
+        if self._untrained_users.get(user, 0.0) > now:
+            return None
+        counts = self._users().lookup(user, buckets, s.min_user_learned)
+        if min(counts.nspam, counts.nham) < s.min_user_learned:
+            # most users never train: remember it a while rather than ask Redis for every message
+            if len(self._untrained_users) >= UNTRAINED_USERS_KEPT:
+                self._untrained_users.clear()
+            self._untrained_users[user] = now + UNTRAINED_RECHECK
+            return None
+        result = classify_layered(model.counts, buckets, tokens, counts, s.per_user_weight, self.params)
+        return result, (
+            f"; with {user}'s dictionary ({counts.nspam} spam, {counts.nham} ham, weight {s.per_user_weight:g})"
+        )
+
+    def _users(self) -> UserDictionaries:
+        from filterd.bayes.peruser import UserDictionaries
+
+        if self._user_dictionaries is None:
+            s = self.settings
+            self._user_dictionaries = UserDictionaries(
+                self.ctx.services.redis,
+                self.ctx.site.key_prefix,
+                int(s.per_user_days * 86400),
+                s.per_user_max_messages,
+            )
+        return self._user_dictionaries
+
+    def _finding(self, result: Result, note: str = "") -> Finding:
         s = self.settings
         p = result.spamicity
         symbol = "BAYES_SPAM" if p >= s.spam_cutoff else "BAYES_HAM" if p < s.ham_cutoff else "BAYES_UNSURE"
@@ -268,7 +339,7 @@ class Bayes(Check):
         clues = ", ".join(f"{c.token}={c.prob:.3f}" for c in result.clues[:6])
         return Finding(
             symbol,
-            f"spamicity {p:.4f} from {result.n_tokens} tokens; strongest: {clues}",
+            f"spamicity {p:.4f} from {result.n_tokens} tokens; strongest: {clues}{note}",
             score=score,
             value=p,  # unrounded, for [scoring] mode = "learned" (filterd.combination)
         )

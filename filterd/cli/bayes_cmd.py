@@ -69,6 +69,11 @@ def _file_lock(model: Path) -> Iterator[None]:
     type=click.Choice(["redis", "file"]),
     help="where training goes (default: [checks.bayes] storage)",
 )
+@click.option(
+    "--user",
+    metavar="ADDRESS",
+    help="also train this user's own dictionary in Redis ([checks.bayes] per_user; docs/bayes.md)",
+)
 @click.option("--quiet", "-q", is_flag=True, help="no progress bar")
 @click.pass_context
 def train(
@@ -83,6 +88,7 @@ def train(
     mode: str | None,
     model_opt: str | None,
     storage: str | None,
+    user: str | None,
     quiet: bool,
 ) -> None:
     """Train the classifier with messages of class LABEL (spam or ham).
@@ -128,6 +134,8 @@ def train(
                 signatures=shared,
                 min_learned=s.min_learned,
             )
+            if user:
+                trainer.seen = []  # every message given, for the user's dictionary below
             total = count_messages(sources, mboxes, maildirs)
             with _progress(quiet, total and total + len(held), f"training {label}") as advance:
                 messages = itertools.chain(
@@ -143,6 +151,7 @@ def train(
                 trainer.model.save(path)
             else:
                 shared.snapshot()  # type: ignore[union-attr]
+            user_note = _train_user(services, cfg, s, user, trainer, label, unlearn) if user else ""
     except ModelError as exc:
         raise click.ClickException(str(exc)) from exc
     except FileNotFoundError as exc:
@@ -158,8 +167,32 @@ def train(
     click.echo(
         f"model: {model.nspam} spam, {model.nham} ham ({storage}: {path if storage == 'file' else cfg.redis.url})"
     )
+    if user_note:
+        click.echo(user_note)
     if trainer.tally.missing:
         ctx.exit(1)
+
+
+def _train_user(services: Any, cfg: Any, s: Any, user: str, trainer: Any, label: str, unlearn: bool) -> str:
+    """Train `user`'s dictionary with every message the run was given (whatever the training mode
+    did with it in the global model: the user's own mail is what the dictionary is for); a summary."""
+    from filterd.bayes.peruser import BATCH, UserDictionaries, user_name
+
+    users = UserDictionaries(
+        services.redis, cfg.redis.key_prefix, int(s.per_user_days * 86400), s.per_user_max_messages
+    )
+    items = [(user, digest, buckets, None if unlearn else label) for digest, buckets in trainer.seen]
+    changed = full = 0
+    for start in range(0, len(items), BATCH):
+        for change in users.train(items[start : start + BATCH]):
+            full += change is None
+            changed += change is not None and change.changed
+    nspam, nham = users.totals(user)
+    note = f"user {user_name(user)}: {changed} changed, {len(items) - changed - full} already so"
+    if full:
+        note += f", {full} not added (the dictionary holds {s.per_user_max_messages} messages at most)"
+    off = "" if s.per_user else " ([checks.bayes] per_user is off: not used for scoring)"
+    return f"{note}; dictionary: {nspam} spam, {nham} ham{off}"
 
 
 def _quarantined(cfg: Any, ids: tuple[str, ...]) -> list[tuple[str, bytes]]:
