@@ -30,8 +30,8 @@ def _mixed(word: str) -> bool:
 
 def fold(text: str) -> tuple[str, int]:
     """`text` with its mixed-script words read in Latin, and how many words were mixed."""
-    if text.isascii():
-        return text, 0
+    if text.isascii() or _CYRILLIC_OR_GREEK.search(text) is None:
+        return text, 0  # most mail, accented Latin and CJK included: one scan in C, no words built
     count = 0
 
     def read(m: re.Match[str]) -> str:

@@ -201,6 +201,13 @@ def wrap(words: Sequence[str], width: int, next_width: int | None = None) -> lis
 def shorten(text: str, limit: int) -> str:
     """`text` on one line (runs of white space become one space, control characters escaped),
     at most `limit` characters plus "..." when it was shortened -- where a word ends."""
+    if (
+        len(text) <= min(limit, WORD_LIMIT)
+        and text.isprintable()
+        and "  " not in text
+        and text == text.strip()
+    ):
+        return text  # the usual short reason is already one clean line: nothing to build
     out: list[str] = []
     used = -1  # no space before the first word
     for word in map(_word, text.split()):
