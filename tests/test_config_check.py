@@ -375,6 +375,20 @@ def test_version_comes_from_the_package_metadata() -> None:
     assert result.output == f"filterctl {importlib.metadata.version('filterd')}\n"
 
 
+def test_the_module_runs_as_filterctl() -> None:
+    """`python -m filterd.cli.filterctl` is filterctl (before, it imported the commands and printed
+    nothing: the defaults file regenerated that way came out empty)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "filterd.cli.filterctl", "config", "defaults"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == (ROOT / "contrib" / "filterd.toml").read_text()
+
+
 def test_man_pages_are_written_from_the_cli(tmp_path: Path) -> None:
     pytest.importorskip("click_man")
     proc = subprocess.run(

@@ -61,3 +61,7 @@ cli.add_command(web_cmd.web)
 
 def main() -> None:
     cli(prog_name="filterctl")
+
+
+if __name__ == "__main__":  # `python -m filterd.cli.filterctl ...`, as without the console script
+    main()
