@@ -27,7 +27,7 @@ from filterd.dns import DnsSettings
 from filterd.maillog import LogSettings
 from filterd.policy import PolicyTable, merged_actions, parse_policies
 from filterd.quarantine.store import QuarantineSettings
-from filterd.registry import all_checks, settings_sections
+from filterd.registry import all_checks, network_checks, settings_sections
 from filterd.registry import known_symbols as known_symbols
 from filterd.results import Stage
 from filterd.settings import (
@@ -357,6 +357,19 @@ class SqlSettings:
         '(other lookups keep the last good answer); "static" uses only the TOML values ([network] '
         "local_domains, [checks.dkim_sign] keys) until it is back",
     )
+
+
+def without_network(config: Config) -> Config:
+    """`config` with every check that declares Cost.NETWORK (DNS, Redis or clamd) off, and DNS
+    pointed at a closed local port so that nothing left can wait on a resolver (`filterctl scan
+    --local`, the offline symbol vectors)."""
+    checks = {
+        name: dataclasses.replace(config.check_settings(name), enabled=False)
+        for name in network_checks()
+        if hasattr(config.checks, name)
+    }
+    dns = dataclasses.replace(config.dns, nameservers=("127.0.0.1",), port=9, timeout=0.05, attempts=1)
+    return dataclasses.replace(config, checks=dataclasses.replace(config.checks, **checks), dns=dns)
 
 
 def registered_checks() -> tuple[type[Check], ...]:

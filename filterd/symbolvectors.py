@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from filterd.check import Stage
-from filterd.config import Config
+from filterd.config import Config, without_network
 from filterd.registry import all_checks, network_checks
 
 if TYPE_CHECKING:
@@ -153,16 +153,17 @@ def received_time(headers: Sequence[tuple[str, str]]) -> float | None:
 
 
 def offline_config(config: Config) -> Config:
-    """`config` with the network checks off, no CPU budget, and DNS pointed at a closed port."""
+    """`config` without the network (`without_network`), without the finishers and the classifier
+    (see NETWORK_CHECKS), and with no CPU budget."""
+    config = without_network(config)
     checks = config.checks
     changes = {
         name: dataclasses.replace(getattr(checks, name), enabled=False)
         for name in NETWORK_CHECKS
         if hasattr(checks, name)
     }
-    dns = dataclasses.replace(config.dns, nameservers=("127.0.0.1",), port=9, timeout=0.05, attempts=1)
     milter = dataclasses.replace(config.milter, cpu_budget=0.0)  # a loaded machine must not change hits
-    return dataclasses.replace(config, checks=dataclasses.replace(checks, **changes), dns=dns, milter=milter)
+    return dataclasses.replace(config, checks=dataclasses.replace(checks, **changes), milter=milter)
 
 
 @dataclass

@@ -9,11 +9,10 @@ import click
 
 from filterd.cli.common import load, read_messages
 from filterd.combination import spamicity_of
-from filterd.config import Config
+from filterd.config import Config, without_network
 from filterd.driver import SmtpContext
 from filterd.driver import scan as scan_message
 from filterd.pipeline import Pipeline
-from filterd.registry import network_checks
 from filterd.results import Action
 from filterd.settings import ConfigError
 
@@ -71,7 +70,7 @@ def scan(
     try:
         cfg = offline(load(ctx))
         if local:
-            cfg = local_only(cfg)
+            cfg = without_network(cfg)
         pipeline = Pipeline.from_config(cfg)
     except (ConfigError, click.ClickException) as exc:
         raise ScanError(exc.message if isinstance(exc, click.ClickException) else str(exc)) from exc
@@ -119,18 +118,6 @@ def scan(
     finally:
         pipeline.close()
     ctx.exit(status)
-
-
-def local_only(cfg: Config) -> Config:
-    """`cfg` with every check that declares Cost.NETWORK (DNS, Redis or clamd) off, and DNS pointed
-    at a closed local port so that nothing left can wait on a resolver."""
-    checks = {
-        name: dataclasses.replace(cfg.check_settings(name), enabled=False)
-        for name in network_checks()
-        if hasattr(cfg.checks, name)
-    }
-    dns = dataclasses.replace(cfg.dns, nameservers=("127.0.0.1",), port=9, timeout=0.05, attempts=1)
-    return dataclasses.replace(cfg, checks=dataclasses.replace(cfg.checks, **checks), dns=dns)
 
 
 def offline(cfg: Config) -> Config:
